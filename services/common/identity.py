@@ -1,0 +1,186 @@
+"""The one token verifier every service uses, so each defends itself even when called directly (not via Envoy).
+
+A token is trusted only after this module checks it: signature against the JWKS (ES256/RS256 only, so `alg: none`
+and HS256-with-the-public-key are refused), `kid`, issuer, audience, expiry and role. `x-jwt-*` headers that
+Envoy adds are for logs only and never read here. Approval can change after a token is issued, so a
+`session_check` (a cached VerifySession call to auth; a local store lookup inside auth) confirms the subject.
+"""
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import hmac
+import json
+import threading
+import time
+import urllib.request
+from typing import Callable, Mapping, Protocol
+
+import jwt
+
+from services.common.errors import NotReady, PermissionDenied, Unauthenticated
+
+ALLOWED_ALGORITHMS = ("ES256", "RS256")
+ROLES = ("agent", "admin", "service")
+
+
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    subject: str
+    role: str
+    token_id: str
+    expires_at: int
+    token: str = dataclasses.field(repr=False, default="")
+
+
+_caller_var: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("caller", default=None)
+
+
+def current_caller() -> Caller | None:
+    """The verified caller of the RPC being served (None on public RPCs called without a token)."""
+    return _caller_var.get()
+
+
+def set_current_caller(caller: Caller | None) -> contextvars.Token:
+    return _caller_var.set(caller)
+
+
+def reset_current_caller(token: contextvars.Token) -> None:
+    _caller_var.reset(token)
+
+
+class KeySource(Protocol):
+    def key_for(self, kid: str):
+        """The public key object for `kid`, or None when no published key has that id."""
+
+
+class JwksKeySource:
+    """Public keys from auth's JWKS URL, cached; an unknown `kid` triggers at most one refetch per `min_refetch`
+    seconds, so a freshly rotated key is picked up without letting junk tokens hammer auth."""
+
+    def __init__(self, url: str, cache_seconds: int = 60, min_refetch_seconds: float = 1.0, timeout: float = 3.0):
+        self._url = url
+        self._cache_seconds = cache_seconds
+        self._min_refetch = min_refetch_seconds
+        self._timeout = timeout
+        self._keys: dict[str, object] = {}
+        self._fetched_at = 0.0
+        self._lock = threading.Lock()
+
+    def _fetch(self) -> None:
+        try:
+            with urllib.request.urlopen(self._url, timeout=self._timeout) as response:
+                document = json.loads(response.read())
+        except (OSError, ValueError) as exc:
+            raise NotReady(f"cannot fetch signing keys from {self._url}: {exc}") from exc
+        self._keys = {jwk["kid"]: jwt.PyJWK(jwk).key for jwk in document.get("keys", []) if "kid" in jwk}
+        self._fetched_at = time.monotonic()
+
+    def key_for(self, kid: str):
+        with self._lock:
+            age = time.monotonic() - self._fetched_at
+            if age > self._cache_seconds or (kid not in self._keys and age > self._min_refetch):
+                self._fetch()
+            return self._keys.get(kid)
+
+
+SessionCheck = Callable[[Caller], None]
+
+
+class TokenVerifier:
+    def __init__(self, keys: KeySource, issuer: str, audience: str, session_check: SessionCheck | None = None):
+        self._keys = keys
+        self._issuer = issuer
+        self._audience = audience
+        self._session_check = session_check
+
+    def verify(self, token: str) -> Caller:
+        """Check the token completely and return its caller, or raise Unauthenticated/PermissionDenied."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated(f"malformed token: {exc}") from exc
+        if header.get("alg") not in ALLOWED_ALGORITHMS:
+            raise Unauthenticated(f"token algorithm {header.get('alg')!r} is not accepted (only ES256, RS256)")
+        kid = header.get("kid")
+        if not kid:
+            raise Unauthenticated("token has no key id (kid)")
+        key = self._keys.key_for(kid)
+        if key is None:
+            raise Unauthenticated(f"token signed by an unknown key (kid {kid!r})")
+        try:
+            claims = jwt.decode(token, key, algorithms=list(ALLOWED_ALGORITHMS), audience=self._audience,
+                                issuer=self._issuer, options={"require": ["exp", "iat", "sub", "iss", "aud", "jti"]})
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthenticated("token has expired") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise Unauthenticated("token audience is not this platform") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise Unauthenticated("token issuer is not trusted") from exc
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated(f"invalid token: {exc}") from exc
+        role = claims.get("role")
+        if role not in ROLES:
+            raise Unauthenticated(f"token role {role!r} is not a known role")
+        caller = Caller(subject=claims["sub"], role=role, token_id=claims["jti"], expires_at=int(claims["exp"]),
+                        token=token)
+        if self._session_check is not None:
+            self._session_check(caller)
+        return caller
+
+
+class CachedSessionCheck:
+    """Wraps a session check (e.g. VerifySession at auth) with a short per-token cache: approval revoked at auth
+    takes effect within `ttl_seconds`."""
+
+    def __init__(self, check: SessionCheck, ttl_seconds: float):
+        self._check = check
+        self._ttl = ttl_seconds
+        self._ok_until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, caller: Caller) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._ok_until.get(caller.token_id, 0.0) > now:
+                return
+        self._check(caller)
+        with self._lock:
+            if len(self._ok_until) > 10_000:
+                self._ok_until = {k: v for k, v in self._ok_until.items() if v > now}
+            self._ok_until[caller.token_id] = now + self._ttl
+
+
+def bearer_token(metadata: Mapping[str, str]) -> str | None:
+    """The token from `authorization: Bearer …`, else from the `access_token` cookie (browser/REST clients)."""
+    authorization = metadata.get("authorization", "")
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("authorization header must be 'Bearer <token>'")
+        return token.strip()
+    for part in metadata.get("cookie", "").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == "access_token" and value:
+            return value
+    return None
+
+
+def check_api_key(presented: str | None, route_keys: tuple[str, ...], all_keys: tuple[str, ...]) -> None:
+    """Constant-time comparison (empty keys never match): an unknown key is UNAUTHENTICATED, a known key that
+    this route does not take (the client key on an ops route) is PERMISSION_DENIED."""
+    if not presented:
+        raise Unauthenticated("missing API key (x-api-key)")
+
+    def matches(keys: tuple[str, ...]) -> bool:
+        return any([hmac.compare_digest(presented.encode(), key.encode()) for key in keys if key])
+
+    if not matches(route_keys):
+        if matches(all_keys):
+            raise PermissionDenied("this route needs the ops API key")
+        raise Unauthenticated("API key is not valid")
+
+
+def authorize(caller: Caller, roles: frozenset[str], method: str) -> None:
+    if caller.role not in roles:
+        raise PermissionDenied(f"role {caller.role!r} may not call {method} (needs one of {sorted(roles)})")

@@ -1,0 +1,127 @@
+"""One server interceptor for every service: request id, API key, token and role (from the access table),
+domain-error → status mapping, and the shared RPC metrics.
+
+Domain code raises `services.common.errors` types; this is the only place they become gRPC statuses. Anything
+else is a bug on our side: it is logged with the request id and the caller gets INTERNAL naming that id.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from services.common import identity
+from services.common.access import MethodAccess, access_table
+from services.common.errors import DomainError, InvalidInput, Unauthenticated
+from services.common.logs import request_id_var
+from services.common.metrics import GRPC_LATENCY, GRPC_REQUESTS
+
+log = logging.getLogger("churn.rpc")
+
+
+def status_for(error: DomainError) -> status_pb2.Status:
+    """The google.rpc.Status for a domain error (also used for per-message errors inside streams)."""
+    status = status_pb2.Status(code=error.code.value[0], message=error.message)
+    if isinstance(error, InvalidInput):
+        details = error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=field, description=reason)
+            for field, reason in error.violations])
+        packed = any_pb2.Any()
+        packed.Pack(details)
+        status.details.append(packed)
+    return status
+
+
+class ServiceInterceptor(grpc.ServerInterceptor):
+    def __init__(self, verifier: identity.TokenVerifier, api_key: str, ops_api_key: str):
+        self._verifier = verifier
+        self._all_keys = (api_key, ops_api_key)
+        self._ops_keys = (ops_api_key,)
+        self._table = access_table()
+
+    def _authenticate(self, entry: MethodAccess, metadata: dict[str, str]) -> identity.Caller | None:
+        route_keys = self._ops_keys if entry.ops_key_only else self._all_keys
+        identity.check_api_key(metadata.get("x-api-key"), route_keys, self._all_keys)
+        token = identity.bearer_token(metadata)
+        if token is None:
+            if entry.public:
+                return None
+            raise Unauthenticated("missing bearer token (authorization header or access_token cookie)")
+        caller = self._verifier.verify(token)
+        if not entry.public:
+            identity.authorize(caller, entry.roles, entry.method)
+        return caller
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        entry = self._table.get(handler_call_details.method)
+        if handler is None or entry is None:  # health, reflection: open, unmetered
+            return handler
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(entry, handler.unary_unary), handler.request_deserializer, handler.response_serializer)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(entry, handler.stream_unary), handler.request_deserializer, handler.response_serializer)
+        behaviour = handler.unary_stream or handler.stream_stream
+        factory = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+        return factory(self._wrap_stream(entry, behaviour), handler.request_deserializer, handler.response_serializer)
+
+    def _begin(self, entry: MethodAccess, context) -> tuple:
+        metadata = {key: value for key, value in context.invocation_metadata() if isinstance(value, str)}
+        request_id = metadata.get("x-request-id") or uuid.uuid4().hex
+        tokens = (request_id_var.set(request_id), identity.set_current_caller(None))
+        identity.set_current_caller(self._authenticate(entry, metadata))
+        return tokens
+
+    def _failure(self, entry: MethodAccess, error: Exception) -> status_pb2.Status:
+        """The status for an error raised while serving; servicers raise domain errors, never call abort."""
+        if isinstance(error, DomainError):
+            if not isinstance(error, InvalidInput):
+                log.info("%s rejected: %s %s", entry.method, error.code.name, error.message)
+            return status_for(error)
+        log.error("%s failed", entry.method, exc_info=error)
+        return status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error (request id {request_id_var.get()})")
+
+    def _finish(self, entry: MethodAccess, started: float, tokens, status: status_pb2.Status | None) -> None:
+        code = grpc.StatusCode.OK if status is None else _CODES[status.code]
+        GRPC_LATENCY.labels(entry.service, entry.method).observe(time.perf_counter() - started)
+        GRPC_REQUESTS.labels(entry.service, entry.method, code.name).inc()
+        if tokens:
+            identity.reset_current_caller(tokens[1])
+            request_id_var.reset(tokens[0])
+
+    def _wrap_unary(self, entry: MethodAccess, behaviour):
+        def wrapped(request, context):
+            started, tokens, failure = time.perf_counter(), None, None
+            try:
+                tokens = self._begin(entry, context)
+                return behaviour(request, context)
+            except Exception as error:  # noqa: BLE001 - every error becomes a status, none escapes unlogged
+                failure = self._failure(entry, error)
+            finally:
+                self._finish(entry, started, tokens, failure)
+            context.abort_with_status(rpc_status.to_status(failure))
+        return wrapped
+
+    def _wrap_stream(self, entry: MethodAccess, behaviour):
+        def wrapped(request, context):
+            started, tokens, failure = time.perf_counter(), None, None
+            try:
+                tokens = self._begin(entry, context)
+                yield from behaviour(request, context)
+            except Exception as error:  # noqa: BLE001
+                failure = self._failure(entry, error)
+            finally:
+                self._finish(entry, started, tokens, failure)
+            if failure is not None:
+                context.abort_with_status(rpc_status.to_status(failure))
+        return wrapped
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}

@@ -1,0 +1,144 @@
+"""All configuration, read from the environment in one place.
+
+Every service and the gateway renderer read the same `Settings`, so a port, a key or a limit is never written twice.
+Secrets (API keys) come from the environment or, when unset, from the git-ignored secrets folder that
+`tools/init_secrets.py` fills on the first `make run`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from typing import Mapping
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+MIB = 1024 * 1024
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "")
+    try:
+        return int(raw) if raw.strip() else default
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from exc
+
+
+def _secret(env: Mapping[str, str], name: str, secrets_dir: pathlib.Path) -> str:
+    """The env value, else the file secrets/<name lowercased>, else empty (no default secret ever works)."""
+    if env.get(name):
+        return env[name]
+    path = secrets_dir / name.lower()
+    return path.read_text().strip() if path.exists() else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    data_dir: pathlib.Path
+    secrets_dir: pathlib.Path
+    bind_host: str
+    # gRPC ports per service (0 = ephemeral, reported through PORT_FILE).
+    auth_port: int
+    inference_production_port: int
+    inference_staging_port: int
+    monitoring_port: int
+    # HTTP side ports (/metrics; auth also /.well-known/jwks.json).
+    auth_http_port: int
+    inference_production_http_port: int
+    inference_staging_http_port: int
+    monitoring_http_port: int
+    gateway_port: int
+    envoy_admin_port: int
+    # One message-size limit for gRPC servers, channels, the transcoder and CSV bodies.
+    max_message_bytes: int
+    max_batch_rows: int
+    max_csv_rows: int
+    # Identity.
+    jwt_issuer: str
+    jwt_audience: str
+    access_token_ttl_seconds: int
+    service_token_ttl_seconds: int
+    jwks_url: str
+    jwks_cache_seconds: int
+    key_propagation_seconds: int
+    session_check_seconds: int
+    secure_cookie: bool
+    api_key: str
+    ops_api_key: str
+    users_database_url: str
+    # Models.
+    model_name: str
+    model_alias: str
+    # Monitoring.
+    monitoring_database_url: str
+    metrics_update_seconds: int
+    canary_percent: int
+    # Rate limits (per minute).
+    auth_rate_per_minute: int
+    predict_rate_per_minute: int
+    service_predict_rate_per_minute: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        data_dir = pathlib.Path(env.get("DATA_DIR") or ROOT / "var").resolve()
+        secrets_dir = pathlib.Path(env.get("SECRETS_DIR") or ROOT / "secrets").resolve()
+        jwks_cache = _int(env, "JWKS_CACHE_SECONDS", 60)
+        bind_host = env.get("BIND_HOST", "127.0.0.1")
+        auth_http_port = _int(env, "AUTH_HTTP_PORT", 9101)
+        return cls(
+            data_dir=data_dir,
+            secrets_dir=secrets_dir,
+            bind_host=bind_host,
+            auth_port=_int(env, "AUTH_PORT", 50051),
+            inference_production_port=_int(env, "INFERENCE_PRODUCTION_PORT", 50052),
+            inference_staging_port=_int(env, "INFERENCE_STAGING_PORT", 50053),
+            monitoring_port=_int(env, "MONITORING_PORT", 50054),
+            auth_http_port=auth_http_port,
+            inference_production_http_port=_int(env, "INFERENCE_PRODUCTION_HTTP_PORT", 9102),
+            inference_staging_http_port=_int(env, "INFERENCE_STAGING_HTTP_PORT", 9103),
+            monitoring_http_port=_int(env, "MONITORING_HTTP_PORT", 9104),
+            gateway_port=_int(env, "GATEWAY_PORT", 8080),
+            envoy_admin_port=_int(env, "ENVOY_ADMIN_PORT", 9901),
+            max_message_bytes=_int(env, "MAX_MESSAGE_MB", 16) * MIB,
+            max_batch_rows=_int(env, "MAX_BATCH_ROWS", 5000),
+            max_csv_rows=_int(env, "MAX_CSV_ROWS", 50000),
+            jwt_issuer=env.get("JWT_ISSUER", "churn-auth"),
+            jwt_audience=env.get("JWT_AUDIENCE", "churn-api"),
+            access_token_ttl_seconds=_int(env, "ACCESS_TOKEN_TTL_SECONDS", 900),
+            service_token_ttl_seconds=_int(env, "SERVICE_TOKEN_TTL_SECONDS", 30 * 24 * 3600),
+            jwks_url=env.get("JWKS_URL") or f"http://{bind_host}:{auth_http_port}/.well-known/jwks.json",
+            jwks_cache_seconds=jwks_cache,
+            key_propagation_seconds=_int(env, "KEY_PROPAGATION_SECONDS", jwks_cache + 5),
+            session_check_seconds=_int(env, "SESSION_CHECK_SECONDS", 5),
+            secure_cookie=env.get("SECURE_COOKIE", "false").lower() in ("1", "true", "yes"),
+            api_key=_secret(env, "API_KEY", secrets_dir),
+            ops_api_key=_secret(env, "OPS_API_KEY", secrets_dir),
+            users_database_url=env.get("USERS_DATABASE_URL") or f"sqlite:///{data_dir / 'users.db'}",
+            model_name=env.get("MODEL_NAME", "churn-model"),
+            model_alias=env.get("MODEL_ALIAS", "production"),
+            monitoring_database_url=env.get("MONITORING_DATABASE_URL") or f"sqlite:///{data_dir / 'monitoring.db'}",
+            metrics_update_seconds=_int(env, "METRICS_UPDATE_SECONDS", 300),
+            canary_percent=_int(env, "CANARY_PERCENT", 10),
+            auth_rate_per_minute=_int(env, "AUTH_RATE_PER_MINUTE", 5),
+            predict_rate_per_minute=_int(env, "PREDICT_RATE_PER_MINUTE", 10),
+            service_predict_rate_per_minute=_int(env, "SERVICE_PREDICT_RATE_PER_MINUTE", 60000),
+        )
+
+    @property
+    def auth_address(self) -> str:
+        return f"{self.bind_host}:{self.auth_port}"
+
+    @property
+    def monitoring_address(self) -> str:
+        return f"{self.bind_host}:{self.monitoring_port}"
+
+    def inference_port(self, alias: str) -> int:
+        return self.inference_staging_port if alias == "staging" else self.inference_production_port
+
+    def inference_http_port(self, alias: str) -> int:
+        return self.inference_staging_http_port if alias == "staging" else self.inference_production_http_port
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        """Server and channel options: the one message-size limit."""
+        return [("grpc.max_receive_message_length", self.max_message_bytes),
+                ("grpc.max_send_message_length", self.max_message_bytes)]
