@@ -33,3 +33,29 @@ def trained_registry(suite_env) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def is_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture(scope="session")
+def postgres_url(is_ci):
+    """A fresh PostgreSQL database for this run on the machine's server (TEST_DATABASE_URL, default the local
+    trust-auth server), dropped afterwards. Unreachable: skipped locally, a failure under CI=true."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    admin_url = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    try:
+        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(sa.text("select 1"))
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the server decides skip/fail below
+        if is_ci:
+            pytest.fail(f"PostgreSQL at {admin_url} is unreachable under CI=true: {exc}")
+        pytest.skip(f"PostgreSQL unreachable: {exc}")
+    name = f"churn_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'create database "{name}"'))
+    yield sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'drop database if exists "{name}" with (force)'))
+    admin.dispose()
