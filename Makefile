@@ -1,0 +1,49 @@
+# Two commands do everything on a fresh machine:
+#   make run   — set up, train and register a model if none exists, start the whole suite behind Envoy
+#   make test  — set up and run every test
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+GENERATED := gen/churn.pb
+PROTOS := $(wildcard protos/churn/v1/*.proto)
+PYTEST_ARGS ?=
+
+.PHONY: setup gen model secrets run test test-fast lint-protos clean
+
+setup: $(INSTALLED) $(GENERATED)
+
+# The virtualenv with every runtime and test dependency; a .pth puts the repo and gen/ on its path.
+$(INSTALLED): pyproject.toml
+	@echo "==> creating virtualenv $(VENV) and installing dependencies (first time: a few minutes)"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -c "import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()['purelib'], 'churn_suite.pth').write_text('$(CURDIR)\n$(CURDIR)/gen\n')"
+	@touch $@
+
+# Stubs and Envoy's descriptor set, generated from protos/ (git-ignored, never edited).
+$(GENERATED): $(INSTALLED) $(PROTOS) tools/codegen.py
+	$(PY) tools/codegen.py
+
+gen: $(GENERATED)
+
+# Trains and registers the models only when the registry has no `production` version yet.
+model: setup
+	$(PY) -m training --if-missing
+
+secrets: setup
+	$(PY) tools/init_secrets.py
+
+run: setup model secrets
+	$(PY) -m tools.run_suite
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Unit and contract tests only (no Envoy, no training): a quick loop while editing.
+test-fast: setup
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+clean:
+	rm -rf gen .pytest_cache
