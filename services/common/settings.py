@@ -36,6 +36,11 @@ class Settings:
     data_dir: pathlib.Path
     secrets_dir: pathlib.Path
     bind_host: str
+    # Where each service is reached (loopback by default; service names in docker-compose / Kubernetes).
+    auth_host: str
+    inference_production_host: str
+    inference_staging_host: str
+    monitoring_host: str
     # gRPC ports per service (0 = ephemeral, reported through PORT_FILE).
     auth_port: int
     inference_production_port: int
@@ -89,6 +94,10 @@ class Settings:
             data_dir=data_dir,
             secrets_dir=secrets_dir,
             bind_host=bind_host,
+            auth_host=env.get("AUTH_HOST", "127.0.0.1"),
+            inference_production_host=env.get("INFERENCE_PRODUCTION_HOST", "127.0.0.1"),
+            inference_staging_host=env.get("INFERENCE_STAGING_HOST", "127.0.0.1"),
+            monitoring_host=env.get("MONITORING_HOST", "127.0.0.1"),
             auth_port=_int(env, "AUTH_PORT", 50051),
             inference_production_port=_int(env, "INFERENCE_PRODUCTION_PORT", 50052),
             inference_staging_port=_int(env, "INFERENCE_STAGING_PORT", 50053),
@@ -106,7 +115,7 @@ class Settings:
             jwt_audience=env.get("JWT_AUDIENCE", "churn-api"),
             access_token_ttl_seconds=_int(env, "ACCESS_TOKEN_TTL_SECONDS", 900),
             service_token_ttl_seconds=_int(env, "SERVICE_TOKEN_TTL_SECONDS", 30 * 24 * 3600),
-            jwks_url=env.get("JWKS_URL") or f"http://{bind_host}:{auth_http_port}/.well-known/jwks.json",
+            jwks_url=env.get("JWKS_URL") or f"http://{env.get('AUTH_HOST', '127.0.0.1')}:{auth_http_port}/.well-known/jwks.json",
             jwks_cache_seconds=jwks_cache,
             key_propagation_seconds=_int(env, "KEY_PROPAGATION_SECONDS", jwks_cache + 5),
             session_check_seconds=_int(env, "SESSION_CHECK_SECONDS", 5),
@@ -126,11 +135,14 @@ class Settings:
 
     @property
     def auth_address(self) -> str:
-        return f"{self.bind_host}:{self.auth_port}"
+        return f"{self.auth_host}:{self.auth_port}"
 
     @property
     def monitoring_address(self) -> str:
-        return f"{self.bind_host}:{self.monitoring_port}"
+        return f"{self.monitoring_host}:{self.monitoring_port}"
+
+    def inference_host(self, alias: str) -> str:
+        return self.inference_staging_host if alias == "staging" else self.inference_production_host
 
     def inference_port(self, alias: str) -> int:
         return self.inference_staging_port if alias == "staging" else self.inference_production_port
