@@ -11,7 +11,7 @@ import time
 import uuid
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, descriptor_pool
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -62,15 +62,16 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         entry = self._table.get(handler_call_details.method)
         if handler is None or entry is None:  # health, reflection: open, unmetered
             return handler
+        deserializer = _tolerant(entry, handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(entry, handler.unary_unary), handler.request_deserializer, handler.response_serializer)
+                self._wrap_unary(entry, handler.unary_unary), deserializer, handler.response_serializer)
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary(entry, handler.stream_unary), handler.request_deserializer, handler.response_serializer)
+                self._wrap_unary(entry, handler.stream_unary), deserializer, handler.response_serializer)
         behaviour = handler.unary_stream or handler.stream_stream
         factory = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
-        return factory(self._wrap_stream(entry, behaviour), handler.request_deserializer, handler.response_serializer)
+        return factory(self._wrap_stream(entry, behaviour), deserializer, handler.response_serializer)
 
     def _begin(self, entry: MethodAccess, context) -> tuple:
         metadata = {key: value for key, value in context.invocation_metadata() if isinstance(value, str)}
@@ -101,7 +102,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             started, tokens, failure = time.perf_counter(), None, None
             try:
                 tokens = self._begin(entry, context)
-                return behaviour(request, context)
+                return behaviour(_checked(entry, request), context)
             except Exception as error:  # noqa: BLE001 - every error becomes a status, none escapes unlogged
                 failure = self._failure(entry, error)
             finally:
@@ -114,7 +115,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             started, tokens, failure = time.perf_counter(), None, None
             try:
                 tokens = self._begin(entry, context)
-                yield from behaviour(request, context)
+                yield from behaviour(_checked(entry, request), context)
             except Exception as error:  # noqa: BLE001
                 failure = self._failure(entry, error)
             finally:
@@ -125,3 +126,90 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class _Undecodable:
+    """Stands in for a request grpc could not parse. Left to grpc, bad bytes (e.g. a string field that is not
+    UTF-8) become INTERNAL "Exception deserializing request!"; this way the caller gets INVALID_ARGUMENT naming
+    the field, after the API key and token checks."""
+
+    def __init__(self, error: InvalidInput):
+        self.error = error
+
+
+def _tolerant(entry: MethodAccess, deserializer):
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception:  # noqa: BLE001 - any parse failure is the caller's bytes, reported below
+            return _Undecodable(_undecodable_error(entry, data))
+    return parse
+
+
+def _checked(entry: MethodAccess, request):
+    if entry.client_streaming:
+        return (_checked_one(message) for message in request)
+    return _checked_one(request)
+
+
+def _checked_one(message):
+    if isinstance(message, _Undecodable):
+        raise message.error
+    return message
+
+
+def _undecodable_error(entry: MethodAccess, data: bytes) -> InvalidInput:
+    try:
+        descriptor = descriptor_pool.Default().FindMethodByName(f"{entry.service}.{entry.method}").input_type
+        field = _non_utf8_field(descriptor, data)
+    except (KeyError, IndexError):
+        descriptor, field = None, None
+    if field:
+        return InvalidInput(field, "is not valid UTF-8")
+    name = descriptor.full_name if descriptor is not None else "the request message"
+    return InvalidInput("request", f"cannot be parsed as {name}")
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _non_utf8_field(descriptor, data: bytes, prefix: str = "") -> str | None:
+    """Walks the wire format to name the (possibly nested) string field whose bytes are not UTF-8."""
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            _, pos = _varint(data, pos)
+        elif wire_type in (1, 5):
+            pos += 8 if wire_type == 1 else 4
+        elif wire_type == 2:
+            length, pos = _varint(data, pos)
+            chunk, pos = data[pos:pos + length], pos + length
+            field = descriptor.fields_by_number.get(number)
+            if field is None:
+                continue
+            name = prefix + field.name
+            if field.type == field.TYPE_STRING:
+                try:
+                    chunk.decode("utf-8")
+                except UnicodeDecodeError:
+                    return name
+            elif field.type == field.TYPE_MESSAGE:
+                found = _non_utf8_field(field.message_type, chunk, name + ".")
+                if found:
+                    return found
+        else:
+            return None
+    return None

@@ -81,6 +81,11 @@ class Settings:
     auth_rate_per_minute: int
     predict_rate_per_minute: int
     service_predict_rate_per_minute: int
+    # Auth: argon2 cost (0 = pwdlib/argon2-cffi defaults; tests lower them) and the first admin on first start.
+    argon2_time_cost: int = 0
+    argon2_memory_kib: int = 0
+    bootstrap_admin_username: str = ""
+    bootstrap_admin_password_file: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -131,6 +136,10 @@ class Settings:
             auth_rate_per_minute=_int(env, "AUTH_RATE_PER_MINUTE", 5),
             predict_rate_per_minute=_int(env, "PREDICT_RATE_PER_MINUTE", 10),
             service_predict_rate_per_minute=_int(env, "SERVICE_PREDICT_RATE_PER_MINUTE", 60000),
+            argon2_time_cost=_int(env, "ARGON2_TIME_COST", 0),
+            argon2_memory_kib=_int(env, "ARGON2_MEMORY_KIB", 0),
+            bootstrap_admin_username=env.get("BOOTSTRAP_ADMIN_USERNAME", ""),
+            bootstrap_admin_password_file=env.get("BOOTSTRAP_ADMIN_PASSWORD_FILE", ""),
         )
 
     @property
