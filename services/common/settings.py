@@ -81,6 +81,8 @@ class Settings:
     auth_rate_per_minute: int
     predict_rate_per_minute: int
     service_predict_rate_per_minute: int
+    # Gateway: browser origins allowed by CORS (comma-separated in CORS_ALLOWED_ORIGINS; empty = no cross-origin).
+    cors_allowed_origins: tuple[str, ...] = ()
     # Auth: argon2 cost (0 = pwdlib/argon2-cffi defaults; tests lower them) and the first admin on first start.
     argon2_time_cost: int = 0
     argon2_memory_kib: int = 0
@@ -136,6 +138,8 @@ class Settings:
             auth_rate_per_minute=_int(env, "AUTH_RATE_PER_MINUTE", 5),
             predict_rate_per_minute=_int(env, "PREDICT_RATE_PER_MINUTE", 10),
             service_predict_rate_per_minute=_int(env, "SERVICE_PREDICT_RATE_PER_MINUTE", 60000),
+            cors_allowed_origins=tuple(o.strip() for o in env.get("CORS_ALLOWED_ORIGINS", "http://localhost:3000")
+                                       .split(",") if o.strip()),
             argon2_time_cost=_int(env, "ARGON2_TIME_COST", 0),
             argon2_memory_kib=_int(env, "ARGON2_MEMORY_KIB", 0),
             bootstrap_admin_username=env.get("BOOTSTRAP_ADMIN_USERNAME", ""),
