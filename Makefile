@@ -8,10 +8,11 @@ INSTALLED := $(VENV)/.installed
 GENERATED := gen/churn.pb
 PROTOS := $(wildcard protos/churn/v1/*.proto)
 PYTEST_ARGS ?=
+BUF := .tools/node_modules/.bin/buf
 
 .PHONY: setup gen model secrets run test test-fast lint-protos clean
 
-setup: $(INSTALLED) $(GENERATED)
+setup: $(INSTALLED) $(GENERATED) $(BUF)
 
 # The virtualenv with every runtime and test dependency; a .pth puts the repo and gen/ on its path.
 $(INSTALLED): pyproject.toml
@@ -27,6 +28,14 @@ $(GENERATED): $(INSTALLED) $(PROTOS) tools/codegen.py
 	$(PY) tools/codegen.py
 
 gen: $(GENERATED)
+
+# buf (npm @bufbuild/buf ships the binary) lints the contracts and checks breaking changes against main.
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@1.75.0
+
+lint-protos: setup
+	$(BUF) lint
+	$(BUF) breaking --against '.git#branch=main'
 
 # Trains and registers the models only when the registry has no `production` version yet.
 model: setup
@@ -46,4 +55,4 @@ test-fast: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 clean:
-	rm -rf gen .pytest_cache
+	rm -rf gen .tools .pytest_cache
