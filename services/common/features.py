@@ -224,6 +224,7 @@ def encode_frame(df: pd.DataFrame, line_of: Callable[[int], str] | None = None) 
         raise InvalidInput("columns", f"missing columns: {', '.join(absent)}")
     values = np.zeros((n, len(FEATURES)), dtype=np.float64)
     missing = np.zeros((n, len(FEATURES)), dtype=bool)
+    unreadable = np.zeros((n, len(FEATURES)), dtype=bool)  # reported once, as "not a number"
     cat_cols = np.zeros((n, len(_CAT)), dtype=np.intp)
     cells: list[tuple[int, int, str]] = []
     for i, f in enumerate(FEATURES):
@@ -237,6 +238,7 @@ def encode_frame(df: pd.DataFrame, line_of: Callable[[int], str] | None = None) 
             for r in np.flatnonzero(unparsed)[:MAX_VIOLATIONS]:
                 cells.append((int(r), i, f"not a number: {col.iloc[r]!r}"))
             missing[:, i] = np.isnan(nums) & ~unparsed
+            unreadable[:, i] = unparsed
             values[:, i] = nums
             continue
         codes = col.astype(str).str.strip().map({s: k for k, s in enumerate(f.categories)})
@@ -248,7 +250,7 @@ def encode_frame(df: pd.DataFrame, line_of: Callable[[int], str] | None = None) 
             values[:, i] = codes
         else:
             cat_cols[:, _CAT.index(i)] = _OFFSETS[i] + codes
-    _check_numeric(values, missing, cells)
+    _check_numeric(values, missing | unreadable, cells)
     missing[:, _TOTAL] = False  # absent TotalCharges is allowed: NaN stays, the blank rule fills it
     cells += [(int(r), int(i), "is required") for r, i in zip(*np.nonzero(missing))]
     _raise(cells, where)

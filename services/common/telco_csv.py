@@ -104,7 +104,7 @@ def _clean(raw: pd.DataFrame, lines: list[int]) -> TelcoCsv:
     for f in F.FEATURES:
         col = raw[f.column].str.strip()
         if f.kind == F.NUMERIC:
-            frame[f.column] = pd.to_numeric(col.replace("", np.nan)).astype(_DTYPES[f.column])
+            frame[f.column] = pd.to_numeric(col.mask(col == "")).astype(_DTYPES[f.column])
         elif f.name == "senior_citizen":
             frame[f.column] = col.astype("int64")
         else:
