@@ -1,0 +1,83 @@
+"""Wiring: one function builds the monitoring server from its parts, so `__main__` and the tests start it the same
+way — tests inject a local token verifier, their own Envoy admin URL, port 0 and short intervals."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from churn.v1 import monitoring_pb2, monitoring_pb2_grpc
+
+from services.common import identity
+from services.common.interceptor import ServiceInterceptor
+from services.common.server import ServiceHost, start_server
+from services.common.settings import Settings
+from services.monitoring import metrics as M
+from services.monitoring.canary import CanaryControl, EnvoyAdmin
+from services.monitoring.drift import DriftAnalyzer
+from services.monitoring.feedback import FeedbackService
+from services.monitoring.predictions import PredictionLog
+from services.monitoring.scheduler import Periodic
+from services.monitoring.servicer import MonitoringParts, MonitoringServicer
+from services.monitoring.store import MonitoringStore
+from services.monitoring.versions import ModelRegistry
+
+SERVICE_NAME = monitoring_pb2.DESCRIPTOR.services_by_name["MonitoringService"].full_name
+log = logging.getLogger("churn.monitoring")
+
+
+def envoy_admin_url(settings: Settings) -> str:
+    """Envoy's admin listener is loopback-only, so monitoring runs beside the Envoy it controls."""
+    return f"http://127.0.0.1:{settings.envoy_admin_port}"
+
+
+def build_parts(settings: Settings, *, envoy_admin: str | None = None, database_url: str | None = None) -> MonitoringParts:
+    """The domain objects; imports MLflow and Evidently now (seconds), never while serving a call."""
+    store = MonitoringStore(database_url or settings.monitoring_database_url)
+    registry = ModelRegistry(settings.data_dir, settings.model_name)
+    drift = DriftAnalyzer(store, registry)
+    canary = CanaryControl(EnvoyAdmin(envoy_admin or envoy_admin_url(settings)), settings.data_dir,
+                           on_weight=M.CANARY_PERCENT.set)
+    return MonitoringParts(
+        settings=settings, store=store,
+        predictions=PredictionLog(store, max_rows=settings.max_csv_rows),
+        feedback=FeedbackService(store, max_bytes=settings.max_message_bytes, max_rows=settings.max_csv_rows),
+        drift=drift, registry=registry, updater=M.MetricsUpdater(store, drift), canary=canary)
+
+
+@dataclasses.dataclass
+class MonitoringApp:
+    host: ServiceHost
+    parts: MonitoringParts
+    jobs: list[Periodic]
+
+    @property
+    def port(self) -> int:
+        return self.host.port
+
+    def stop(self, grace: float = 5.0) -> None:
+        self.host.stop(grace)
+        self.close()
+
+    def close(self) -> None:
+        for job in self.jobs:
+            job.stop()
+        self.parts.store.close()
+
+
+def start(settings: Settings, verifier: identity.TokenVerifier, *, parts: MonitoringParts | None = None,
+          port: int | None = None, http_port: int | None = None, metrics_seconds: float | None = None,
+          reconcile_seconds: float = 5.0) -> MonitoringApp:
+    """Build (unless given), serve, and schedule the metrics refresh and the canary reconcile."""
+    parts = parts or build_parts(settings)
+    host = start_server(
+        settings, port=settings.monitoring_port if port is None else port,
+        http_port=settings.monitoring_http_port if http_port is None else http_port,
+        register=lambda server: monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(
+            MonitoringServicer(parts), server),
+        service_names=[SERVICE_NAME],
+        interceptor=ServiceInterceptor(verifier, settings.api_key, settings.ops_api_key))
+    jobs = [Periodic("metrics-update", metrics_seconds or settings.metrics_update_seconds, parts.updater.update,
+                     first_delay=1.0).start()]
+    if reconcile_seconds > 0:
+        jobs.append(Periodic("canary-reconcile", reconcile_seconds, parts.canary.reconcile, first_delay=0.5).start())
+    return MonitoringApp(host, parts, jobs)

@@ -1,0 +1,298 @@
+"""The monitoring store (SQLAlchemy Core): the prediction log, feedback labels and uploaded reference sets.
+
+SQLite (WAL) is the embedded default, PostgreSQL by URL; the same statements run on both. Inserts are idempotent
+by prediction id through the dialect's `INSERT … ON CONFLICT DO NOTHING`, so a retried outbox batch adds nothing.
+Inputs are kept raw, one column per Telco feature in CSV spelling, so drift reads them back as the same frame the
+training reference is.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import gzip
+import io
+import uuid
+from typing import Iterable, Sequence
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from services.common import features as F
+
+metadata = sa.MetaData()
+
+_FEATURE_TYPES = {F.NUMERIC: sa.Float, F.BOOLEAN: sa.String(32), F.CATEGORICAL: sa.String(32)}
+_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
+
+predictions = sa.Table(
+    "predictions", metadata,
+    sa.Column("seq", _ID, primary_key=True, autoincrement=True),  # insertion order: "the last N" = highest seq
+    sa.Column("prediction_id", sa.String(128), nullable=False, unique=True),
+    sa.Column("customer_id", sa.String(128), nullable=False, default=""),
+    *[sa.Column(f.name, _FEATURE_TYPES[f.kind], nullable=True) for f in F.FEATURES],
+    sa.Column("churn", sa.Boolean, nullable=False),
+    sa.Column("probability", sa.Float, nullable=False),
+    sa.Column("model_name", sa.String(128), nullable=False),
+    sa.Column("model_version", sa.String(32), nullable=False),
+    sa.Column("model_alias", sa.String(64), nullable=False, default=""),
+    sa.Column("latency_ms", sa.Float, nullable=False, default=0.0),
+    sa.Column("predicted_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("request_id", sa.String(128), nullable=False, default=""),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_predictions_customer", "customer_id", "seq"),
+    sa.Index("ix_predictions_version", "model_version", "seq"),
+)
+
+feedback = sa.Table(
+    "feedback", metadata,
+    sa.Column("prediction_id", sa.String(128), sa.ForeignKey("predictions.prediction_id"), primary_key=True),
+    sa.Column("actual_churn", sa.Boolean, nullable=False),
+    sa.Column("feedback_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+reference_sets = sa.Table(
+    "reference_sets", metadata,
+    sa.Column("dataset_id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(256), nullable=False, default=""),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("churn_rows", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("csv_gzip", sa.LargeBinary, nullable=False),  # the cleaned frame + Churn as gzip'd CSV
+)
+
+_CSV_DTYPES = {f.column: ("int64" if f.name in ("tenure", "senior_citizen") else
+                          "float64" if f.kind == F.NUMERIC else "object") for f in F.FEATURES}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite hands back naive datetimes; every time here is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictionRow:
+    """One logged prediction; `inputs` maps proto feature names to CSV-spelling values (None = absent)."""
+
+    prediction_id: str
+    customer_id: str
+    inputs: dict[str, object]
+    churn: bool
+    probability: float
+    model_name: str
+    model_version: str
+    model_alias: str
+    latency_ms: float
+    predicted_at: dt.datetime
+    request_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledRow:
+    prediction_id: str
+    customer_id: str
+    churn: bool
+    probability: float
+    actual_churn: bool
+    model_name: str
+    model_version: str
+    model_alias: str
+    predicted_at: dt.datetime
+    feedback_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceSet:
+    dataset_id: str
+    name: str
+    rows: int
+    churn_rows: int
+    created_at: dt.datetime
+
+
+def create_engine(url: str) -> sa.Engine:
+    """An engine for the URL; SQLite gets WAL, a busy timeout and foreign keys (and its folder created)."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True, future=True)
+    if parsed.database and parsed.database != ":memory:":
+        import pathlib
+        pathlib.Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, future=True)
+
+    @sa.event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection, _record):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return engine
+
+
+class MonitoringStore:
+    def __init__(self, url: str):
+        self.engine = create_engine(url)
+        self._dialect = self.engine.dialect.name
+        metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _insert(self, table: sa.Table):
+        return (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(table)
+
+    # ---- prediction log ------------------------------------------------------------------------------------
+    def record_predictions(self, rows: Sequence[PredictionRow]) -> int:
+        """Store rows idempotently by prediction id; returns how many were new (the rest were duplicates)."""
+        if not rows:
+            return 0
+        now = utcnow()
+        values = [{"prediction_id": r.prediction_id, "customer_id": r.customer_id, **r.inputs, "churn": r.churn,
+                   "probability": r.probability, "model_name": r.model_name, "model_version": r.model_version,
+                   "model_alias": r.model_alias, "latency_ms": r.latency_ms, "predicted_at": r.predicted_at,
+                   "request_id": r.request_id, "recorded_at": now} for r in rows]
+        statement = (self._insert(predictions).on_conflict_do_nothing(index_elements=["prediction_id"])
+                     .returning(predictions.c.prediction_id))  # RETURNING names only the rows really inserted
+        inserted = 0
+        with self.engine.begin() as connection:
+            for start in range(0, len(values), 500):
+                inserted += len(connection.execute(statement, values[start:start + 500]).all())
+        return inserted
+
+    def count_predictions(self, model_version: str = "") -> int:
+        query = sa.select(sa.func.count()).select_from(predictions)
+        if model_version:
+            query = query.where(predictions.c.model_version == model_version)
+        with self.engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
+
+    def recent_inputs(self, window: int, model_version: str = "") -> pd.DataFrame:
+        """The last `window` logged inputs (newest first), as a Telco frame in CSV spelling (no customerID)."""
+        columns = [predictions.c[f.name] for f in F.FEATURES]
+        query = sa.select(*columns).order_by(predictions.c.seq.desc()).limit(window)
+        if model_version:
+            query = query.where(predictions.c.model_version == model_version)
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        frame = pd.DataFrame(rows, columns=list(F.FEATURE_COLUMNS))
+        return _typed(frame)
+
+    def model_versions(self) -> list[str]:
+        """Versions that have logged predictions."""
+        with self.engine.connect() as connection:
+            return [v for (v,) in connection.execute(
+                sa.select(predictions.c.model_version).distinct().order_by(predictions.c.model_version))]
+
+    def prediction_counts(self) -> dict[tuple[str, str, str], int]:
+        """(model name, version, alias) -> predictions logged."""
+        query = sa.select(predictions.c.model_name, predictions.c.model_version, predictions.c.model_alias,
+                          sa.func.count()).group_by(predictions.c.model_name, predictions.c.model_version,
+                                                     predictions.c.model_alias)
+        with self.engine.connect() as connection:
+            return {(n, v, a): int(c) for n, v, a, c in connection.execute(query)}
+
+    # ---- feedback ------------------------------------------------------------------------------------------
+    def existing_prediction_ids(self, ids: Iterable[str]) -> set[str]:
+        found: set[str] = set()
+        ids = list(dict.fromkeys(ids))
+        with self.engine.connect() as connection:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                found.update(connection.execute(
+                    sa.select(predictions.c.prediction_id).where(predictions.c.prediction_id.in_(chunk))).scalars())
+        return found
+
+    def latest_prediction_for_customers(self, customer_ids: Iterable[str]) -> dict[str, str]:
+        """customer id -> prediction id of that customer's most recent logged prediction."""
+        result: dict[str, str] = {}
+        ids = list(dict.fromkeys(customer_ids))
+        latest = (sa.select(predictions.c.customer_id, sa.func.max(predictions.c.seq).label("seq"))
+                  .group_by(predictions.c.customer_id).subquery())
+        with self.engine.connect() as connection:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                query = (sa.select(predictions.c.customer_id, predictions.c.prediction_id)
+                         .join(latest, predictions.c.seq == latest.c.seq)
+                         .where(latest.c.customer_id.in_(chunk)))
+                result.update({c: p for c, p in connection.execute(query)})
+        return result
+
+    def save_feedback(self, labels: dict[str, bool]) -> int:
+        """Upsert labels by prediction id (a corrected label replaces the earlier one)."""
+        if not labels:
+            return 0
+        now = utcnow()
+        values = [{"prediction_id": p, "actual_churn": bool(label), "feedback_at": now} for p, label in labels.items()]
+        statement = self._insert(feedback)
+        statement = statement.on_conflict_do_update(
+            index_elements=["prediction_id"],
+            set_={"actual_churn": statement.excluded.actual_churn, "feedback_at": statement.excluded.feedback_at})
+        with self.engine.begin() as connection:
+            for start in range(0, len(values), 500):
+                connection.execute(statement, values[start:start + 500])
+        return len(values)
+
+    def labelled(self, limit: int | None = None, model_version: str = "") -> list[LabelledRow]:
+        """The joined log (predictions with a label), newest prediction first."""
+        p = predictions.c
+        query = (sa.select(p.prediction_id, p.customer_id, p.churn, p.probability, feedback.c.actual_churn,
+                           p.model_name, p.model_version, p.model_alias, p.predicted_at, feedback.c.feedback_at)
+                 .join(feedback, feedback.c.prediction_id == p.prediction_id).order_by(p.seq.desc()))
+        if model_version:
+            query = query.where(p.model_version == model_version)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as connection:
+            return [LabelledRow(r[0], r[1], bool(r[2]), float(r[3]), bool(r[4]), r[5], r[6], r[7], _aware(r[8]),
+                                _aware(r[9])) for r in connection.execute(query)]
+
+    # ---- reference sets ------------------------------------------------------------------------------------
+    def save_reference(self, frame: pd.DataFrame, churn: pd.Series | None, name: str) -> ReferenceSet:
+        data = frame[list(F.FEATURE_COLUMNS)].copy()
+        churn_rows = 0
+        if churn is not None:
+            data[F.LABEL_COLUMN] = churn.map({True: "Yes", False: "No"}).astype(object).to_numpy()
+            churn_rows = int(churn.fillna(False).astype(bool).sum())
+        buffer = io.BytesIO()
+        with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as handle:
+            handle.write(data.to_csv(index=False).encode())
+        record = ReferenceSet(uuid.uuid4().hex, name, len(data), churn_rows, utcnow())
+        with self.engine.begin() as connection:
+            connection.execute(reference_sets.insert().values(
+                **dataclasses.asdict(record), csv_gzip=buffer.getvalue()))
+        return record
+
+    def load_reference(self, dataset_id: str) -> tuple[ReferenceSet, pd.DataFrame] | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(sa.select(reference_sets).where(
+                reference_sets.c.dataset_id == dataset_id)).mappings().first()
+        if row is None:
+            return None
+        frame = pd.read_csv(io.BytesIO(gzip.decompress(row["csv_gzip"])), dtype=_CSV_DTYPES, keep_default_na=False,
+                            na_values={"TotalCharges": [""]})
+        record = ReferenceSet(row["dataset_id"], row["name"], row["rows"], row["churn_rows"],
+                              _aware(row["created_at"]))
+        return record, frame[list(F.FEATURE_COLUMNS)]
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Give stored columns the cleaned-frame dtypes (tenure/SeniorCitizen int, charges float, the rest str)."""
+    for f in F.FEATURES:
+        column = frame[f.column]
+        if f.name == "senior_citizen":
+            frame[f.column] = pd.to_numeric(column, errors="coerce").fillna(0).astype("int64")
+        elif f.name == "tenure":
+            frame[f.column] = pd.to_numeric(column, errors="coerce").fillna(0).astype("int64")
+        elif f.kind == F.NUMERIC:
+            frame[f.column] = pd.to_numeric(column, errors="coerce").astype("float64")
+        else:
+            frame[f.column] = column.astype(object)
+    return frame
