@@ -1,0 +1,117 @@
+"""`python -m training` end to end on the real Telco data into a temporary MLflow registry."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from services.common import features as F
+from services.common.telco_csv import parse_telco_csv
+from training import registry as R
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
+
+
+def run_training(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "training", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("mlflow") / "var"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(DATA_DIR=str(data_dir), MODEL_NAME="churn-test")
+    output = run_training(env)
+    return env, data_dir, output
+
+
+@pytest.fixture(scope="module")
+def client(trained):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{trained[1] / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_both_versions_registered_with_aliases_and_metrics(trained, client):
+    env, data_dir, output = trained
+    assert "alias churn-test@production" in output and "alias churn-test@staging" in output
+    production = R.resolve_version(client, "churn-test", R.ALIAS_PRODUCTION)
+    staging = R.resolve_version(client, "churn-test", R.ALIAS_STAGING)
+    assert production.tags[R.TAG_FLAVOR] == "xgboost" and staging.tags[R.TAG_FLAVOR] == "sklearn"
+    assert production.version != staging.version and production.tags[R.TAG_FINGERPRINT]
+    assert production.source.startswith("models:/m-")
+    for version, floor in ((production, 0.83), (staging, 0.80)):
+        metrics = client.get_run(version.run_id).data.metrics
+        assert set(metrics) >= {"roc_auc", "f1", "precision", "recall", "accuracy", "log_loss"}
+        assert metrics["roc_auc"] >= floor, metrics
+    assert (data_dir / "mlartifacts").is_dir()  # absolute artifact location under DATA_DIR
+
+
+def test_artifacts_download_through_the_registry(trained, client, tmp_path):
+    root = R.download_version_artifacts(client, "churn-test", "production", tmp_path / "prod")
+    for path in (R.MODEL_INFO, R.FEATURE_SPEC, R.REFERENCE_TRAIN, R.REFERENCE_HOLDOUT, R.NATIVE_MODEL["xgboost"],
+                 "MLmodel"):
+        assert (root / path).is_file(), path
+    assert R.read_model_info(root)["flavor"] == "xgboost"
+    assert json.loads((root / R.FEATURE_SPEC).read_text())["encoded_columns"] == list(F.ENCODED_COLUMNS)
+    train = parse_telco_csv((root / R.REFERENCE_TRAIN).read_bytes(), 1 << 30, 100_000)
+    holdout = parse_telco_csv((root / R.REFERENCE_HOLDOUT).read_bytes(), 1 << 30, 100_000)
+    assert (len(train), len(holdout)) == (5634, 1409)
+    assert train.customer_ids[0] == "" and holdout.customer_ids[0] and holdout.churn is not None
+    staging_root = R.download_version_artifacts(client, "churn-test", "staging", tmp_path / "stg")
+    assert (staging_root / R.NATIVE_MODEL["sklearn"]).is_file()
+
+
+def test_rerun_reuses_versions_and_if_missing_does_nothing(trained, client):
+    env, _, _ = trained
+    before = len(client.search_model_versions("name = 'churn-test'"))
+    assert "reusing version" in run_training(env)
+    assert "nothing to do" in run_training(env, "--if-missing")
+    assert len(client.search_model_versions("name = 'churn-test'")) == before
+    out = run_training(env, "--staging-flavor", "xgboost")
+    assert R.resolve_version(client, "churn-test", "staging").tags[R.TAG_FLAVOR] == "xgboost"
+    assert len(client.search_model_versions("name = 'churn-test'")) == before, out
+    run_training(env)  # back to the default aliases for the other tests
+    assert R.resolve_version(client, "churn-test", "staging").tags[R.TAG_FLAVOR] == "sklearn"
+
+
+@pytest.mark.parametrize("alias", ["production", "staging"])
+def test_pyfunc_in_a_fresh_process_matches_the_native_model(trained, client, alias, tmp_path):
+    env, data_dir, _ = trained
+    rows = ROOT / "data" / "telco_churn.csv"
+    script = (
+        "import sys, json\n"
+        f"sys.path = [p for p in sys.path if p not in ({str(ROOT)!r}, {str(ROOT / 'gen')!r})]\n"
+        "import mlflow, pandas as pd\n"
+        f"mlflow.set_tracking_uri({('sqlite:///' + str(data_dir / 'mlflow.db'))!r})\n"
+        f"m = mlflow.pyfunc.load_model('models:/churn-test@{alias}')\n"
+        f"df = pd.read_csv({str(rows)!r}, dtype={{'TotalCharges': str}}).iloc[480:520]\n"
+        "df['TotalCharges'] = pd.to_numeric(df['TotalCharges'].str.strip(), errors='coerce')\n"
+        "print(json.dumps([float(p) for p in m.predict(df.drop(columns=['customerID', 'Churn']))]))\n"
+        "print(sys.modules['services.common.features'].__file__)\n"
+    )
+    # a fresh interpreter outside the repo, without gen/ or the repo on its path: only the version's code/
+    clean_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, env=clean_env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    *_, probabilities, features_file = done.stdout.strip().splitlines()
+    assert "/code/services/common/features.py" in features_file and not features_file.startswith(str(ROOT / "services"))
+    pyfunc = np.array(json.loads(probabilities))
+
+    root = R.download_version_artifacts(client, "churn-test", alias, tmp_path / "native")
+    flavor, model = R.load_native_model(root)
+    parsed = parse_telco_csv(rows.read_bytes(), 1 << 30, 100_000)
+    native = R.predict_proba(flavor, model, F.encode_customers(parsed.customers()[480:520]))
+    assert pyfunc.shape == (40,) and ((0 < pyfunc) & (pyfunc < 1)).all()
+    np.testing.assert_allclose(pyfunc, native, atol=1e-6)
