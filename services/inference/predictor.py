@@ -1,0 +1,174 @@
+"""The inference data plane, free of gRPC: validate → encode (features module, straight to numpy) → score on the
+calling thread → optional reasons → commit the outbox rows → answer.
+
+Prediction ids are `<request id>-<row>`: Envoy gives every request an `x-request-id` and keeps it on retries, so a
+retried request produces the same ids and monitoring drops the duplicate.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+from churn.v1 import common_pb2, inference_pb2, monitoring_pb2
+from google.protobuf import timestamp_pb2
+
+from services.common import features as F
+from services.common import telco_csv
+from services.common.errors import InvalidInput, ResourceExhausted
+from services.inference import explain, metrics
+from services.inference.model import LoadedModel, ModelHolder
+from services.inference.outbox import Outbox
+
+MAX_REQUEST_ID_CHARS = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    max_batch_rows: int
+    max_csv_bytes: int
+    max_csv_rows: int
+
+    @classmethod
+    def from_settings(cls, settings) -> "Limits":
+        return cls(settings.max_batch_rows, settings.max_message_bytes, settings.max_csv_rows)
+
+
+@dataclasses.dataclass
+class Scored:
+    predictions: list[inference_pb2.Prediction]
+    model: LoadedModel
+
+
+def model_ref(model: LoadedModel) -> common_pb2.ModelRef:
+    return common_pb2.ModelRef(name=model.name, version=model.version, alias=model.alias)
+
+
+def prediction_id_prefix(request_id: str) -> str:
+    """The request id, or its hash when a caller sent something too long to be a sensible key."""
+    if len(request_id) <= MAX_REQUEST_ID_CHARS:
+        return request_id
+    return hashlib.sha256(request_id.encode()).hexdigest()[:32]
+
+
+class Predictor:
+    def __init__(self, holder: ModelHolder, outbox: Outbox, limits: Limits,
+                 clock: Callable[[], float] = time.time):
+        self._holder = holder
+        self._outbox = outbox
+        self.limits = limits
+        self._clock = clock
+
+    def _check_rows(self, n: int, field: str) -> None:
+        if n == 0:
+            raise InvalidInput(field, "at least one customer is required")
+        if n > self.limits.max_batch_rows:
+            raise ResourceExhausted(f"{field}: {n} rows in one request, the limit is {self.limits.max_batch_rows} "
+                                    "(send smaller batches)")
+
+    def predict(self, customers: Sequence[common_pb2.Customer], *, request_id: str, explain_top_k: int = 0,
+                method: str = "PredictBatch", label: str | Callable[[int], str] = "customers",
+                first_index: int = 0) -> Scored:
+        """Score typed customers. `label` names fields in errors (`customers[3].tenure`, or `customer.tenure`)."""
+        started = time.perf_counter()
+        self._check_rows(len(customers), label if isinstance(label, str) else label(0))
+        X = F.encode_customers(customers, label=label)
+        return self._score(X, customers, [c.customer_id for c in customers], request_id=request_id,
+                           explain_top_k=explain_top_k, method=method, started=started, first_index=first_index)
+
+    def predict_csv(self, data: bytes, *, request_id: str, explain_top_k: int = 0) -> tuple[Scored, float | None]:
+        """Score a Telco CSV; with a Churn column, also the accuracy against it (rows with a blank label skipped)."""
+        started = time.perf_counter()
+        parsed = telco_csv.parse_telco_csv(data, self.limits.max_csv_bytes, self.limits.max_csv_rows)
+        X = parsed.encode()
+        scored = self._score(X, parsed.customers(), parsed.customer_ids, request_id=request_id,
+                             explain_top_k=explain_top_k, method="PredictCsv", started=started)
+        accuracy = None
+        if parsed.churn is not None:
+            known = parsed.churn.notna().to_numpy()
+            if known.any():
+                truth = parsed.churn.to_numpy(dtype=bool, na_value=False)[known]
+                predicted = np.array([p.churn for p in scored.predictions], dtype=bool)[known]
+                accuracy = float((truth == predicted).mean())
+        return scored, accuracy
+
+    def _score(self, X: np.ndarray, customers: Sequence[common_pb2.Customer], customer_ids: Sequence[str], *,
+               request_id: str, explain_top_k: int, method: str, started: float, first_index: int = 0) -> Scored:
+        model = self._holder.current  # read once: a reload mid-request does not mix two models
+        probabilities = np.asarray(model.adapter.probability(X), dtype=np.float64)
+        churn = probabilities >= model.threshold
+        reasons = (explain.top_reasons(model.adapter.contributions(X), X, explain_top_k) if explain_top_k
+                   else None)
+        ref = model_ref(model)
+        prefix = prediction_id_prefix(request_id)
+        predictions = []
+        for i, (cid, p, c) in enumerate(zip(customer_ids, probabilities.tolist(), churn.tolist())):
+            prediction = inference_pb2.Prediction(prediction_id=f"{prefix}-{first_index + i}", customer_id=cid,
+                                                  churn=c, probability=p, model=ref)
+            if reasons is not None:
+                prediction.reasons.extend(inference_pb2.Reason(feature=f, value=v, contribution=x)
+                                          for f, v, x in reasons[i])
+            predictions.append(prediction)
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        self._log(predictions, customers, request_id, latency_ms)
+        n_churn = int(churn.sum())
+        if n_churn:
+            metrics.PREDICTIONS.labels(model.version, model.alias, "churn").inc(n_churn)
+        if len(predictions) - n_churn:
+            metrics.PREDICTIONS.labels(model.version, model.alias, "no_churn").inc(len(predictions) - n_churn)
+        metrics.BATCH_ROWS.labels(method).observe(len(predictions))
+        metrics.LATENCY.labels(method).observe(time.perf_counter() - started)
+        return Scored(predictions, model)
+
+    def _log(self, predictions: list[inference_pb2.Prediction], customers: Sequence[common_pb2.Customer],
+             request_id: str, latency_ms: float) -> None:
+        """Commit one outbox row per prediction; the answer goes out only after this returns."""
+        now = timestamp_pb2.Timestamp()
+        now.FromNanoseconds(int(self._clock() * 1e9))
+        rows = []
+        for prediction, customer in zip(predictions, customers):
+            record = monitoring_pb2.PredictionRecord(
+                prediction_id=prediction.prediction_id, customer=customer, churn=prediction.churn,
+                probability=prediction.probability, model=prediction.model, latency_ms=latency_ms,
+                predicted_at=now, request_id=request_id)
+            rows.append((prediction.prediction_id, record.SerializeToString()))
+        self._outbox.append(rows)
+
+    def explain(self, customers: Sequence[common_pb2.Customer]) -> tuple[list[inference_pb2.Explanation], LoadedModel]:
+        """Full TreeSHAP per customer field; base + Σ shap_value == margin (log-odds for both flavours)."""
+        self._check_rows(len(customers), "customers")
+        X = F.encode_customers(customers, label="customers")
+        model = self._holder.current
+        contributions = model.adapter.contributions(X)
+        margins = np.asarray(model.adapter.margin(X), dtype=np.float64)
+        probabilities = np.asarray(model.adapter.probability(X), dtype=np.float64)
+        explanations = []
+        for r, customer in enumerate(customers):
+            values = explain.field_values(X[r])
+            explanations.append(inference_pb2.Explanation(
+                customer_id=customer.customer_id, base_value=float(contributions.base[r]), margin=float(margins[r]),
+                probability=float(probabilities[r]),
+                contributions=[inference_pb2.FeatureContribution(feature=name, value=values[i],
+                                                                 shap_value=float(contributions.fields[r, i]))
+                               for i, name in enumerate(F.FEATURE_NAMES)]))
+        return explanations, model
+
+    def model_info(self, alias: str) -> inference_pb2.GetModelInfoResponse:
+        self._holder.check_alias(alias)
+        model = self._holder.current
+        response = inference_pb2.GetModelInfoResponse(
+            model=model_ref(model), flavor=model.flavor, run_id=model.run_id, metrics=model.metrics,
+            features=[inference_pb2.FeatureSpec(name=f["name"], kind=f["kind"], categories=f.get("categories", []))
+                      for f in model.features])
+        response.loaded_at.FromDatetime(model.loaded_at)
+        return response
+
+    def reload(self, alias: str) -> inference_pb2.ReloadModelResponse:
+        self._holder.check_alias(alias)
+        result = self._holder.reload()
+        response = inference_pb2.ReloadModelResponse(current=model_ref(result.current), changed=result.changed)
+        if result.previous is not None:
+            response.previous.CopyFrom(model_ref(result.previous))
+        return response

@@ -1,0 +1,150 @@
+"""The outbox shipper: a background thread that moves committed prediction rows to monitoring's
+`RecordPredictions`, in batches, with a service token.
+
+A row leaves the outbox only after monitoring acknowledged its batch (monitoring stores idempotently by prediction
+id, so a batch resent after a lost acknowledgement is harmless). Monitoring down → the attempt fails, the thread
+backs off exponentially (with jitter) and tries again; predictions are never affected. The token is read from env
+`SERVICE_TOKEN` or the file `<SECRETS_DIR>/service_token` (written by `python -m services.auth
+create-service-token`), re-read whenever the file changes, so a re-minted token is picked up without a restart.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import random
+import threading
+from typing import Protocol, Sequence
+
+import grpc
+from churn.v1 import monitoring_pb2, monitoring_pb2_grpc
+
+from services.common.logs import fields
+from services.inference import metrics
+from services.inference.outbox import Outbox, OutboxRow
+
+log = logging.getLogger("churn.inference.shipper")
+
+
+class ShipError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class Sink(Protocol):
+    def send(self, records: Sequence[bytes]) -> None:
+        """Deliver serialized PredictionRecords; return only when the receiver stored them, else raise ShipError."""
+
+
+class ServiceToken:
+    """The service token: env `SERVICE_TOKEN` wins; otherwise the token file, re-read when its mtime changes."""
+
+    def __init__(self, env_value: str, path: pathlib.Path):
+        self._env_value = env_value.strip()
+        self._path = path
+        self._cached: tuple[float, str] | None = None
+
+    def get(self) -> str:
+        if self._env_value:
+            return self._env_value
+        try:
+            mtime = self._path.stat().st_mtime
+        except OSError:
+            raise ShipError("NO_TOKEN", f"no service token (env SERVICE_TOKEN or {self._path})") from None
+        if self._cached is None or self._cached[0] != mtime:
+            self._cached = (mtime, self._path.read_text().strip())
+        return self._cached[1]
+
+    @classmethod
+    def from_env(cls, secrets_dir: pathlib.Path) -> "ServiceToken":
+        return cls(os.environ.get("SERVICE_TOKEN", ""), secrets_dir / "service_token")
+
+
+class MonitoringSink:
+    """RecordPredictions over gRPC, with the service token and the client API key."""
+
+    def __init__(self, address: str, token: ServiceToken, api_key: str, options: list[tuple[str, int]],
+                 timeout: float = 10.0):
+        self._channel = grpc.insecure_channel(address, options=[
+            *options, ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)])
+        self._stub = monitoring_pb2_grpc.MonitoringServiceStub(self._channel)
+        self._token = token
+        self._api_key = api_key
+        self._timeout = timeout
+
+    def send(self, records: Sequence[bytes]) -> None:
+        request = monitoring_pb2.RecordPredictionsRequest()
+        for record in records:
+            request.records.add().MergeFromString(record)
+        metadata = (("authorization", f"Bearer {self._token.get()}"), ("x-api-key", self._api_key))
+        try:
+            reply = self._stub.RecordPredictions(request, metadata=metadata, timeout=self._timeout)
+        except grpc.RpcError as error:
+            raise ShipError(error.code().name, error.details() or "") from None
+        if reply.received != len(records):
+            raise ShipError("SHORT_ACK", f"monitoring acknowledged {reply.received} of {len(records)} rows")
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class Shipper:
+    """Ships outbox rows until stopped. One thread; batches of up to `batch_size` rows, oldest first."""
+
+    def __init__(self, outbox: Outbox, sink: Sink, batch_size: int = 500, idle_wait: float = 1.0,
+                 initial_backoff: float = 0.2, max_backoff: float = 30.0):
+        self._outbox = outbox
+        self._sink = sink
+        self._batch_size = batch_size
+        self._idle_wait = idle_wait
+        self._initial_backoff = initial_backoff
+        self._max_backoff = max_backoff
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="outbox-shipper", daemon=True)
+
+    def start(self) -> "Shipper":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the batch in flight (if any) and stop; unshipped rows stay in the outbox for the next start."""
+        self._stop.set()
+        self._outbox.wake()
+        self._thread.join(timeout)
+
+    def ship_once(self) -> int:
+        """Send one batch; returns rows acknowledged (0 when the outbox is empty). Raises ShipError."""
+        rows: list[OutboxRow] = self._outbox.pending(self._batch_size)
+        if not rows:
+            return 0
+        self._sink.send([row.record for row in rows])
+        acknowledged = self._outbox.acknowledge(row.seq for row in rows)
+        metrics.SHIPPED.inc(len(rows))
+        return acknowledged
+
+    def _run(self) -> None:
+        backoff, failing_since_logged = self._initial_backoff, False
+        while not self._stop.is_set():
+            try:
+                shipped = self.ship_once()
+            except ShipError as error:
+                metrics.SHIP_FAILURES.labels(error.code).inc()
+                if not failing_since_logged:
+                    log.warning("shipping predictions to monitoring failed; rows wait in the outbox",
+                                extra=fields(error=str(error), backlog=self._outbox.backlog()))
+                    failing_since_logged = True
+                self._stop.wait(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, self._max_backoff)
+                continue
+            except Exception:  # noqa: BLE001 - the thread must survive anything (a sqlite hiccup, a bug) and retry
+                log.exception("outbox shipper step failed")
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self._max_backoff)
+                continue
+            if failing_since_logged:
+                log.info("shipping predictions to monitoring resumed", extra=fields(backlog=self._outbox.backlog()))
+                failing_since_logged = False
+            backoff = self._initial_backoff
+            if shipped == 0:
+                self._outbox.wait_for_rows(self._idle_wait)
