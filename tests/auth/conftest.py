@@ -12,6 +12,7 @@ import uuid
 import grpc
 import jwt
 import pytest
+import sqlalchemy as sa
 
 from churn.v1 import auth_pb2, auth_pb2_grpc, common_pb2
 from services.auth.app import AuthApp, build, start
@@ -109,6 +110,23 @@ def database_url(request, tmp_path_factory) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path_factory.mktemp('auth-sqlite') / 'users.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def fresh_database_url(database_url, tmp_path):
+    """An empty database on the same backend (store and key-ring tests own it; the shared server is untouched)."""
+    url = sa.engine.make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+        return
+    name = f"{url.database}_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'create database "{name}"'))
+    yield url.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'drop database if exists "{name}" with (force)'))
+    admin.dispose()
 
 
 @pytest.fixture(scope="session")
