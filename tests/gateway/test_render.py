@@ -1,0 +1,232 @@
+"""The rendered Envoy config: valid for the real Envoy, one route per routed RPC (REST and gRPC on the same route),
+nothing for internal RPCs, and every value taken from Settings / the access table."""
+from __future__ import annotations
+
+import re
+import urllib.parse
+
+import pytest
+import yaml
+
+from gateway import render
+from gateway.__main__ import validate
+from services.common import canary_runtime
+from services.common.access import access_table
+from services.common.settings import Settings
+
+F = render.FILTER
+
+
+@pytest.fixture
+def env(tmp_path) -> dict[str, str]:
+    return {"DATA_DIR": str(tmp_path / "var"), "SECRETS_DIR": str(tmp_path / "secrets"), "API_KEY": "client-key-1",
+            "OPS_API_KEY": "ops-key-1", "AUTH_PORT": "41001", "AUTH_HTTP_PORT": "41002", "MONITORING_PORT": "41003",
+            "INFERENCE_PRODUCTION_PORT": "41004", "INFERENCE_STAGING_PORT": "41005", "GATEWAY_PORT": "41006",
+            "ENVOY_ADMIN_PORT": "41007", "AUTH_RATE_PER_MINUTE": "7", "PREDICT_RATE_PER_MINUTE": "11",
+            "SERVICE_PREDICT_RATE_PER_MINUTE": "999", "CANARY_PERCENT": "15", "MAX_MESSAGE_MB": "9",
+            "JWKS_CACHE_SECONDS": "17"}
+
+
+@pytest.fixture
+def settings(env) -> Settings:
+    return Settings.from_env(env)
+
+
+@pytest.fixture
+def config(settings) -> dict:
+    return render.render(settings)
+
+
+def routes_of(config: dict) -> list[dict]:
+    return list(render.routed_paths(config))
+
+
+def match_route(routes: list[dict], method: str, path: str, headers: dict[str, str] | None = None) -> dict | None:
+    """Envoy's first-match route selection, for the matchers the renderer uses."""
+    path_only, _, query = path.partition("?")
+    params = dict(urllib.parse.parse_qsl(query))
+    all_headers = {":method": method, **(headers or {})}
+    for route in routes:
+        match = route["match"]
+        if "path" in match and path_only != match["path"]:
+            continue
+        if "prefix" in match and not path_only.startswith(match["prefix"]):
+            continue
+        if "safe_regex" in match and not re.fullmatch(match["safe_regex"]["regex"], path_only):
+            continue
+        if any(all_headers.get(h["name"]) != h["string_match"]["exact"] for h in match.get("headers", [])):
+            continue
+        if any(params.get(q["name"]) != q["string_match"]["exact"] for q in match.get("query_parameters", [])):
+            continue
+        return route
+    return None
+
+
+def sample_path(template: str) -> str:
+    return re.sub(r"\{[^}]+\}", "someone", template)
+
+
+def test_envoy_validates_the_rendered_config(settings, tmp_path):
+    out = render.prepare(settings, tmp_path / "envoy.yaml")
+    assert out.stat().st_mode & 0o777 == 0o600  # holds the API keys
+    done = validate(out)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # and the JSON spelling too
+    done = validate(render.write(render.render(settings), tmp_path / "envoy.json"))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_validation_catches_a_broken_config(settings, tmp_path):
+    config = render.render(settings)
+    config["static_resources"]["clusters"][0]["lb_policy"] = "NOT_A_POLICY"
+    done = validate(render.write(config, tmp_path / "broken.yaml"))
+    assert done.returncode != 0
+
+
+def test_every_routed_rpc_has_one_route_for_grpc_and_rest(config):
+    routes = routes_of(config)
+    bindings = render.http_bindings()
+    checked = 0
+    for path, entry in access_table().items():
+        if entry.routing == "internal":
+            continue
+        grpc_route = match_route(routes, "POST", path)
+        assert grpc_route is not None, f"no route for gRPC {path}"
+        assert grpc_route["name"].endswith(entry.method), grpc_route["name"]
+        for binding in bindings[path]:
+            rest_route = match_route(routes, binding.verb, sample_path(binding.template))
+            assert rest_route is not None, f"no route for {binding.verb} {binding.template}"
+            assert rest_route["name"].split("_")[1] == entry.method, (binding, rest_route["name"])
+            if entry.rate != "none":  # shared rate-limit buckets need the very same route
+                assert rest_route is grpc_route, f"{path}: REST and gRPC on different routes"
+            checked += 1
+    assert checked >= 20
+
+
+def test_same_rest_path_with_two_verbs_reaches_the_right_rpc(config):
+    routes = routes_of(config)
+    assert match_route(routes, "GET", "/v1/feedback")["name"].startswith("MonitoringService_GetFeedbackData")
+    assert match_route(routes, "POST", "/v1/feedback")["name"].startswith("MonitoringService_SubmitFeedback")
+    assert match_route(routes, "GET", "/v1/canary")["name"].startswith("MonitoringService_GetCanaryWeight")
+    assert match_route(routes, "POST", "/v1/canary")["name"].startswith("MonitoringService_SetCanaryWeight")
+
+
+def test_internal_rpcs_are_not_routed(config):
+    routes = routes_of(config)
+    internal = [e for e in access_table().values() if e.routing == "internal"]
+    assert internal, "the contract has at least one internal RPC (RecordPredictions)"
+    for entry in internal:
+        assert match_route(routes, "POST", entry.path) is None
+        for binding in render.http_bindings()[entry.path]:
+            assert match_route(routes, binding.verb, sample_path(binding.template)) is None
+    assert not any(entry.method in route["name"] for route in routes for entry in internal)
+
+
+def test_access_table_drives_keys_tokens_roles_and_limits(config, settings):
+    routes = routes_of(config)
+    for path, entry in access_table().items():
+        if entry.routing == "internal":
+            continue
+        route = match_route(routes, "POST", path)
+        per = route["typed_per_filter_config"]
+        assert (per[F["jwt_authn"]].get("disabled") is True) == entry.public
+        if entry.ops_key_only:
+            assert per[F["api_key_auth"]]["allowed_clients"] == [render.OPS]
+        else:
+            assert F["api_key_auth"] not in per  # filter level: client or ops key
+        principals = per[F["rbac"]]["rbac"]["rules"]["policies"]["roles"]["principals"]
+        if entry.public:
+            assert principals == [{"any": True}]
+        else:
+            roles = {p["sourced_metadata"]["metadata_matcher"]["value"]["string_match"]["exact"] for p in principals}
+            assert roles == set(entry.roles)
+        limit = per.get(F["local_ratelimit"])
+        if entry.rate == "auth":
+            assert limit["descriptors"][0]["token_bucket"]["max_tokens"] == settings.auth_rate_per_minute == 7
+            assert limit["rate_limits"] == [{"actions": [{"remote_address": {}}]}]
+        elif entry.rate == "predict":
+            buckets = {d["entries"][0]["value"]: d["token_bucket"]["max_tokens"] for d in limit["descriptors"]}
+            assert buckets == {"agent": 11, "admin": 11, "service": 999}
+        else:
+            assert limit is None
+        if entry.rate != "none":
+            assert limit["rate_limited_as_resource_exhausted"] is True
+        action = route["route"]
+        assert action["timeout"] == f"{entry.timeout_ms / 1000:g}s"
+        if not (entry.client_streaming or entry.server_streaming):
+            retry_on = action["retry_policy"]["retry_on"]
+            assert ("unavailable" in retry_on) == entry.retryable
+
+
+def test_canary_split_pins_and_alias_routes(config, settings):
+    routes = routes_of(config)
+    predict = match_route(routes, "POST", "/v1/predict")
+    split = predict["route"]["weighted_clusters"]
+    assert split["runtime_key_prefix"] == canary_runtime.RUNTIME_KEY_PREFIX
+    assert {c["name"]: c["weight"] for c in split["clusters"]} == {"inference_production": 85, "inference_staging": 15}
+    assert "retry_priority" in predict["route"]["retry_policy"]
+    pinned = match_route(routes, "POST", "/churn.v1.InferenceService/Predict", {render.PIN_HEADER: "staging"})
+    assert pinned["route"]["cluster"] == render.STAGING_HOSTS_CLUSTER
+    assert pinned["typed_per_filter_config"][F["api_key_auth"]]["allowed_clients"] == [render.OPS]
+    info = match_route(routes, "GET", "/v1/model?alias=staging")
+    assert info["route"]["cluster"] == render.STAGING_HOSTS_CLUSTER
+    assert match_route(routes, "GET", "/v1/model")["route"]["cluster"] == "inference_production"
+    reload_staging = match_route(routes, "POST", "/churn.v1.InferenceService/ReloadModel", {render.PIN_HEADER: "staging"})
+    assert reload_staging["route"]["cluster"] == render.STAGING_HOSTS_CLUSTER  # no fallback for alias-bound RPCs
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    aggregate = clusters["inference_staging"]["cluster_type"]["typed_config"]["clusters"]
+    assert aggregate == [render.STAGING_HOSTS_CLUSTER, "inference_production"]
+    layers = config["layered_runtime"]["layers"]
+    assert layers == canary_runtime.runtime_layers(settings.data_dir, 15)
+    assert [next(k for k in layer if k != "name") for layer in layers] == ["static_layer", "disk_layer", "admin_layer"]
+
+
+def test_settings_flow_into_the_config(config, settings):
+    text = yaml.safe_dump(config)
+    listener = config["static_resources"]["listeners"][0]
+    assert listener["address"]["socket_address"]["port_value"] == 41006
+    assert config["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 41007}
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    ports = {name: c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+             ["port_value"] for name, c in clusters.items() if "load_assignment" in c}
+    assert ports == {"auth": 41001, "auth_jwks": 41002, "monitoring": 41003, "inference_production": 41004,
+                     "inference_staging_hosts": 41005}
+    for name in ("auth", "monitoring", "inference_production", "inference_staging_hosts"):
+        assert clusters[name]["health_checks"][0]["grpc_health_check"]["service_name"].startswith("churn.v1.")
+        assert "outlier_detection" in clusters[name]
+        assert "http2_protocol_options" in str(clusters[name]["typed_extension_protocol_options"])
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    assert hcm["use_remote_address"] is True and hcm["codec_type"] == "AUTO"
+    names = [f["name"] for f in hcm["http_filters"]]
+    assert names == [F[n] for n in ("header_mutation", "cors", "api_key_auth", "jwt_authn", "rbac", "local_ratelimit",
+                                    "grpc_json_transcoder", "health_check", "router")]
+    filters = {f["name"]: f["typed_config"] for f in hcm["http_filters"]}
+    transcoder = filters[F["grpc_json_transcoder"]]
+    assert transcoder["max_request_body_size"] == transcoder["max_response_body_size"] == 9 * 1024 * 1024
+    assert transcoder["match_incoming_request_route"] and transcoder["convert_grpc_status"]
+    keys = {c["client"]: c["key"] for c in filters[F["api_key_auth"]]["credentials"]}
+    assert keys == {"client": "client-key-1", "ops": "ops-key-1"}
+    provider = filters[F["jwt_authn"]]["providers"][render.JWT_PROVIDER]
+    assert provider["remote_jwks"]["cache_duration"] == "17s"
+    assert provider["remote_jwks"]["http_uri"]["uri"] == settings.jwks_url
+    assert provider["forward"] is True and provider["from_cookies"] == ["access_token"]
+    assert text.count("client-key-1") == 1 and text.count("ops-key-1") == 1  # each key written once
+
+
+def test_no_default_keys(env):
+    for missing in ("API_KEY", "OPS_API_KEY"):
+        broken = dict(env, **{missing: ""})
+        with pytest.raises(ValueError, match="API_KEY"):
+            render.render(Settings.from_env(broken))
+
+
+@pytest.mark.parametrize("template, path, matches", [
+    ("/v1/users/{username}:approve", "/v1/users/alice:approve", True),
+    ("/v1/users/{username}:approve", "/v1/users/a/b:approve", False),
+    ("/v1/predict:batch", "/v1/predict:batch", True),
+    ("/v1/predict:batch", "/v1/predictXbatch", False),
+    ("/.well-known/jwks.json", "/.well-known/jwksXjson", False),
+    ("/v1/files/{name=**}", "/v1/files/a/b/c", True),
+])
+def test_template_regex(template, path, matches):
+    assert bool(re.fullmatch(render.template_regex(template), path)) is matches
