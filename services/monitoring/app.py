@@ -30,12 +30,14 @@ def envoy_admin_url(settings: Settings) -> str:
     return f"http://127.0.0.1:{settings.envoy_admin_port}"
 
 
-def build_parts(settings: Settings, *, envoy_admin: str | None = None, database_url: str | None = None) -> MonitoringParts:
-    """The domain objects; imports MLflow and Evidently now (seconds), never while serving a call."""
+def build_parts(settings: Settings, *, envoy_admin: str | None = None, database_url: str | None = None,
+                runtime_data_dir=None) -> MonitoringParts:
+    """The domain objects; imports MLflow and Evidently now (seconds), never while serving a call.
+    `runtime_data_dir` (default DATA_DIR) holds Envoy's disk runtime layer; tests give each Envoy its own."""
     store = MonitoringStore(database_url or settings.monitoring_database_url)
     registry = ModelRegistry(settings.data_dir, settings.model_name)
     drift = DriftAnalyzer(store, registry)
-    canary = CanaryControl(EnvoyAdmin(envoy_admin or envoy_admin_url(settings)), settings.data_dir,
+    canary = CanaryControl(EnvoyAdmin(envoy_admin or envoy_admin_url(settings)), runtime_data_dir or settings.data_dir,
                            on_weight=M.CANARY_PERCENT.set)
     return MonitoringParts(
         settings=settings, store=store,

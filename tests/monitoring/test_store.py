@@ -1,0 +1,92 @@
+"""The store on both backends (SQLite file and the machine's PostgreSQL): the same tests, parametrized."""
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import pytest
+
+from services.common import features as F
+from services.common.telco_csv import parse_telco_csv
+from services.monitoring.store import MonitoringStore, PredictionRow
+from tests.monitoring.conftest import TELCO_CSV
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    url = f"sqlite:///{tmp_path / 'store.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    store = MonitoringStore(url)
+    yield store
+    if request.param == "postgresql":  # one database per run: leave it empty for the next parametrized test
+        from services.monitoring.store import metadata
+        metadata.drop_all(store.engine)
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def telco():
+    data = TELCO_CSV.read_bytes()
+    return parse_telco_csv(data, len(data) + 1, 10**6)
+
+
+def rows_from(telco, start: int, count: int, version: str = "1", prefix: str = "p") -> list[PredictionRow]:
+    frame = telco.frame.iloc[start:start + count]
+    out = []
+    for i, (_, values) in enumerate(frame.iterrows()):
+        inputs = {f.name: (None if pd.isna(values[f.column]) else
+                           float(values[f.column]) if f.kind == F.NUMERIC else str(values[f.column]))
+                  for f in F.FEATURES}
+        out.append(PredictionRow(f"{prefix}{start + i}", telco.customer_ids[start + i], inputs, i % 3 == 0, 0.4,
+                                 "churn-model", version, "production", 2.0,
+                                 dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=i), "r"))
+    return out
+
+
+def test_same_batch_three_times_stores_it_once(store, telco):
+    batch = rows_from(telco, 0, 1000)
+    assert [store.record_predictions(batch) for _ in range(3)] == [1000, 0, 0]
+    assert store.count_predictions() == 1000
+    # a batch overlapping the stored one adds only its new rows
+    assert store.record_predictions(rows_from(telco, 900, 200)) == 100
+    assert store.count_predictions() == 1100
+
+
+def test_recent_inputs_are_the_newest_rows_in_the_reference_frame_shape(store, telco):
+    store.record_predictions(rows_from(telco, 0, 300, version="1"))
+    store.record_predictions(rows_from(telco, 300, 100, version="2", prefix="q"))
+    window = store.recent_inputs(50, "1")
+    assert list(window.columns) == list(F.FEATURE_COLUMNS)
+    expected = telco.frame.iloc[250:300].iloc[::-1].reset_index(drop=True)
+    pd.testing.assert_frame_equal(window, expected, check_dtype=True)
+    assert len(store.recent_inputs(1000)) == 400
+    assert store.count_predictions("2") == 100
+    assert store.model_versions() == ["1", "2"]
+    assert store.prediction_counts() == {("churn-model", "1", "production"): 300,
+                                         ("churn-model", "2", "production"): 100}
+
+
+def test_feedback_by_prediction_and_latest_of_a_customer(store, telco):
+    rows = rows_from(telco, 0, 10)
+    store.record_predictions(rows)
+    again = [PredictionRow(f"later-{r.prediction_id}", r.customer_id, r.inputs, r.churn, 0.9, r.model_name, "2",
+                           "staging", 1.0, r.predicted_at, "r2") for r in rows[:3]]
+    store.record_predictions(again)
+    latest = store.latest_prediction_for_customers([rows[0].customer_id, rows[5].customer_id, "nobody"])
+    assert latest == {rows[0].customer_id: "later-p0", rows[5].customer_id: "p5"}
+    assert store.existing_prediction_ids(["p1", "p2", "missing"]) == {"p1", "p2"}
+    store.save_feedback({"p1": True, "p2": False})
+    store.save_feedback({"p2": True})  # a corrected label replaces the first
+    labelled = store.labelled()
+    assert [(r.prediction_id, r.actual_churn) for r in labelled] == [("p2", True), ("p1", True)]
+    assert labelled[0].feedback_at.tzinfo is not None
+    assert store.labelled(limit=1)[0].prediction_id == "p2"
+    assert store.labelled(model_version="2") == []
+
+
+def test_reference_set_round_trip(store, telco):
+    record = store.save_reference(telco.frame.iloc[:500], telco.churn.iloc[:500], "first upload")
+    assert record.rows == 500 and record.churn_rows == int(telco.churn.iloc[:500].sum())
+    loaded, frame = store.load_reference(record.dataset_id)
+    assert loaded.name == "first upload" and loaded.rows == 500
+    pd.testing.assert_frame_equal(frame, telco.frame.iloc[:500].reset_index(drop=True))
+    assert store.load_reference("unknown") is None
