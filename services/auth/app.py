@@ -58,6 +58,10 @@ def _migrate_with_retry(store: UserStore, attempts: int = 10) -> int:
 
 
 def build(settings: Settings, *, bootstrap: bool = True) -> AuthApp:
+    if settings.key_propagation_seconds < settings.jwks_cache_seconds:
+        log.warning("KEY_PROPAGATION_SECONDS is below JWKS_CACHE_SECONDS: a verifier may meet a new kid before "
+                    "its cached JWKS holds it", extra={"fields": {"propagation": settings.key_propagation_seconds,
+                                                                  "jwks_cache": settings.jwks_cache_seconds}})
     store = UserStore(settings.users_database_url)
     version = _migrate_with_retry(store)
     keys = KeyRing(store, settings.key_propagation_seconds, settings.access_token_ttl_seconds)

@@ -26,6 +26,8 @@ from services.auth.users import KeyRecord, UserStore
 ALGORITHM = "ES256"
 # Margin after a key's last token expiry before it leaves the JWKS: clock skew between replicas and verifiers.
 RETIRE_MARGIN_SECONDS = 60.0
+# The JWKS is fetched rarely (every cache period per verifier), so it is served nearly straight from the store.
+JWKS_MAX_AGE_SECONDS = 0.2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,10 +65,12 @@ class KeyRing:
         self._public: dict[str, object] = {}
 
     # --- state --------------------------------------------------------------------------------------------
-    def _load(self, force: bool = False) -> list[KeyRecord]:
-        """The key list, re-read at most every `refresh_seconds` (rotations by another replica or the CLI)."""
+    def _load(self, force: bool = False, max_age: float | None = None) -> list[KeyRecord]:
+        """The key list, re-read when older than `max_age` (default `refresh_seconds`): rotations made by another
+        replica or the CLI are seen without a restart."""
         with self._lock:
-            if force or time.monotonic() - self._loaded_at > self._refresh:
+            age = time.monotonic() - self._loaded_at
+            if force or age > (self._refresh if max_age is None else max_age):
                 self._keys = self._store.list_keys()
                 self._service_expiry = self._store.service_token_expiry_by_kid()
                 self._loaded_at = time.monotonic()
@@ -111,8 +115,8 @@ class KeyRing:
                          next_signs_from=upcoming.signs_from if upcoming else 0.0,
                          published_kids=[k.kid for k in self._published(now)])
 
-    def _published(self, now: float) -> list[KeyRecord]:
-        signer, pending, retired = self._classify(self._load(), now)
+    def _published(self, now: float, max_age: float | None = None) -> list[KeyRecord]:
+        signer, pending, retired = self._classify(self._load(max_age=max_age), now)
         return [*retired, *([signer] if signer else []), *pending]
 
     # --- use ----------------------------------------------------------------------------------------------
@@ -126,7 +130,10 @@ class KeyRing:
         return signer.kid, self._private[signer.kid]
 
     def jwks(self) -> dict:
-        return {"keys": [json.loads(k.public_jwk) for k in self._published(self._clock())]}
+        """The published keys as read from the store at most JWKS_MAX_AGE ago: a key added by another replica or
+        the CLI reaches Envoy at its next fetch, well inside the propagation delay."""
+        published = self._published(self._clock(), max_age=JWKS_MAX_AGE_SECONDS)
+        return {"keys": [json.loads(k.public_jwk) for k in published]}
 
     def jwks_bytes(self) -> bytes:
         return json.dumps(self.jwks(), separators=(",", ":")).encode()
