@@ -29,6 +29,16 @@ for _outcome in REGISTRATION_OUTCOMES:
 
 def bind_gauges(active: Callable[[], int], pending: Callable[[], int], published: Callable[[], int]) -> None:
     """Gauges read the shared store when scraped, so every replica reports the same numbers."""
-    ACTIVE_USERS.set_function(active)
-    PENDING_USERS.set_function(pending)
-    PUBLISHED_KEYS.set_function(published)
+    ACTIVE_USERS.set_function(_safe(active))
+    PENDING_USERS.set_function(_safe(pending))
+    PUBLISHED_KEYS.set_function(_safe(published))
+
+
+def _safe(read: Callable[[], int]) -> Callable[[], float]:
+    """A store that is briefly unreachable must not break the whole /metrics page: report NaN instead."""
+    def value() -> float:
+        try:
+            return float(read())
+        except Exception:  # noqa: BLE001 - any store error; the RPC metrics show the outage
+            return float("nan")
+    return value
