@@ -70,7 +70,7 @@ def weight_from_runtime(values: dict[str, str]) -> int:
 class CanaryControl:
     def __init__(self, admin: EnvoyAdmin, data_dir: pathlib.Path, on_weight=None):
         self.admin = admin
-        self._data_dir = data_dir
+        self.data_dir = data_dir
         self._on_weight = on_weight or (lambda percent: None)
 
     def get(self) -> int:
@@ -80,7 +80,7 @@ class CanaryControl:
         return percent
 
     def persisted(self) -> int | None:
-        return CR.read_persisted(self._data_dir)
+        return CR.read_persisted(self.data_dir)
 
     def set(self, percent: int) -> tuple[int, int]:
         """Persist, then apply live; returns (percent, previous). Envoy unreachable → NotReady (still persisted)."""
@@ -90,7 +90,7 @@ class CanaryControl:
         except (NotReady, FailedPrecondition):
             previous = self.persisted()
             previous = percent if previous is None else previous
-        CR.write_persisted(self._data_dir, percent)
+        CR.write_persisted(self.data_dir, percent)
         try:
             self.admin.modify(CR.weights_for(percent))
         except NotReady as exc:
