@@ -43,17 +43,18 @@ class ServiceToken:
     def __init__(self, env_value: str, path: pathlib.Path):
         self._env_value = env_value.strip()
         self._path = path
-        self._cached: tuple[float, str] | None = None
+        self._cached: tuple[tuple[int, int], str] | None = None
 
     def get(self) -> str:
         if self._env_value:
             return self._env_value
         try:
-            mtime = self._path.stat().st_mtime
+            stat = self._path.stat()
         except OSError:
             raise ShipError("NO_TOKEN", f"no service token (env SERVICE_TOKEN or {self._path})") from None
-        if self._cached is None or self._cached[0] != mtime:
-            self._cached = (mtime, self._path.read_text().strip())
+        version = (stat.st_mtime_ns, stat.st_size)
+        if self._cached is None or self._cached[0] != version:
+            self._cached = (version, self._path.read_text().strip())
         return self._cached[1]
 
     @classmethod

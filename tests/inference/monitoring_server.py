@@ -1,0 +1,47 @@
+"""A small, real MonitoringService for the shipping tests: RecordPredictions behind the real interceptor (service
+role + API key), stored idempotently by prediction id in SQLite, as monitoring's own service does."""
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+from churn.v1 import monitoring_pb2, monitoring_pb2_grpc
+
+from services.common.interceptor import ServiceInterceptor
+from services.common.server import ServiceHost, start_server
+
+SERVICE = monitoring_pb2.DESCRIPTOR.services_by_name["MonitoringService"].full_name
+
+
+class RecordingMonitoring(monitoring_pb2_grpc.MonitoringServiceServicer):
+    def __init__(self, path):
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("CREATE TABLE IF NOT EXISTS predictions (prediction_id TEXT PRIMARY KEY, record BLOB)")
+        self._lock = threading.Lock()
+        self.calls = 0
+        self.duplicates = 0
+
+    def RecordPredictions(self, request, context):
+        with self._lock:
+            self.calls += 1
+            before = self._db.total_changes
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR IGNORE INTO predictions VALUES (?, ?)",
+                                 [(r.prediction_id, r.SerializeToString()) for r in request.records])
+            self._db.execute("COMMIT")
+            inserted = self._db.total_changes - before
+            self.duplicates += len(request.records) - inserted
+        return monitoring_pb2.RecordPredictionsResponse(received=len(request.records), inserted=inserted,
+                                                        duplicates=len(request.records) - inserted)
+
+    def records(self) -> dict[str, monitoring_pb2.PredictionRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT prediction_id, record FROM predictions").fetchall()
+        return {pid: monitoring_pb2.PredictionRecord.FromString(blob) for pid, blob in rows}
+
+
+def start_monitoring(settings, verifier, port: int, store: RecordingMonitoring) -> ServiceHost:
+    return start_server(settings, port=port, http_port=0, service_names=[SERVICE],
+                        register=lambda server: monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(store,
+                                                                                                           server),
+                        interceptor=ServiceInterceptor(verifier, settings.api_key, settings.ops_api_key))
