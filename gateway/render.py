@@ -37,6 +37,8 @@ SUB_HEADER = "x-jwt-sub"
 ROLE_HEADER = "x-jwt-role"
 JWT_PAYLOAD_KEY = "jwt_payload"
 JWT_PROVIDER = "churn_auth"
+# Envoy's default leeway on exp/nbf is 60 s: an expired token would pass the gateway for a minute (services allow 0).
+JWT_CLOCK_SKEW_SECONDS = 5
 METADATA_NS = "churn"  # endpoint metadata namespace (the alias an inference host serves)
 JWT_REQUIREMENT = "token"
 HEALTHZ_PATH = "/healthz"
@@ -350,6 +352,7 @@ def _jwt_authn(settings: Settings) -> dict:
     provider = {
         "issuer": settings.jwt_issuer,
         "audiences": [settings.jwt_audience],
+        "clock_skew_seconds": JWT_CLOCK_SKEW_SECONDS,
         "remote_jwks": {
             "http_uri": {"uri": settings.jwks_url, "cluster": JWKS_CLUSTER, "timeout": "2s"},
             "cache_duration": f"{settings.jwks_cache_seconds}s",
