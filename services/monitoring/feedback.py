@@ -67,7 +67,7 @@ def rows_from_csv(data: bytes, max_rows: int) -> tuple[list[LabelRow], list]:
     except UnicodeDecodeError as exc:
         line = data[:exc.start].count(b"\n") + 1
         raise InvalidInput(f"csv line {line}", "is not valid UTF-8") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = [h.strip() for h in next(reader, [])]
         id_column = next((c for c in (PREDICTION_ID_COLUMN, F.ID_COLUMN) if c in header), None)
