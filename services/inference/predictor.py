@@ -23,6 +23,16 @@ from services.inference.model import LoadedModel, ModelHolder
 from services.inference.outbox import Outbox
 
 MAX_REQUEST_ID_CHARS = 64
+_CUSTOMER_TAG = bytes([(monitoring_pb2.PredictionRecord.CUSTOMER_FIELD_NUMBER << 3) | 2])  # length-delimited
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,10 +140,12 @@ class Predictor:
         rows = []
         for prediction, customer in zip(predictions, customers):
             record = monitoring_pb2.PredictionRecord(
-                prediction_id=prediction.prediction_id, customer=customer, churn=prediction.churn,
-                probability=prediction.probability, model=prediction.model, latency_ms=latency_ms,
-                predicted_at=now, request_id=request_id)
-            rows.append((prediction.prediction_id, record.SerializeToString()))
+                prediction_id=prediction.prediction_id, churn=prediction.churn, probability=prediction.probability,
+                model=prediction.model, latency_ms=latency_ms, predicted_at=now, request_id=request_id)
+            # Appending the customer as an encoded field 2 equals setting it, without copying the message.
+            body = customer.SerializeToString()
+            rows.append((prediction.prediction_id,
+                         record.SerializeToString() + _CUSTOMER_TAG + _varint(len(body)) + body))
         self._outbox.append(rows)
 
     def explain(self, customers: Sequence[common_pb2.Customer]) -> tuple[list[inference_pb2.Explanation], LoadedModel]:
