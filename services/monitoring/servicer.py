@@ -69,7 +69,8 @@ class MonitoringServicer(monitoring_pb2_grpc.MonitoringServiceServicer):
         return monitoring_pb2.SubmitFeedbackResponse(
             matched=report.matched, unmatched=report.unmatched, rejected=report.rejected,
             unmatched_ids=report.unmatched_ids,
-            errors=[monitoring_pb2.RowError(row=row, field=field, reason=reason) for row, field, reason in report.errors])
+            errors=[monitoring_pb2.RowError(row=row, field=field, reason=reason)
+                    for row, field, reason in report.errors])
 
     def GetFeedbackData(self, request, context):
         rows = self._p.feedback.data(request.limit, request.model_version.strip())
@@ -106,5 +107,6 @@ class MonitoringServicer(monitoring_pb2_grpc.MonitoringServiceServicer):
     def UploadTrainingData(self, request, context):
         record = upload_training_data(self._p.store, request.csv.data, request.name, self._p.settings.max_message_bytes,
                                       self._p.settings.max_csv_rows)
-        return monitoring_pb2.UploadTrainingDataResponse(dataset_id=record.dataset_id, rows=record.rows,
-                                                         created_at=_ts(record.created_at), churn_rows=record.churn_rows)
+        return monitoring_pb2.UploadTrainingDataResponse(
+            dataset_id=record.dataset_id, rows=record.rows, created_at=_ts(record.created_at),
+            churn_rows=record.churn_rows)

@@ -86,7 +86,8 @@ class ModelRegistry:
             except self._errors:
                 log.warning("run %s of version %s is gone; no training metrics", mv.run_id, mv.version)
         return VersionInfo(
-            name=mv.name, version=str(mv.version), aliases=tuple(sorted(aliases if aliases is not None else getattr(mv, "aliases", None) or [])),
+            name=mv.name, version=str(mv.version),
+            aliases=tuple(sorted(aliases if aliases is not None else getattr(mv, "aliases", None) or [])),
             run_id=mv.run_id or "",
             created_at=dt.datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=dt.timezone.utc),
             training_metrics={k: float(v) for k, v in metrics.items()}, flavor=(mv.tags or {}).get(R.TAG_FLAVOR, ""))

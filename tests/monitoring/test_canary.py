@@ -137,4 +137,5 @@ def test_weight_30_is_live_and_survives_an_envoy_restart(envoy_and_monitoring, t
         monitoring.stub.SetCanaryWeight(monitoring_pb2.SetCanaryWeightRequest(percent=percent),
                                         metadata=monitoring.md())
         assert envoy.runtime()[CR.STAGING_KEY] == str(percent)
-        assert monitoring.stub.GetCanaryWeight(monitoring_pb2.GetCanaryWeightRequest(), metadata=agent).percent == percent
+        read = monitoring.stub.GetCanaryWeight(monitoring_pb2.GetCanaryWeightRequest(), metadata=agent)
+        assert read.percent == percent

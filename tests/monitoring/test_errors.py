@@ -52,7 +52,8 @@ CASES = {
     "feedback: header only": ("SubmitFeedback", M.SubmitFeedbackRequest(csv=csv("prediction_id,Churn\n")),
                               INVALID, "csv"),
     "feedback: rows and CSV": ("SubmitFeedback", M.SubmitFeedbackRequest(
-        rows=[M.FeedbackRow(prediction_id="p", churned=True)], csv=csv("prediction_id,Churn\np,Yes\n")), INVALID, "csv"),
+        rows=[M.FeedbackRow(prediction_id="p", churned=True)], csv=csv("prediction_id,Churn\np,Yes\n")),
+        INVALID, "csv"),
     "feedback data: negative limit": ("GetFeedbackData", M.GetFeedbackDataRequest(limit=-1), INVALID, "limit"),
     "feedback data: huge limit": ("GetFeedbackData", M.GetFeedbackDataRequest(limit=10_001), INVALID, "limit"),
     "drift: negative window": ("GetDriftReport", M.GetDriftReportRequest(window=-1), INVALID, "window"),
@@ -83,7 +84,8 @@ CASES = {
         prediction_id="x", model=common_pb2.ModelRef(name="m", version="1"), probability=1.5)]), INVALID,
         "records[0].probability"),
     "record: no model version": ("RecordPredictions", M.RecordPredictionsRequest(records=[M.PredictionRecord(
-        prediction_id="x", model=common_pb2.ModelRef(name="m"), probability=0.5)]), INVALID, "records[0].model.version"),
+        prediction_id="x", model=common_pb2.ModelRef(name="m"), probability=0.5)]), INVALID,
+        "records[0].model.version"),
 }
 
 

@@ -24,7 +24,7 @@ def test_the_same_1000_row_batch_three_times_stores_1000(monitoring, versions):
                                                                          (1000, 0, 1000)]
     stored = monitoring.app.parts.store.count_predictions()
     assert stored >= 1000
-    assert sum(1 for _ in monitoring.app.parts.store.existing_prediction_ids(f"idem-{i}" for i in range(1000))) == 1000
+    assert len(monitoring.app.parts.store.existing_prediction_ids(f"idem-{i}" for i in range(1000))) == 1000
 
 
 def _scrape(port: int) -> str:
@@ -57,13 +57,15 @@ def test_feedback_on_500_predictions_gives_sklearn_accuracy(monitoring, versions
     reply = monitoring.stub.SubmitFeedback(monitoring_pb2.SubmitFeedbackRequest(rows=by_id),
                                            metadata=monitoring.md(role="agent", ops=False))
     assert (reply.matched, reply.unmatched, reply.rejected) == (250, 0, 0)
-    lines = ["customerID,Churn"] + [f"{holdout.customer_ids[i]},{'Yes' if actual[i] else 'No'}" for i in range(250, 500)]
+    lines = ["customerID,Churn"] + [f"{holdout.customer_ids[i]},{'Yes' if actual[i] else 'No'}"
+                                    for i in range(250, 500)]
     csv_reply = monitoring.stub.SubmitFeedback(monitoring_pb2.SubmitFeedbackRequest(
         csv=httpbody_pb2.HttpBody(content_type="text/csv", data="\n".join(lines).encode())),
         metadata=monitoring.md(role="agent", ops=False))
     assert (csv_reply.matched, csv_reply.unmatched, csv_reply.rejected) == (250, 0, 0)
 
-    updated = monitoring.stub.UpdateMetrics(monitoring_pb2.UpdateMetricsRequest(), metadata=monitoring.md(), timeout=120)
+    updated = monitoring.stub.UpdateMetrics(monitoring_pb2.UpdateMetricsRequest(), metadata=monitoring.md(),
+                                            timeout=120)
     mine = next(m for m in updated.models if m.model_version == staging.number)
     expected = {"accuracy": skm.accuracy_score(actual, predicted), "precision": skm.precision_score(actual, predicted),
                 "recall": skm.recall_score(actual, predicted), "roc_auc": skm.roc_auc_score(actual, probability)}
