@@ -1,0 +1,91 @@
+"""Gateway features end to end: key rotation at auth without restarting Envoy, a REST CSV over 3 MiB, grpcurl
+through the gateway with reflection, CORS for browsers, /healthz from Envoy's health_check filter."""
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+import grpc
+import jwt
+import pytest
+
+from churn.v1 import auth_pb2, inference_pb2
+from tests.e2e.conftest import TELCO_CSV
+
+pytestmark = pytest.mark.integration
+GRPCURL = pathlib.Path(sys.executable).parent / "grpcurl"
+
+
+def test_rotated_keys_are_accepted_without_restarting_envoy(suite, customers):
+    auth, inference, _ = suite.stubs()
+    admin = suite.admin_token()
+    old_kid = jwt.get_unverified_header(admin)["kid"]
+    envoy_pid = suite.gateway.process.pid
+    rotated = auth.RotateKeys(auth_pb2.RotateKeysRequest(), metadata=suite.md(admin, key="ops"), timeout=10)
+    assert rotated.next_kid != old_kid and rotated.next_kid in rotated.published_kids
+    wait = rotated.next_signs_from.seconds - time.time() + 0.5
+    time.sleep(max(0.0, wait))
+    new_token = suite.admin_token()
+    assert jwt.get_unverified_header(new_token)["kid"] == rotated.next_kid
+    reply = inference.Predict(inference_pb2.PredictRequest(customer=customers[0]), metadata=suite.md(new_token),
+                              timeout=10)
+    assert reply.prediction.model.alias
+    assert suite.rest("GET", "/v1/canary", token=new_token).status == 200
+    # the token signed by the previous key keeps working until it expires
+    assert suite.rest("GET", "/v1/canary", token=admin).status == 200
+    assert suite.gateway.process.pid == envoy_pid and suite.gateway.process.poll() is None
+
+
+def test_rest_csv_over_3_mib(suite):
+    data = TELCO_CSV.read_bytes()
+    header, _, rows = data.partition(b"\n")
+    body = header + b"\n" + rows * 4
+    assert len(body) > 3 * 1024 * 1024
+    count = body.count(b"\n", len(header) + 1)
+    reply = suite.rest("POST", "/v1/predict:csv", body, token=suite.service_token,
+                       headers={"content-type": "text/csv"}, timeout=120)
+    assert reply.status == 200, reply.body[:500]
+    result = reply.json()
+    assert len(result["predictions"]) == count
+    assert 0.0 < result["accuracy"] <= 1.0  # the CSV has its Churn column
+    assert len(reply.body) > 1024 * 1024  # the response is larger than the transcoder's default cap too
+
+
+def grpcurl(suite, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(GRPCURL), "-plaintext", "-H", f"x-api-key: {suite.settings.api_key}", *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_grpcurl_lists_and_calls_through_the_gateway(suite):
+    listed = grpcurl(suite, suite.gateway.address, "list")
+    assert listed.returncode == 0, listed.stderr
+    services = set(listed.stdout.split())
+    assert {"churn.v1.AuthService", "churn.v1.InferenceService", "churn.v1.MonitoringService"} <= services
+    token = suite.admin_token()
+    called = grpcurl(suite, "-H", f"authorization: Bearer {token}", "-d", "{}", suite.gateway.address,
+                     "churn.v1.MonitoringService/GetCanaryWeight")
+    assert called.returncode == 0, called.stderr
+    assert "percent" in json.loads(called.stdout) or json.loads(called.stdout) == {}
+    refused = subprocess.run([str(GRPCURL), "-plaintext", suite.gateway.address, "list"], capture_output=True,
+                             text=True, timeout=30)
+    assert refused.returncode != 0  # no API key
+
+
+def test_cors_preflight_and_healthz(suite):
+    origin = suite.settings.cors_allowed_origins[0]
+    preflight = suite.rest("OPTIONS", "/v1/predict", key=None, headers={
+        "origin": origin, "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization,content-type,x-api-key"})
+    assert preflight.status == 200
+    assert preflight.headers["access-control-allow-origin"] == origin
+    assert "x-api-key" in preflight.headers["access-control-allow-headers"]
+    assert preflight.headers["access-control-allow-credentials"] == "true"
+    other = suite.rest("OPTIONS", "/v1/predict", key=None, headers={
+        "origin": "https://evil.example", "access-control-request-method": "POST"})
+    assert "access-control-allow-origin" not in other.headers
+    health = suite.rest("GET", "/healthz", key=None)
+    assert health.status == 200
+    assert health.headers.get("x-envoy-upstream-healthchecked-cluster") is not None
