@@ -93,9 +93,30 @@ class TokenVerifier:
         self._issuer = issuer
         self._audience = audience
         self._session_check = session_check
+        self._verified: dict[str, Caller] = {}
+        self._verified_lock = threading.Lock()
 
     def verify(self, token: str) -> Caller:
-        """Check the token completely and return its caller, or raise Unauthenticated/PermissionDenied."""
+        """Check the token completely and return its caller, or raise Unauthenticated/PermissionDenied.
+
+        A token whose signature and claims already passed is remembered until it expires (an ES256 check costs
+        ~0.3 ms a call); the session check still runs on every call, so revocation is not delayed by the cache."""
+        with self._verified_lock:
+            caller = self._verified.get(token)
+        if caller is None or caller.expires_at <= time.time():
+            caller = self._verify_signature_and_claims(token)
+            with self._verified_lock:
+                if len(self._verified) >= 10_000:
+                    now = time.time()
+                    self._verified = {t: c for t, c in self._verified.items() if c.expires_at > now}
+                    if len(self._verified) >= 10_000:
+                        self._verified.clear()
+                self._verified[token] = caller
+        if self._session_check is not None:
+            self._session_check(caller)
+        return caller
+
+    def _verify_signature_and_claims(self, token: str) -> Caller:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
@@ -122,11 +143,8 @@ class TokenVerifier:
         role = claims.get("role")
         if role not in ROLES:
             raise Unauthenticated(f"token role {role!r} is not a known role")
-        caller = Caller(subject=claims["sub"], role=role, token_id=claims["jti"], expires_at=int(claims["exp"]),
-                        token=token)
-        if self._session_check is not None:
-            self._session_check(caller)
-        return caller
+        return Caller(subject=claims["sub"], role=role, token_id=claims["jti"], expires_at=int(claims["exp"]),
+                      token=token)
 
 
 class CachedSessionCheck:

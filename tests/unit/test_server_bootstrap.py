@@ -12,7 +12,7 @@ from grpc_status import rpc_status
 
 from churn.v1 import inference_pb2, inference_pb2_grpc
 from services.common.access import service_names
-from services.common.errors import InvalidInput, NotReady
+from services.common.errors import InvalidInput, NotReady, Unauthenticated
 from services.common.identity import current_caller
 from services.common.interceptor import ServiceInterceptor
 from services.common.server import start_server
@@ -160,3 +160,16 @@ def test_stop_lets_in_flight_calls_finish(served):
     caller.join(5)
     stopper.join(5)
     assert result["reply"].run_id == "alice:agent"
+
+
+def test_remembered_tokens_still_expire_and_still_get_the_session_check():
+    keys = LocalKeys()
+    checked = []
+    verifier = keys.verifier(session_check=lambda caller: checked.append(caller.subject))
+    token = keys.mint("bob", "agent", ttl=1)
+    assert verifier.verify(token).subject == "bob"
+    assert verifier.verify(token).subject == "bob"
+    assert checked == ["bob", "bob"]
+    time.sleep(2.1)
+    with pytest.raises(Unauthenticated, match="expired"):
+        verifier.verify(token)
