@@ -84,7 +84,14 @@ def init_secrets(env: dict[str, str] | None = None, *, with_auth: bool = True) -
     return created
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    argparse.ArgumentParser(prog="tools/init_secrets.py", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
+    from tools.run_suite import load_dotenv
+
+    load_dotenv()
     init_secrets()
     return 0
 

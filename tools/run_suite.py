@@ -97,7 +97,18 @@ def banner(settings: Settings) -> str:
     ])
 
 
+def load_dotenv(path: pathlib.Path = ROOT / ".env") -> None:
+    """`.env` as honcho reads it for the Procfile, so this process (render, readiness) sees the same settings;
+    the real environment wins."""
+    if path.exists():
+        from honcho.environ import parse
+
+        for key, value in parse(path.read_text()).items():
+            os.environ.setdefault(key, value)
+
+
 def main() -> int:
+    load_dotenv()
     settings = Settings.from_env()
     config = render.prepare(settings, default_config(settings))
     checked = validate(config)
