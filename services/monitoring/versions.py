@@ -73,7 +73,8 @@ class ModelRegistry:
         """The version an alias points at (default: production); FailedPrecondition when none is registered."""
         alias = alias or self.default_alias
         try:
-            return self._call(f"alias {alias!r}", self._client.get_model_version_by_alias, self.name, alias).version
+            found = self._call(f"alias {alias!r}", self._client.get_model_version_by_alias, self.name, alias)
+            return str(found.version)  # the registry may hand back an int; versions are strings everywhere else
         except NotFound:
             raise FailedPrecondition(f"no version of model {self.name!r} has the alias {alias!r}: train and "
                                      f"register a model first, or pass a reference_id") from None
