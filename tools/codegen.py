@@ -31,7 +31,10 @@ def main() -> int:
     if protoc.main(args) != 0:
         return 1
     descriptor_args = ["protoc", *includes, "--include_imports", "--include_source_info",
-                       f"--descriptor_set_out={DESCRIPTOR_SET}", *sources]
+                       f"--descriptor_set_out={DESCRIPTOR_SET}", *sources,
+                       # the details services attach to errors: the transcoder prints them into REST error bodies
+                       # only when their types are in the set (otherwise the body comes out empty)
+                       "google/rpc/error_details.proto"]
     if protoc.main(descriptor_args) != 0:
         return 1
     for package in (GEN / "churn", GEN / "churn" / "v1"):
