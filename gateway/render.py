@@ -343,7 +343,15 @@ def build_routes(settings: Settings) -> list[dict]:
     method_routes = [r for entry in ordered if entry.routing != "internal"
                      for r in _method_routes(settings, entry, bindings[entry.path], ambiguous)]
     method_routes.sort(key=lambda r: not any(h.get("name") == ":method" for h in r["match"].get("headers", [])))
-    return routes + method_routes
+    # Anything else (unknown paths, internal RPCs): 404 after the API key check (gRPC clients see UNIMPLEMENTED),
+    # never forwarded. RBAC's filter-level deny stays as the guard if this route were ever removed.
+    not_found = {"name": "not_found", "match": {"prefix": "/"},
+                 "direct_response": {"status": 404, "body": {"inline_string": '{"code":5,"message":"no such route"}'}},
+                 "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"},
+                                              "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+                 "typed_per_filter_config": {FILTER["jwt_authn"]: _jwt_per_route(None),
+                                             FILTER["rbac"]: _rbac_per_route(None)}}
+    return routes + method_routes + [not_found]
 
 
 # ---------------------------------------------------------------- filters

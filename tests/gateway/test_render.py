@@ -38,7 +38,8 @@ def config(settings) -> dict:
 
 
 def routes_of(config: dict) -> list[dict]:
-    return list(render.routed_paths(config))
+    """The routes that forward to a backend (the catch-all 404 and /healthz answer locally)."""
+    return [r for r in render.routed_paths(config) if "route" in r]
 
 
 def match_route(routes: list[dict], method: str, path: str, headers: dict[str, str] | None = None) -> dict | None:
@@ -109,6 +110,13 @@ def test_same_rest_path_with_two_verbs_reaches_the_right_rpc(config):
     assert match_route(routes, "POST", "/v1/feedback")["name"].startswith("MonitoringService_SubmitFeedback")
     assert match_route(routes, "GET", "/v1/canary")["name"].startswith("MonitoringService_GetCanaryWeight")
     assert match_route(routes, "POST", "/v1/canary")["name"].startswith("MonitoringService_SetCanaryWeight")
+
+
+def test_unknown_paths_get_a_local_404(config):
+    routes = list(render.routed_paths(config))
+    assert routes[-1]["match"] == {"prefix": "/"} and routes[-1]["direct_response"]["status"] == 404
+    assert match_route(routes, "GET", "/v1/nothing-here") is routes[-1]
+    assert match_route(routes, "POST", "/churn.v1.MonitoringService/RecordPredictions") is routes[-1]
 
 
 def test_internal_rpcs_are_not_routed(config):
