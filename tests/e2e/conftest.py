@@ -141,7 +141,9 @@ def suite(trained_registry, suite_workdir) -> Suite:
     env = dict(trained_registry, **CHEAP_ARGON2)
     env.update({"ENVOY_ADMIN_PORT": str(free_port()), "GATEWAY_PORT": "0", "LOG_LEVEL": "INFO",
                 "AUTH_RATE_PER_MINUTE": "100000", "PREDICT_RATE_PER_MINUTE": "100000",
-                "SERVICE_PREDICT_RATE_PER_MINUTE": "1000000", "CANARY_PERCENT": "0"})
+                "SERVICE_PREDICT_RATE_PER_MINUTE": "1000000", "CANARY_PERCENT": "0",
+                # Envoy refreshes its JWKS about every JWKS_CACHE_SECONDS (5): a rotated key signs 3 s after that
+                "KEY_PROPAGATION_SECONDS": "8"})
     secrets_dir = pathlib.Path(env["SECRETS_DIR"])
     secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     password_file = secrets_dir / "admin_password"
