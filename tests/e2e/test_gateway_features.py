@@ -26,10 +26,11 @@ def test_rotated_keys_are_accepted_without_restarting_envoy(suite, customers):
     envoy_pid = suite.gateway.process.pid
     rotated = auth.RotateKeys(auth_pb2.RotateKeysRequest(), metadata=suite.md(admin, key="ops"), timeout=10)
     assert rotated.next_kid != old_kid and rotated.next_kid in rotated.published_kids
-    wait = rotated.next_signs_from.seconds - time.time() + 0.5
-    time.sleep(max(0.0, wait))
+    signs_from = rotated.next_signs_from.ToMicroseconds() / 1e6
+    assert signs_from > time.time()  # published first, signing later (>= Envoy's JWKS refresh)
+    time.sleep(max(0.0, signs_from - time.time() + 0.5))
     new_token = suite.admin_token()
-    assert jwt.get_unverified_header(new_token)["kid"] == rotated.next_kid
+    assert jwt.get_unverified_header(new_token)["kid"] == rotated.next_kid, (signs_from, time.time(), old_kid)
     reply = inference.Predict(inference_pb2.PredictRequest(customer=customers[0]), metadata=suite.md(new_token),
                               timeout=10)
     assert reply.prediction.model.alias
@@ -89,3 +90,43 @@ def test_cors_preflight_and_healthz(suite):
     health = suite.rest("GET", "/healthz", key=None)
     assert health.status == 200
     assert health.headers.get("x-envoy-upstream-healthchecked-cluster") is not None
+
+
+def test_access_log_is_json_with_the_request_id(suite, customers):
+    reply = suite.rest("GET", "/v1/canary", token=suite.admin_token())
+    request_id = reply.headers["x-request-id"]
+    assert request_id
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        entries = [json.loads(line) for line in suite.gateway.logs().splitlines() if line.startswith("{")]
+        mine = [e for e in entries if e.get("request_id") == request_id]
+        if mine:
+            break
+        time.sleep(0.2)
+    assert mine, "no JSON access-log line for the request"
+    entry = mine[0]
+    assert entry["route"].startswith("MonitoringService_GetCanaryWeight") and entry["status"] == 200
+    assert entry["user"] == "admin" and entry["role"] == "admin"  # claim headers from jwt_authn, for logs
+    assert entry["upstream_cluster"] == "monitoring" and entry["path"] == "/v1/canary"
+
+
+def test_healthz_follows_the_upstreams(suite, customers):
+    """/healthz is Envoy's health_check filter over auth, monitoring and inference production: it turns 503 when
+    production is down, and predictions at weight 0 are not silently served by staging (no fallback that way)."""
+    from tests.harness import ServiceProcess
+
+    production = suite.services["production"]
+    production.kill()
+    try:
+        suite.gateway.wait_healthy(["inference_production"], healthy=False)
+        assert suite.rest("GET", "/healthz", key=None).status == 503
+    finally:
+        restarted = ServiceProcess("inference_production", "services.inference",
+                                   dict(production.env, INFERENCE_PRODUCTION_PORT=str(production.port)), suite.workdir)
+        suite.services["production"] = restarted.wait_ready(120)
+        suite.gateway.wait_healthy(["inference_production"], timeout=30)
+    assert suite.rest("GET", "/healthz", key=None).status == 200
+    _, inference, _ = suite.stubs()
+    reply = inference.Predict(inference_pb2.PredictRequest(customer=customers[0]),
+                              metadata=suite.md(suite.service_token), timeout=10)
+    assert reply.prediction.model.alias == "production"
