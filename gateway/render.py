@@ -273,7 +273,9 @@ def _method_routes(settings: Settings, entry: MethodAccess, bindings: list[HttpB
     # The alias of the host that finally answered (endpoint metadata), not the split entry chosen: with the aggregate
     # cluster a dead canary's call is served by production and says so. Absent on local replies (no upstream).
     served_by = [{"header": {"key": SERVED_BY_HEADER, "value": f"%UPSTREAM_METADATA({METADATA_NS}:alias)%"},
-                  "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}] if entry.service == "churn.v1.InferenceService" else None
+                  "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+    if entry.service != "churn.v1.InferenceService":
+        served_by = None
 
     def target_routes(path_match: dict, suffix: str, extra_headers: list[dict]) -> list[dict]:
         match = dict(path_match, headers=extra_headers) if extra_headers else dict(path_match)
@@ -290,11 +292,14 @@ def _method_routes(settings: Settings, entry: MethodAccess, bindings: list[HttpB
                                     per_filter, served_by)]
         if entry.routing == "alias":
             staging = ALIAS_CLUSTERS["staging"]
-            by_header = dict(path_match, headers=[*extra_headers, {"name": PIN_HEADER, "string_match": {"exact": "staging"}}])
+            pin = {"name": PIN_HEADER, "string_match": {"exact": "staging"}}
+            by_header = dict(path_match, headers=[*extra_headers, pin])
             by_query = dict(match, query_parameters=[{"name": PIN_QUERY, "string_match": {"exact": "staging"}}])
             return [
-                _route(f"{stat}{suffix}_staging", by_header, _action(entry, staging, settings, False), per_filter, served_by),
-                _route(f"{stat}{suffix}_staging_q", by_query, _action(entry, staging, settings, False), per_filter, served_by),
+                _route(f"{stat}{suffix}_staging", by_header, _action(entry, staging, settings, False), per_filter,
+                       served_by),
+                _route(f"{stat}{suffix}_staging_q", by_query, _action(entry, staging, settings, False), per_filter,
+                       served_by),
                 _route(f"{stat}{suffix}", match, _action(entry, ALIAS_CLUSTERS["production"], settings, False),
                        per_filter, served_by),
             ]
@@ -396,7 +401,8 @@ def _http_filters(settings: Settings, descriptor: pathlib.Path) -> list[dict]:
             key_sources=[{"header": API_KEY_HEADER}])},
         {"name": FILTER["jwt_authn"], "typed_config": _jwt_authn(settings)},
         # Deny by default: every route carries its own policy; a request matching no route is refused here.
-        {"name": FILTER["rbac"], "typed_config": _typed(_T + "rbac.v3.RBAC", rules={"action": "ALLOW", "policies": {}})},
+        {"name": FILTER["rbac"],
+         "typed_config": _typed(_T + "rbac.v3.RBAC", rules={"action": "ALLOW", "policies": {}})},
         {"name": FILTER["local_ratelimit"], "typed_config": _typed(
             _T + "local_ratelimit.v3.LocalRateLimit", stat_prefix="local_rate_limit")},
         {"name": FILTER["grpc_json_transcoder"], "typed_config": _typed(
@@ -486,7 +492,8 @@ def _listener(settings: Settings, descriptor: pathlib.Path) -> dict:
         "name": "gateway",
         "address": {"socket_address": {"address": settings.bind_host, "port_value": settings.gateway_port}},
         "per_connection_buffer_limit_bytes": settings.max_message_bytes,
-        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                        "typed_config": hcm}]}],
     }
 
 

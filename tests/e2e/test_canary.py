@@ -70,8 +70,8 @@ def test_ops_pin_and_alias_routes(suite, customers, both_healthy):
     admin = suite.admin_token()
     info = inference.GetModelInfo(inference_pb2.GetModelInfoRequest(), metadata=suite.md(admin), timeout=5)
     assert info.model.alias == "production"
-    info = inference.GetModelInfo(inference_pb2.GetModelInfoRequest(), metadata=suite.md(admin, x_churn_alias="staging"),
-                                  timeout=5)
+    info = inference.GetModelInfo(inference_pb2.GetModelInfoRequest(),
+                                  metadata=suite.md(admin, x_churn_alias="staging"), timeout=5)
     assert info.model.alias == "staging"
     rest = suite.rest("GET", "/v1/model?alias=staging", token=admin)
     assert rest.status == 200 and rest.json()["model"]["alias"] == "staging"

@@ -179,7 +179,8 @@ def test_canary_split_pins_and_alias_routes(config, settings):
     info = match_route(routes, "GET", "/v1/model?alias=staging")
     assert info["route"]["cluster"] == render.STAGING_HOSTS_CLUSTER
     assert match_route(routes, "GET", "/v1/model")["route"]["cluster"] == "inference_production"
-    reload_staging = match_route(routes, "POST", "/churn.v1.InferenceService/ReloadModel", {render.PIN_HEADER: "staging"})
+    reload_staging = match_route(routes, "POST", "/churn.v1.InferenceService/ReloadModel",
+                                 {render.PIN_HEADER: "staging"})
     assert reload_staging["route"]["cluster"] == render.STAGING_HOSTS_CLUSTER  # no fallback for alias-bound RPCs
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
     aggregate = clusters["inference_staging"]["cluster_type"]["typed_config"]["clusters"]
