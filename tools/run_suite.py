@@ -121,13 +121,22 @@ def main() -> int:
     env.setdefault("PYTHONUNBUFFERED", "1")
     honcho = subprocess.Popen([sys.executable, "-m", "honcho", "-d", str(ROOT), "-f", str(ROOT / "Procfile"),
                                "start"], cwd=ROOT, env=env)
-    signal.signal(signal.SIGTERM, lambda *_: honcho.send_signal(signal.SIGTERM))
+    stopping = []
+
+    def stop(*_):
+        stopping.append(True)
+        honcho.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         wait_ready(settings, honcho)
         print(banner(settings), flush=True)
-        return honcho.wait()
-    except KeyboardInterrupt:  # the terminal sent SIGINT to honcho as well; let it stop its children
-        return honcho.wait()
+        code = honcho.wait()
+        # honcho exits 143 after a requested stop; anything else means a process died on its own
+        return 0 if stopping and code in (0, 130, 143) else code
+    except KeyboardInterrupt:  # Ctrl-C: the terminal signalled honcho too, which stops its children
+        code = honcho.wait()
+        return 0 if code in (0, 130) else code
     except (TimeoutError, SystemExit) as error:
         print(f"run_suite: {error}", file=sys.stderr)
         if honcho.poll() is None:
