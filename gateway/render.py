@@ -224,7 +224,7 @@ def _retry_policy(entry: MethodAccess, canary: bool) -> dict:
     if canary:  # the aggregate staging cluster: a retry moves to the next priority (production)
         policy["retry_priority"] = {"name": "envoy.retry_priorities.previous_priorities", "typed_config": _typed(
             "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
-            update_frequency=2)}
+            update_frequency=1)}  # the first retry already skips the failed priority
     return policy
 
 
