@@ -506,6 +506,13 @@ def _endpoint(host: str, port: int, alias: str | None = None) -> dict:
     return endpoint
 
 
+def _retry_budget(percent: float) -> dict:
+    """Envoy allows only 3 concurrent retries per cluster by default: a dead canary under load overflows that and
+    calls fail unretried. A budget bounds retries by the active requests instead (no retry storm either)."""
+    return {"thresholds": [{"priority": "DEFAULT", "retry_budget": {"budget_percent": {"value": percent},
+                                                                    "min_retry_concurrency": 32}}]}
+
+
 def _grpc_cluster(settings: Settings, name: str, host: str, port: int, health_service: str,
                   alias: str | None = None) -> dict:
     return {
@@ -527,6 +534,7 @@ def _grpc_cluster(settings: Settings, name: str, host: str, port: int, health_se
             "healthy_threshold": 1,
             "grpc_health_check": {"service_name": health_service},
         }],
+        "circuit_breakers": _retry_budget(25.0),
         "outlier_detection": {
             "consecutive_5xx": 5,
             "consecutive_gateway_failure": 3,
@@ -557,6 +565,8 @@ def _clusters(settings: Settings) -> list[dict]:
             "name": STAGING_CLUSTER,
             "connect_timeout": "1s",
             "lb_policy": "CLUSTER_PROVIDED",
+            # every call that chose a dead canary retries once on production: up to the whole staging share
+            "circuit_breakers": _retry_budget(100.0),
             "cluster_type": {"name": "envoy.clusters.aggregate", "typed_config": _typed(
                 "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig",
                 clusters=[STAGING_HOSTS_CLUSTER, PRODUCTION_CLUSTER])},

@@ -86,7 +86,8 @@ def test_dead_canary_falls_back_to_production(suite, customers, both_healthy):
     staging.kill()
     try:
         counts = split(suite, customers, 400)  # includes calls racing the health checker
-        assert counts == {"production": 400}, counts
+        overflow = suite.gateway.stat("cluster.inference_staging.upstream_rq_retry_overflow")
+        assert counts == {"production": 400}, (counts, f"retry overflow {overflow}")
         suite.gateway.wait_healthy(["inference_staging_hosts"], healthy=False)
         _, inference, _ = suite.stubs()
         with pytest.raises(grpc.RpcError) as no_fallback:
