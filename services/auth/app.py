@@ -9,7 +9,7 @@ import time
 
 import sqlalchemy as sa
 
-from churn.v1 import auth_pb2, auth_pb2_grpc
+from churn.v1 import auth_pb2, auth_pb2_grpc, inference_pb2, monitoring_pb2
 from services.auth import metrics
 from services.auth.accounts import Accounts
 from services.auth.keys import KeyRing
@@ -104,6 +104,9 @@ def start(app: AuthApp, *, port: int | None = None, http_port: int | None = None
         register=lambda server: auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server),
         service_names=service_names(auth_pb2),
         interceptor=interceptor,
+        # The gateway's designated reflection backend: reflection paths name no service, so grpcurl through
+        # :8080 reaches auth, which describes every churn.v1 service (all descriptors are importable here).
+        reflect=[*service_names(inference_pb2), *service_names(monitoring_pb2)],
         http_routes=routes,
         serving=True,  # build() has migrated the store and loaded the keys before we get here
     )
