@@ -7,13 +7,13 @@ replicas starting together do not race). Times are epoch seconds (floats) to sta
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 import time
 from typing import Callable
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
+from services.common.db import make_engine
 from services.common.errors import AlreadyExists, NotFound
 
 metadata = sa.MetaData()
@@ -94,26 +94,6 @@ class KeyRecord:
     public_jwk: str
     created_at: float
     signs_from: float
-
-
-def make_engine(url: str) -> Engine:
-    """SQLite gets WAL, NORMAL sync and a busy timeout (CLI and server share the file); PostgreSQL a pre-ping."""
-    parsed = sa.engine.make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True, future=True)
-    if parsed.database and parsed.database != ":memory:":
-        pathlib.Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"timeout": 30}, future=True)
-
-    @sa.event.listens_for(engine, "connect")
-    def _pragmas(dbapi_connection, _record):
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.close()
-
-    return engine
 
 
 class UserStore:

@@ -18,6 +18,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from services.common.db import make_engine
 from services.common import features as F
 
 metadata = sa.MetaData()
@@ -116,30 +117,9 @@ class ReferenceSet:
     created_at: dt.datetime
 
 
-def create_engine(url: str) -> sa.Engine:
-    """An engine for the URL; SQLite gets WAL, a busy timeout and foreign keys (and its folder created)."""
-    parsed = sa.engine.make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True, future=True)
-    if parsed.database and parsed.database != ":memory:":
-        import pathlib
-        pathlib.Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, future=True)
-
-    @sa.event.listens_for(engine, "connect")
-    def _pragmas(dbapi_connection, _record):
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    return engine
-
-
 class MonitoringStore:
     def __init__(self, url: str):
-        self.engine = create_engine(url)
+        self.engine = make_engine(url)
         self._dialect = self.engine.dialect.name
         metadata.create_all(self.engine)
 
