@@ -8,13 +8,14 @@ import urllib.parse
 import pytest
 import yaml
 
-from gateway import render
+from gateway import names, render
+from gateway import routes as gateway_routes
 from gateway.__main__ import validate
 from services.common import canary_runtime
 from services.common.access import access_table
 from services.common.settings import Settings
 
-F = render.FILTER
+F = names.FILTER
 
 
 @pytest.fixture
@@ -39,7 +40,7 @@ def config(settings) -> dict:
 
 def routes_of(config: dict) -> list[dict]:
     """The routes that forward to a backend (the catch-all 404 and /healthz answer locally)."""
-    return [r for r in render.routed_paths(config) if "route" in r]
+    return [r for r in gateway_routes.routed_paths(config) if "route" in r]
 
 
 def match_route(routes: list[dict], method: str, path: str, headers: dict[str, str] | None = None) -> dict | None:
@@ -86,7 +87,7 @@ def test_validation_catches_a_broken_config(settings, tmp_path):
 
 def test_every_routed_rpc_has_one_route_for_grpc_and_rest(config):
     routes = routes_of(config)
-    bindings = render.http_bindings()
+    bindings = gateway_routes.http_bindings()
     checked = 0
     for path, entry in access_table().items():
         if entry.routing == "internal":
@@ -113,7 +114,7 @@ def test_same_rest_path_with_two_verbs_reaches_the_right_rpc(config):
 
 
 def test_unknown_paths_get_a_local_404(config):
-    routes = list(render.routed_paths(config))
+    routes = list(gateway_routes.routed_paths(config))
     assert routes[-1]["match"] == {"prefix": "/"} and routes[-1]["direct_response"]["status"] == 404
     assert match_route(routes, "GET", "/v1/nothing-here") is routes[-1]
     assert match_route(routes, "POST", "/churn.v1.MonitoringService/RecordPredictions") is routes[-1]
@@ -125,7 +126,7 @@ def test_internal_rpcs_are_not_routed(config):
     assert internal, "the contract has at least one internal RPC (RecordPredictions)"
     for entry in internal:
         assert match_route(routes, "POST", entry.path) is None
-        for binding in render.http_bindings()[entry.path]:
+        for binding in gateway_routes.http_bindings()[entry.path]:
             assert match_route(routes, binding.verb, sample_path(binding.template)) is None
     assert not any(entry.method in route["name"] for route in routes for entry in internal)
 
@@ -139,7 +140,7 @@ def test_access_table_drives_keys_tokens_roles_and_limits(config, settings):
         per = route["typed_per_filter_config"]
         assert (per[F["jwt_authn"]].get("disabled") is True) == entry.public
         if entry.ops_key_only:
-            assert per[F["api_key_auth"]]["allowed_clients"] == [render.OPS]
+            assert per[F["api_key_auth"]]["allowed_clients"] == [names.OPS]
         else:
             assert F["api_key_auth"] not in per  # filter level: client or ops key
         principals = per[F["rbac"]]["rbac"]["rules"]["policies"]["roles"]["principals"]
@@ -173,18 +174,18 @@ def test_canary_split_pins_and_alias_routes(config, settings):
     assert split["runtime_key_prefix"] == canary_runtime.RUNTIME_KEY_PREFIX
     assert {c["name"]: c["weight"] for c in split["clusters"]} == {"inference_production": 85, "inference_staging": 15}
     assert "retry_priority" in predict["route"]["retry_policy"]
-    pinned = match_route(routes, "POST", "/churn.v1.InferenceService/Predict", {render.PIN_HEADER: "staging"})
-    assert pinned["route"]["cluster"] == render.STAGING_HOSTS_CLUSTER
-    assert pinned["typed_per_filter_config"][F["api_key_auth"]]["allowed_clients"] == [render.OPS]
+    pinned = match_route(routes, "POST", "/churn.v1.InferenceService/Predict", {names.PIN_HEADER: "staging"})
+    assert pinned["route"]["cluster"] == names.STAGING_HOSTS_CLUSTER
+    assert pinned["typed_per_filter_config"][F["api_key_auth"]]["allowed_clients"] == [names.OPS]
     info = match_route(routes, "GET", "/v1/model?alias=staging")
-    assert info["route"]["cluster"] == render.STAGING_HOSTS_CLUSTER
+    assert info["route"]["cluster"] == names.STAGING_HOSTS_CLUSTER
     assert match_route(routes, "GET", "/v1/model")["route"]["cluster"] == "inference_production"
     reload_staging = match_route(routes, "POST", "/churn.v1.InferenceService/ReloadModel",
-                                 {render.PIN_HEADER: "staging"})
-    assert reload_staging["route"]["cluster"] == render.STAGING_HOSTS_CLUSTER  # no fallback for alias-bound RPCs
+                                 {names.PIN_HEADER: "staging"})
+    assert reload_staging["route"]["cluster"] == names.STAGING_HOSTS_CLUSTER  # no fallback for alias-bound RPCs
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
     aggregate = clusters["inference_staging"]["cluster_type"]["typed_config"]["clusters"]
-    assert aggregate == [render.STAGING_HOSTS_CLUSTER, "inference_production"]
+    assert aggregate == [names.STAGING_HOSTS_CLUSTER, "inference_production"]
     layers = config["layered_runtime"]["layers"]
     assert layers == canary_runtime.runtime_layers(settings.data_dir, 15)
     assert [next(k for k in layer if k != "name") for layer in layers] == ["static_layer", "disk_layer", "admin_layer"]
@@ -206,8 +207,8 @@ def test_settings_flow_into_the_config(config, settings):
         assert "http2_protocol_options" in str(clusters[name]["typed_extension_protocol_options"])
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     assert hcm["use_remote_address"] is True and hcm["codec_type"] == "AUTO"
-    names = [f["name"] for f in hcm["http_filters"]]
-    assert names == [F[n] for n in ("header_mutation", "cors", "api_key_auth", "jwt_authn", "rbac", "local_ratelimit",
+    filter_names = [f["name"] for f in hcm["http_filters"]]
+    assert filter_names == [F[n] for n in ("header_mutation", "cors", "api_key_auth", "jwt_authn", "rbac", "local_ratelimit",
                                     "grpc_json_transcoder", "health_check", "router")]
     filters = {f["name"]: f["typed_config"] for f in hcm["http_filters"]}
     transcoder = filters[F["grpc_json_transcoder"]]
@@ -215,7 +216,7 @@ def test_settings_flow_into_the_config(config, settings):
     assert transcoder["match_incoming_request_route"] and transcoder["convert_grpc_status"]
     keys = {c["client"]: c["key"] for c in filters[F["api_key_auth"]]["credentials"]}
     assert keys == {"client": "client-key-1", "ops": "ops-key-1"}
-    provider = filters[F["jwt_authn"]]["providers"][render.JWT_PROVIDER]
+    provider = filters[F["jwt_authn"]]["providers"][names.JWT_PROVIDER]
     assert provider["remote_jwks"]["cache_duration"] == "17s"
     assert provider["remote_jwks"]["http_uri"]["uri"] == settings.jwks_url
     assert provider["forward"] is True and provider["from_cookies"] == ["access_token"]
@@ -238,4 +239,4 @@ def test_no_default_keys(env):
     ("/v1/files/{name=**}", "/v1/files/a/b/c", True),
 ])
 def test_template_regex(template, path, matches):
-    assert bool(re.fullmatch(render.template_regex(template), path)) is matches
+    assert bool(re.fullmatch(gateway_routes.template_regex(template), path)) is matches

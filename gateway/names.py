@@ -1,0 +1,72 @@
+"""Names the gateway owns (headers, clusters, filters, retry behaviour) and tiny helpers for Envoy's typed
+configs, shared by the route, cluster and bootstrap renderers. Nothing here is a deployment setting: those are in
+`Settings`."""
+from __future__ import annotations
+
+from services.common import canary_runtime
+from services.common.settings import ROOT
+
+DESCRIPTOR_SET = ROOT / "gen" / "churn.pb"
+
+# Header names the gateway owns (not settings: they are part of the gateway's public interface).
+API_KEY_HEADER = "x-api-key"
+PIN_HEADER = "x-churn-alias"  # ops pin (canary routes) / alias choice (alias routes): production | staging
+PIN_QUERY = "alias"  # ?alias=staging on alias routes (GetModelInfo over REST)
+SERVED_BY_HEADER = "x-churn-served-by"  # which inference cluster finally served a prediction
+JWT_HEADER_PREFIX = "x-jwt-"
+SUB_HEADER = "x-jwt-sub"
+ROLE_HEADER = "x-jwt-role"
+JWT_PAYLOAD_KEY = "jwt_payload"
+JWT_PROVIDER = "churn_auth"
+# Envoy's default leeway on exp/nbf is 60 s: an expired token would pass the gateway for a minute (services allow 0).
+JWT_CLOCK_SKEW_SECONDS = 5
+METADATA_NS = "churn"  # endpoint metadata namespace (the alias an inference host serves)
+JWT_REQUIREMENT = "token"
+HEALTHZ_PATH = "/healthz"
+REFLECTION_SERVICES = ("grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection")
+
+# Clients of the api_key_auth filter (the names, never the keys, show in Envoy's logs and dumps).
+CLIENT = "client"
+OPS = "ops"
+
+# Clusters. The canary pair's names are the runtime keys' suffixes, so they come from canary_runtime.
+AUTH_CLUSTER = "auth"
+JWKS_CLUSTER = "auth_jwks"
+MONITORING_CLUSTER = "monitoring"
+PRODUCTION_CLUSTER = canary_runtime.PRODUCTION_CLUSTER
+STAGING_CLUSTER = canary_runtime.STAGING_CLUSTER  # aggregate: [staging hosts, production]
+STAGING_HOSTS_CLUSTER = "inference_staging_hosts"
+ALIAS_CLUSTERS = {"production": PRODUCTION_CLUSTER, "staging": STAGING_HOSTS_CLUSTER}
+# The backend that answers reflection for every churn.v1 service at the gateway (start_server(reflect=...)).
+REFLECTION_CLUSTER = AUTH_CLUSTER
+
+SERVICE_CLUSTERS = {
+    "churn.v1.AuthService": AUTH_CLUSTER,
+    "churn.v1.MonitoringService": MONITORING_CLUSTER,
+    "churn.v1.InferenceService": PRODUCTION_CLUSTER,
+}
+
+# Health checking and outlier detection (gateway behaviour, not deployment settings).
+HEALTH_INTERVAL = "1s"
+HEALTH_TIMEOUT = "1s"
+RETRY_ON_IDEMPOTENT = "connect-failure,refused-stream,reset,unavailable"
+# Safe for every RPC: the request provably never reached a server.
+RETRY_ON_UNSENT = "connect-failure,refused-stream"
+NUM_RETRIES = 2
+
+F = "envoy.filters.http."
+FILTER = {name: F + name for name in ("header_mutation", "cors", "api_key_auth", "jwt_authn", "rbac",
+                                       "local_ratelimit", "grpc_json_transcoder", "health_check", "router")}
+T = "type.googleapis.com/envoy.extensions.filters.http."
+
+
+def seconds(ms: int) -> str:
+    return f"{ms / 1000:g}s"
+
+
+def typed(type_name: str, **fields) -> dict:
+    return {"@type": type_name, **fields}
+
+
+def disabled() -> dict:
+    return typed("type.googleapis.com/envoy.config.route.v3.FilterConfig", disabled=True)
