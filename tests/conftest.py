@@ -9,7 +9,9 @@ import os
 
 import pytest
 
+from services.common.settings import Settings
 from tests.harness import base_env, run_module
+from tests.tokens import LocalKeys
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +30,18 @@ def trained_registry(suite_env) -> dict[str, str]:
     """Train once per session into the suite's own MLflow registry (sqlite under its DATA_DIR)."""
     run_module("training", suite_env, timeout=600)
     return suite_env
+
+
+@pytest.fixture(scope="session")
+def keys() -> LocalKeys:
+    """A local ES256 signer for contract tests that run a service without the auth service."""
+    return LocalKeys()
+
+
+@pytest.fixture(scope="session")
+def settings(trained_registry) -> Settings:
+    """Settings as the suite's processes see them (with a trained registry behind them)."""
+    return Settings.from_env(trained_registry)
 
 
 @pytest.fixture(scope="session")

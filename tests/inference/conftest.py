@@ -20,16 +20,6 @@ TELCO_CSV = ROOT / "data" / "telco_churn.csv"
 
 
 @pytest.fixture(scope="session")
-def keys() -> LocalKeys:
-    return LocalKeys()
-
-
-@pytest.fixture(scope="session")
-def settings(trained_registry) -> Settings:
-    return Settings.from_env(trained_registry)
-
-
-@pytest.fixture(scope="session")
 def registry(settings) -> MlflowRegistry:
     return MlflowRegistry(mlflow_config.tracking_uri(settings.data_dir, {}), settings.model_name)
 

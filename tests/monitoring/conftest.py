@@ -28,16 +28,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def keys() -> LocalKeys:
-    return LocalKeys()
-
-
-@pytest.fixture(scope="session")
-def settings(trained_registry) -> Settings:
-    return Settings.from_env(trained_registry)
-
-
 class Client:
     """Stubs plus metadata for a role; `ops=True` sends the ops API key (needed on ops routes)."""
 
