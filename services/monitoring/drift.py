@@ -55,16 +55,18 @@ class DriftResult:
     body: bytes = b""
 
 
-def check_request(window: int, fmt: str) -> tuple[int, str]:
-    """Validate before any work. Window 0 is proto3's "not set", so it means the default (the contract says so);
-    a negative or oversized window is the caller's mistake. An empty format means html."""
-    if window < 0 or window > MAX_WINDOW:
-        raise InvalidInput("window", f"must be between 1 and {MAX_WINDOW} (0 = default {DEFAULT_WINDOW}), "
+def check_request(window: int | None, fmt: str) -> tuple[int, str]:
+    """Validate before any work. `window` is None when the caller did not send one (the field tracks presence):
+    that means the default; zero, negative or oversized is the caller's mistake. An empty format means html."""
+    if window is None:
+        window = DEFAULT_WINDOW
+    if window < 1 or window > MAX_WINDOW:
+        raise InvalidInput("window", f"must be between 1 and {MAX_WINDOW} (omit it for {DEFAULT_WINDOW}), "
                                      f"got {window}")
     fmt = (fmt or "html").strip().lower()
     if fmt not in FORMATS:
         raise InvalidInput("format", f"must be one of {sorted(FORMATS)}, got {fmt!r}")
-    return window or DEFAULT_WINDOW, fmt
+    return window, fmt
 
 
 class DriftAnalyzer:
@@ -87,7 +89,7 @@ class DriftAnalyzer:
         version = model_version or self._references.alias_version()
         return self._references.training_reference(version), f"model version {version} training data"
 
-    def run(self, window: int, fmt: str, model_version: str = "", reference_id: str = "",
+    def run(self, window: int | None, fmt: str, model_version: str = "", reference_id: str = "",
             render: bool = True) -> DriftResult:
         window, fmt = check_request(window, fmt)
         model_version = model_version.strip()

@@ -81,7 +81,8 @@ class MonitoringServicer(monitoring_pb2_grpc.MonitoringServiceServicer):
             predicted_at=_ts(r.predicted_at), feedback_at=_ts(r.feedback_at)) for r in rows])
 
     def GetDriftReport(self, request, context):
-        result = self._p.drift.run(request.window, request.format, request.model_version, request.reference_id.strip())
+        window = request.window if request.HasField("window") else None
+        result = self._p.drift.run(window, request.format, request.model_version, request.reference_id.strip())
         return monitoring_pb2.GetDriftReportResponse(
             report=httpbody_pb2.HttpBody(content_type=result.content_type, data=result.body),
             summary=drift_summary(result))

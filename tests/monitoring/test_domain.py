@@ -47,10 +47,12 @@ def test_quality_matches_scikit_learn_and_skips_auc_with_one_class():
 
 
 @pytest.mark.parametrize("window, fmt, field", [(-1, "html", "window"), (100_001, "json", "window"),
-                                                (10, "csv", "format"), (10, "HTML ", None), (0, "", None)])
+                                                (0, "html", "window"), (10, "csv", "format"), (10, "HTML ", None),
+                                                (None, "", None)])
 def test_drift_request_checks(window, fmt, field):
     if field is None:
-        assert drift.check_request(window, fmt) == (window or drift.DEFAULT_WINDOW, fmt.strip().lower() or "html")
+        expected_window = drift.DEFAULT_WINDOW if window is None else window
+        assert drift.check_request(window, fmt) == (expected_window, fmt.strip().lower() or "html")
     else:
         with pytest.raises(InvalidInput) as caught:
             drift.check_request(window, fmt)

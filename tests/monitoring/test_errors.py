@@ -56,6 +56,7 @@ CASES = {
         INVALID, "csv"),
     "feedback data: negative limit": ("GetFeedbackData", M.GetFeedbackDataRequest(limit=-1), INVALID, "limit"),
     "feedback data: huge limit": ("GetFeedbackData", M.GetFeedbackDataRequest(limit=10_001), INVALID, "limit"),
+    "drift: zero window": ("GetDriftReport", M.GetDriftReportRequest(window=0), INVALID, "window"),
     "drift: negative window": ("GetDriftReport", M.GetDriftReportRequest(window=-1), INVALID, "window"),
     "drift: huge window": ("GetDriftReport", M.GetDriftReportRequest(window=100_001), INVALID, "window"),
     "drift: bad format": ("GetDriftReport", M.GetDriftReportRequest(format="pdf"), INVALID, "format"),
