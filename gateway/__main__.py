@@ -36,7 +36,9 @@ def default_config(settings: Settings) -> pathlib.Path:
 def envoy_command(config: pathlib.Path, *, admin_address_path: pathlib.Path | None = None,
                   log_level: str = "warn") -> list[str]:
     """Envoy's command line: no hot restart (so a test Envoy and `make run` coexist), one config file."""
-    command = [envoy_binary(), "-c", str(config), "--disable-hot-restart", "--log-level", log_level,
+    # Access-log lines reach stdout within a second (Envoy's default buffers them for up to 10 s).
+    command = [envoy_binary(), "-c", str(config), "--disable-hot-restart", "--file-flush-interval-msec", "1000",
+               "--log-level", log_level,
                "--component-log-level", "misc:error"]  # misc: the api_key_auth "work in progress" notices
     if admin_address_path is not None:
         command += ["--admin-address-path", str(admin_address_path)]
