@@ -135,8 +135,12 @@ def main() -> int:
         # honcho exits 143 after a requested stop; anything else means a process died on its own
         return 0 if stopping and code in (0, 130, 143) else code
     except KeyboardInterrupt:  # Ctrl-C: the terminal signalled honcho too, which stops its children
-        code = honcho.wait()
-        return 0 if code in (0, 130) else code
+        try:
+            code = honcho.wait(timeout=2)
+        except subprocess.TimeoutExpired:  # the SIGINT reached only this process (kill -INT <pid>): pass it on
+            stop()
+            code = honcho.wait()
+        return 0 if code in (0, 130, 143) else code
     except (TimeoutError, SystemExit) as error:
         print(f"run_suite: {error}", file=sys.stderr)
         if honcho.poll() is None:
