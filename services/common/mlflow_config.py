@@ -11,7 +11,8 @@ import logging
 import os
 import pathlib
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from services.common.settings import data_dir_from
+
 DEFAULT_EXPERIMENT = "churn"
 
 
@@ -24,8 +25,7 @@ def quiet() -> None:
 
 
 def data_dir(env: os._Environ | dict | None = None) -> pathlib.Path:
-    env = os.environ if env is None else env
-    return pathlib.Path(env.get("DATA_DIR") or ROOT / "var").resolve()
+    return data_dir_from(os.environ if env is None else env)
 
 
 def tracking_uri(data_dir_: pathlib.Path | None = None, env: dict | None = None) -> str:

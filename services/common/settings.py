@@ -23,6 +23,11 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={raw!r} is not an integer") from exc
 
 
+def data_dir_from(env: Mapping[str, str]) -> pathlib.Path:
+    """DATA_DIR, default <repo>/var: every store, the registry, outboxes and Envoy's runtime layer live below it."""
+    return pathlib.Path(env.get("DATA_DIR") or ROOT / "var").resolve()
+
+
 def _secret(env: Mapping[str, str], name: str, secrets_dir: pathlib.Path) -> str:
     """The env value, else the file secrets/<name lowercased>, else empty (no default secret ever works)."""
     if env.get(name):
@@ -92,16 +97,17 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
-        data_dir = pathlib.Path(env.get("DATA_DIR") or ROOT / "var").resolve()
+        data_dir = data_dir_from(env)
         secrets_dir = pathlib.Path(env.get("SECRETS_DIR") or ROOT / "secrets").resolve()
         jwks_cache = _int(env, "JWKS_CACHE_SECONDS", 60)
         bind_host = env.get("BIND_HOST", "127.0.0.1")
+        auth_host = env.get("AUTH_HOST", "127.0.0.1")
         auth_http_port = _int(env, "AUTH_HTTP_PORT", 9101)
         return cls(
             data_dir=data_dir,
             secrets_dir=secrets_dir,
             bind_host=bind_host,
-            auth_host=env.get("AUTH_HOST", "127.0.0.1"),
+            auth_host=auth_host,
             inference_production_host=env.get("INFERENCE_PRODUCTION_HOST", "127.0.0.1"),
             inference_staging_host=env.get("INFERENCE_STAGING_HOST", "127.0.0.1"),
             monitoring_host=env.get("MONITORING_HOST", "127.0.0.1"),
@@ -122,7 +128,7 @@ class Settings:
             jwt_audience=env.get("JWT_AUDIENCE", "churn-api"),
             access_token_ttl_seconds=_int(env, "ACCESS_TOKEN_TTL_SECONDS", 900),
             service_token_ttl_seconds=_int(env, "SERVICE_TOKEN_TTL_SECONDS", 30 * 24 * 3600),
-            jwks_url=env.get("JWKS_URL") or f"http://{env.get('AUTH_HOST', '127.0.0.1')}:{auth_http_port}/.well-known/jwks.json",
+            jwks_url=env.get("JWKS_URL") or f"http://{auth_host}:{auth_http_port}/.well-known/jwks.json",
             jwks_cache_seconds=jwks_cache,
             key_propagation_seconds=_int(env, "KEY_PROPAGATION_SECONDS", jwks_cache + 5),
             session_check_seconds=_int(env, "SESSION_CHECK_SECONDS", 5),
