@@ -1,14 +1,12 @@
-"""Typed domain errors. Domain code raises these; one server interceptor maps them to gRPC status codes
-(with google.rpc.BadRequest details for InvalidInput), so no handler ever builds a status by hand."""
+"""Typed domain errors, plain Python: domain code raises these and never sees gRPC. The one server interceptor
+(`services.common.interceptor`) maps each class to a status code in a single table and adds google.rpc.BadRequest
+details for InvalidInput, so no handler ever builds a status by hand."""
 from __future__ import annotations
-
-import grpc
 
 
 class DomainError(Exception):
-    """Base class: `code` is the gRPC status the caller sees, `message` the text it reads."""
-
-    code = grpc.StatusCode.INTERNAL
+    """Base class, never raised itself (the interceptor treats an unmapped DomainError as our bug: INTERNAL).
+    `message` is the text the caller reads."""
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -18,8 +16,6 @@ class DomainError(Exception):
 class InvalidInput(DomainError):
     """A caller's mistake in one named field (e.g. `customers[3].tenure`, `csv line 12: MonthlyCharges`)."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
-
     def __init__(self, field: str, reason: str, violations: list[tuple[str, str]] | None = None):
         super().__init__(f"{field}: {reason}")
         self.field = field
@@ -28,32 +24,28 @@ class InvalidInput(DomainError):
 
 
 class NotFound(DomainError):
-    code = grpc.StatusCode.NOT_FOUND
+    pass
 
 
 class AlreadyExists(DomainError):
-    code = grpc.StatusCode.ALREADY_EXISTS
+    pass
 
 
 class NotReady(DomainError):
     """The service cannot answer yet (model not loaded, dependency down): retry later."""
 
-    code = grpc.StatusCode.UNAVAILABLE
-
 
 class FailedPrecondition(DomainError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    pass
 
 
 class Unauthenticated(DomainError):
-    code = grpc.StatusCode.UNAUTHENTICATED
+    pass
 
 
 class PermissionDenied(DomainError):
-    code = grpc.StatusCode.PERMISSION_DENIED
+    pass
 
 
 class ResourceExhausted(DomainError):
     """Too much in one request (rows, bytes): the caller must send less, not retry."""
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED

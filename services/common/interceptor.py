@@ -17,16 +17,50 @@ from grpc_status import rpc_status
 
 from services.common import identity
 from services.common.access import MethodAccess, access_table
-from services.common.errors import DomainError, InvalidInput, Unauthenticated
+from services.common.errors import (AlreadyExists, DomainError, FailedPrecondition, InvalidInput, NotFound, NotReady,
+                                    PermissionDenied, ResourceExhausted, Unauthenticated)
 from services.common.logs import request_id_var
 from services.common.metrics import GRPC_LATENCY, GRPC_REQUESTS
 
 log = logging.getLogger("churn.rpc")
 
 
+# The one place a domain error becomes a status code. DomainError itself is absent on purpose: it is only a base
+# class, so an error no entry covers is our bug and answers INTERNAL (logged) like any other exception.
+STATUS_CODES: dict[type[DomainError], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    NotReady: grpc.StatusCode.UNAVAILABLE,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+def status_code_for(error: DomainError) -> grpc.StatusCode:
+    """The status code for a domain error, walking its MRO so a subclass maps like the class it refines;
+    INTERNAL when nothing maps (a bare DomainError)."""
+    for cls in type(error).__mro__:
+        code = STATUS_CODES.get(cls)
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _internal_status() -> status_pb2.Status:
+    return status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error (request id {request_id_var.get()})")
+
+
 def status_for(error: DomainError) -> status_pb2.Status:
-    """The google.rpc.Status for a domain error (also used for per-message errors inside streams)."""
-    status = status_pb2.Status(code=error.code.value[0], message=error.message)
+    """The google.rpc.Status for a domain error (also used for per-message errors inside streams). An unmapped
+    one is our bug: logged, and the caller reads only the request id, as for any other exception."""
+    code = status_code_for(error)
+    if code == grpc.StatusCode.INTERNAL:
+        log.error("unmapped domain error %s", type(error).__name__, exc_info=error)
+        return _internal_status()
+    status = status_pb2.Status(code=code.value[0], message=error.message)
     if isinstance(error, InvalidInput):
         details = error_details_pb2.BadRequest(field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=field, description=reason)
@@ -82,12 +116,13 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
     def _failure(self, entry: MethodAccess, error: Exception) -> status_pb2.Status:
         """The status for an error raised while serving; servicers raise domain errors, never call abort."""
-        if isinstance(error, DomainError):
-            if not isinstance(error, InvalidInput):
-                log.info("%s rejected: %s %s", entry.method, error.code.name, error.message)
-            return status_for(error)
-        log.error("%s failed", entry.method, exc_info=error)
-        return status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error (request id {request_id_var.get()})")
+        code = status_code_for(error) if isinstance(error, DomainError) else grpc.StatusCode.INTERNAL
+        if code == grpc.StatusCode.INTERNAL:
+            log.error("%s failed", entry.method, exc_info=error)
+            return _internal_status()
+        if not isinstance(error, InvalidInput):
+            log.info("%s rejected: %s %s", entry.method, code.name, error.message)
+        return status_for(error)
 
     def _finish(self, entry: MethodAccess, started: float, tokens, status: status_pb2.Status | None) -> None:
         code = grpc.StatusCode.OK if status is None else _CODES[status.code]
@@ -131,7 +166,7 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 class _Undecodable:
     """Stands in for a request grpc could not parse. Left to grpc, bad bytes (e.g. a string field that is not
     UTF-8) become INTERNAL "Exception deserializing request!"; this way the caller gets INVALID_ARGUMENT naming
-    the field, after the API key and token checks."""
+    the message type, after the API key and token checks."""
 
     def __init__(self, error: InvalidInput):
         self.error = error
@@ -144,8 +179,8 @@ def _tolerant(entry: MethodAccess, deserializer):
     def parse(data: bytes):
         try:
             return deserializer(data)
-        except Exception:  # noqa: BLE001 - any parse failure is the caller's bytes, reported below
-            return _Undecodable(_undecodable_error(entry, data))
+        except Exception as exc:  # noqa: BLE001 - any parse failure is the caller's bytes, reported below
+            return _Undecodable(_undecodable_error(entry, exc))
     return parse
 
 
@@ -161,55 +196,18 @@ def _checked_one(message):
     return message
 
 
-def _undecodable_error(entry: MethodAccess, data: bytes) -> InvalidInput:
+_LIBRARY_PREFIX = "Error parsing message"  # upb: "Error parsing message with type 'T': <reason>"
+_MAX_REASON = 120
+
+
+def _undecodable_error(entry: MethodAccess, error: Exception) -> InvalidInput:
+    """INVALID_ARGUMENT naming the message type and protobuf's own short reason (e.g. "String field had bad
+    UTF-8"); the library does not name the field, and the caller's bytes are never echoed (reason capped)."""
     try:
-        descriptor = descriptor_pool.Default().FindMethodByName(f"{entry.service}.{entry.method}").input_type
-        field = _non_utf8_field(descriptor, data)
-    except (KeyError, IndexError):
-        descriptor, field = None, None
-    if field:
-        return InvalidInput(field, "is not valid UTF-8")
-    name = descriptor.full_name if descriptor is not None else "the request message"
-    return InvalidInput("request", f"cannot be parsed as {name}")
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
-
-def _non_utf8_field(descriptor, data: bytes, prefix: str = "") -> str | None:
-    """Walks the wire format to name the (possibly nested) string field whose bytes are not UTF-8."""
-    pos = 0
-    while pos < len(data):
-        key, pos = _varint(data, pos)
-        number, wire_type = key >> 3, key & 7
-        if wire_type == 0:
-            _, pos = _varint(data, pos)
-        elif wire_type in (1, 5):
-            pos += 8 if wire_type == 1 else 4
-        elif wire_type == 2:
-            length, pos = _varint(data, pos)
-            chunk, pos = data[pos:pos + length], pos + length
-            field = descriptor.fields_by_number.get(number)
-            if field is None:
-                continue
-            name = prefix + field.name
-            if field.type == field.TYPE_STRING:
-                try:
-                    chunk.decode("utf-8")
-                except UnicodeDecodeError:
-                    return name
-            elif field.type == field.TYPE_MESSAGE:
-                found = _non_utf8_field(field.message_type, chunk, name + ".")
-                if found:
-                    return found
-        else:
-            return None
-    return None
+        name = descriptor_pool.Default().FindMethodByName(f"{entry.service}.{entry.method}").input_type.full_name
+    except KeyError:
+        name = "the request message"
+    text = str(error)
+    reason = text.partition("': ")[2] if text.startswith(_LIBRARY_PREFIX) else text
+    reason = reason[:_MAX_REASON]
+    return InvalidInput("request", f"cannot be parsed as {name}" + (f": {reason}" if reason else ""))

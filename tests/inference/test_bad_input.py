@@ -126,6 +126,7 @@ def test_non_utf8_string_field_is_invalid_argument(client):
     with pytest.raises(grpc.RpcError) as caught:
         call(raw, metadata=client.metadata())
     assert caught.value.code() == INVALID, caught.value.details()
+    assert caught.value.details() == "request: cannot be parsed as churn.v1.PredictRequest: String field had bad UTF-8"
 
 
 def test_at_the_limits_still_works(client):
