@@ -39,11 +39,11 @@ def _serve(settings: Settings, _args) -> int:
     return 0
 
 
-def _read_password(args) -> str:
+def _read_password(settings: Settings, args) -> str:
     if args.password_file:
         return pathlib.Path(args.password_file).read_text().strip()
-    if os.environ.get("ADMIN_PASSWORD"):
-        return os.environ["ADMIN_PASSWORD"]
+    if settings.admin_password:
+        return settings.admin_password
     if sys.stdin.isatty():
         first = getpass.getpass("password: ")
         if first != getpass.getpass("again: "):
@@ -55,10 +55,10 @@ def _read_password(args) -> str:
 def _create_admin(settings: Settings, args) -> int:
     from services.auth.app import build
 
-    username = args.username or os.environ.get("ADMIN_USERNAME", "")
+    username = args.username or settings.admin_username
     app = build(settings, bootstrap=False)
     try:
-        user = app.accounts.create_admin(username, _read_password(args))
+        user = app.accounts.create_admin(username, _read_password(settings, args))
     finally:
         app.close()
     print(json.dumps({"created": user.username, "role": user.role, "approved": user.approved}))
@@ -142,8 +142,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logs.configure("churn.auth", os.environ.get("LOG_LEVEL", "INFO"))
     settings = Settings.from_env()
+    logs.configure("churn.auth", settings.log_level)
     run = getattr(args, "run", _serve)
     try:
         return run(settings, args)

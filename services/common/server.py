@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import pathlib
 import signal
 import threading
@@ -81,14 +80,13 @@ def start_server(
     server.start()
     host = ServiceHost(server=server, port=bound, http=http, health=health_servicer, service_names=names)
     host.set_serving(serving)
-    _write_port_file(host)
+    _write_port_file(host, settings.port_file)
     log.info("listening", extra={"fields": {"grpc_port": bound, "http_port": http.port, "services": names}})
     return host
 
 
-def _write_port_file(host: ServiceHost) -> None:
+def _write_port_file(host: ServiceHost, target: str) -> None:
     """Tests and the process runner start servers on port 0 and read the bound ports from PORT_FILE."""
-    target = os.environ.get("PORT_FILE")
     if not target:
         return
     path = pathlib.Path(target)

@@ -93,6 +93,17 @@ class Settings:
     argon2_memory_kib: int = 0
     bootstrap_admin_username: str = ""
     bootstrap_admin_password_file: str = ""
+    # Auth CLI `create-admin`: default username and password (else --password-file or a prompt).
+    admin_username: str = ""
+    admin_password: str = dataclasses.field(default="", repr=False)
+    # Inference's outbox token; empty = the file <secrets_dir>/service_token.
+    service_token: str = dataclasses.field(default="", repr=False)
+    # MLflow: a server or database URL (empty = sqlite under data_dir, see mlflow_config) and the experiment.
+    mlflow_tracking_uri: str = ""
+    mlflow_experiment_name: str = "churn"
+    # Process: where a server writes its bound ports as JSON (tests, the runner); the stdlib logging level.
+    port_file: str = ""
+    log_level: str = "INFO"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -150,6 +161,13 @@ class Settings:
             argon2_memory_kib=_int(env, "ARGON2_MEMORY_KIB", 0),
             bootstrap_admin_username=env.get("BOOTSTRAP_ADMIN_USERNAME", ""),
             bootstrap_admin_password_file=env.get("BOOTSTRAP_ADMIN_PASSWORD_FILE", ""),
+            admin_username=env.get("ADMIN_USERNAME", ""),
+            admin_password=env.get("ADMIN_PASSWORD", ""),
+            service_token=env.get("SERVICE_TOKEN", ""),
+            mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", ""),
+            mlflow_experiment_name=env.get("MLFLOW_EXPERIMENT_NAME") or "churn",
+            port_file=env.get("PORT_FILE", ""),
+            log_level=env.get("LOG_LEVEL", "INFO"),
         )
 
     @property

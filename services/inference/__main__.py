@@ -15,7 +15,7 @@ def main() -> int:
     if settings.model_alias not in ("production", "staging"):
         print(f"MODEL_ALIAS must be production or staging, got {settings.model_alias!r}", file=sys.stderr)
         return 2
-    logs.configure(f"inference-{settings.model_alias}")
+    logs.configure(f"inference-{settings.model_alias}", settings.log_level)
     inference = app.start(settings, remote_verifier(settings))
     serve_until_signalled(inference.host, on_stop=inference.close)
     return 0

@@ -3,14 +3,13 @@
 
 A row leaves the outbox only after monitoring acknowledged its batch (monitoring stores idempotently by prediction
 id, so a batch resent after a lost acknowledgement is harmless). Monitoring down → the attempt fails, the thread
-backs off exponentially (with jitter) and tries again; predictions are never affected. The token is read from env
+backs off exponentially (with jitter) and tries again; predictions are never affected. The token is the setting
 `SERVICE_TOKEN` or the file `<SECRETS_DIR>/service_token` (written by `python -m services.auth
 create-service-token`), re-read whenever the file changes, so a re-minted token is picked up without a restart.
 """
 from __future__ import annotations
 
 import logging
-import os
 import pathlib
 import random
 import threading
@@ -20,6 +19,7 @@ import grpc
 from churn.v1 import monitoring_pb2, monitoring_pb2_grpc
 
 from services.common.logs import fields
+from services.common.settings import Settings
 from services.inference import metrics
 from services.inference.outbox import Outbox, OutboxRow
 
@@ -38,16 +38,17 @@ class Sink(Protocol):
 
 
 class ServiceToken:
-    """The service token: env `SERVICE_TOKEN` wins; otherwise the token file, re-read when its mtime changes."""
+    """The service token: the setting `SERVICE_TOKEN` wins; otherwise the token file, re-read when its mtime
+    changes."""
 
-    def __init__(self, env_value: str, path: pathlib.Path):
-        self._env_value = env_value.strip()
+    def __init__(self, value: str, path: pathlib.Path):
+        self._value = value.strip()
         self._path = path
         self._cached: tuple[tuple[int, int], str] | None = None
 
     def get(self) -> str:
-        if self._env_value:
-            return self._env_value
+        if self._value:
+            return self._value
         try:
             stat = self._path.stat()
         except OSError:
@@ -58,8 +59,8 @@ class ServiceToken:
         return self._cached[1]
 
     @classmethod
-    def from_env(cls, secrets_dir: pathlib.Path) -> "ServiceToken":
-        return cls(os.environ.get("SERVICE_TOKEN", ""), secrets_dir / "service_token")
+    def from_settings(cls, settings: Settings) -> "ServiceToken":
+        return cls(settings.service_token, settings.secrets_dir / "service_token")
 
 
 class MonitoringSink:

@@ -17,7 +17,7 @@ def main() -> int:
         print("API_KEY and OPS_API_KEY must be set (environment or secrets folder): no default key ever works",
               file=sys.stderr)
         return 2
-    logs.configure("monitoring")
+    logs.configure("monitoring", settings.log_level)
     monitoring = app.start(settings, remote_verifier(settings))
     serve_until_signalled(monitoring.host, on_stop=monitoring.close)
     return 0
