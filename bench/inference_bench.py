@@ -76,13 +76,14 @@ def main() -> int:
     keys = BenchKeys()
     verifier = TokenVerifier(keys, settings.jwt_issuer, settings.jwt_audience)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="inference-bench-"))
-    inference = app.start(settings, verifier, alias="production", port=0, http_port=0,
-                          outbox_file=tmp / "outbox.db", ship=False)
+    parts = dataclasses.replace(app.build_parts(settings, "production", ship=False), port=0, http_port=0,
+                                outbox_file=tmp / "outbox.db")
+    inference = app.start(settings, verifier, parts)
     assert inference.wait_loaded(120), "model did not load"
     model = inference.holder.current
     # The same booster objects the server calls, each at its best thread count (1 thread for single rows,
     # all cores for 1,000): the bare side is the strongest in-process baseline.
-    single_booster, batch_booster = model.adapter._single, model.adapter._booster
+    single_booster, batch_booster = model.native._single, model.native._booster
 
     frame = pd.read_csv(ROOT / "data" / "telco_churn.csv", nrows=1000)
     frame["TotalCharges"] = pd.to_numeric(frame.TotalCharges, errors="coerce")

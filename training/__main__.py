@@ -6,7 +6,7 @@ import os
 import pathlib
 import sys
 
-from training.registry import FLAVORS
+from services.common.model_registry import FLAVORS
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import pathlib
 import tempfile
 import time
@@ -21,8 +20,10 @@ import pandas as pd
 
 from services.common import features as F
 from services.common import mlflow_config
+from services.common import model_registry as R
+from services.common.errors import NotFound
+from services.common.settings import Settings
 from services.common.telco_csv import TelcoCsv, parse_telco_csv
-from training import registry as R
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / "data" / "telco_churn.csv"
@@ -64,7 +65,7 @@ def load_split(path: pathlib.Path) -> Split:
         f"{float(F.fill_blank_total_charges(np.array([np.nan]))[0])} by the blank rule)")
     y = data.churn.to_numpy(dtype=bool).astype(np.int32)
     train_idx, test_idx = train_test_split(np.arange(len(data)), test_size=TEST_SIZE, random_state=SEED, stratify=y)
-    X = data.encode()
+    X = data.encoded
     say(f"split: {len(train_idx)} train / {len(test_idx)} held out (stratified, seed {SEED}), "
         f"{X.shape[1]} encoded columns")
     return Split(data, train_idx, test_idx, X[train_idx], X[test_idx], y[train_idx], y[test_idx])
@@ -85,13 +86,6 @@ def fit(flavor: str, split: Split):
     return model
 
 
-def native_proba(flavor: str, model, X: np.ndarray) -> np.ndarray:
-    """P(churn) from the fitted estimator exactly as the saved native file will give it."""
-    if flavor == "xgboost":
-        return model.get_booster().inplace_predict(X)
-    return model.predict_proba(X)[:, 1]
-
-
 def evaluate(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     from sklearn import metrics
 
@@ -110,21 +104,15 @@ def fingerprint(data_bytes: bytes, flavor: str) -> str:
     return h.hexdigest()
 
 
-def find_version(client, name: str, flavor: str, fp: str):
-    """The newest registered version of `name` with this flavour and fingerprint, or None."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        versions = client.search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return None
-    matches = [v for v in versions if v.tags.get(R.TAG_FLAVOR) == flavor and v.tags.get(R.TAG_FINGERPRINT) == fp]
-    return max(matches, key=lambda v: int(v.version), default=None)
+def find_version(registry: R.ModelRegistry, flavor: str, fp: str) -> str | None:
+    """The newest registered version with this flavour and fingerprint, or None."""
+    matches = [v.version for v in registry.versions() if v.flavor == flavor and v.tags.get(R.TAG_FINGERPRINT) == fp]
+    return max(matches, key=int, default=None)
 
 
 def _write_artifacts(folder: pathlib.Path, flavor: str, model, split: Split, fp: str,
                      scores: dict[str, float]) -> dict[str, str]:
-    """The files under artifacts/ (layout in training.registry); returns log_model's `artifacts` mapping."""
+    """The files under artifacts/ (layout in services.common.model_registry); returns log_model's `artifacts` mapping."""
     import joblib
 
     native = folder / pathlib.Path(R.NATIVE_MODEL[flavor]).name
@@ -150,36 +138,38 @@ def _write_artifacts(folder: pathlib.Path, flavor: str, model, split: Split, fp:
     return {"model": str(native), "feature_spec": str(spec), "model_info": str(info), "reference": str(reference)}
 
 
+PYFUNC_MODULES = ("features.py", "model_registry.py", "errors.py")  # what the pyfunc imports from services.common
+
+
 def _code_paths(staging: pathlib.Path) -> list[str]:
-    """Only what the pyfunc imports: services.common.{features,telco_csv,errors}, churn.v1 stubs, training."""
+    """Only what the pyfunc imports: those services.common modules and the churn.v1 message stubs (protobuf
+    only: no grpc, no training code)."""
     import shutil
 
     common = staging / "services" / "common"
     common.mkdir(parents=True)
     (staging / "services" / "__init__.py").touch()
     (common / "__init__.py").touch()
-    for module in ("features.py", "telco_csv.py", "errors.py"):
+    for module in PYFUNC_MODULES:
         shutil.copy(ROOT / "services" / "common" / module, common / module)
     import churn.v1.common_pb2 as stub
 
     gen_churn = pathlib.Path(stub.__file__).resolve().parents[1]
     shutil.copytree(gen_churn, staging / "churn", ignore=shutil.ignore_patterns("__pycache__", "*_grpc.py", "*.pyi"))
-    (staging / "training").mkdir()
-    for module in ("__init__.py", "registry.py", "pyfunc_model.py"):
-        shutil.copy(ROOT / "training" / module, staging / "training" / module)
-    return [str(staging / "services"), str(staging / "churn"), str(staging / "training")]
+    return [str(staging / "services"), str(staging / "churn")]
 
 
 def log_and_register(flavor: str, model, split: Split, fp: str, name: str, experiment_id: str):
     import mlflow
     from mlflow.models import infer_signature
 
-    scores = evaluate(split.y_test, native_proba(flavor, model, split.X_test))
+    native = R.native_model(flavor, model)
+    scores = evaluate(split.y_test, native.probability(split.X_test))
     say(f"{flavor} held-out metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
     example = split.data.frame.iloc[split.train_idx[:5]]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # integer-column hint: SeniorCitizen/tenure are never NaN
-        signature = infer_signature(example, native_proba(flavor, model, split.X_train[:5]).astype(np.float64))
+        signature = infer_signature(example, native.probability(split.X_train[:5]).astype(np.float64))
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(experiment_id=experiment_id,
                                                                  run_name=f"{flavor}-{fp[:8]}") as run:
         tmp = pathlib.Path(tmp)
@@ -199,7 +189,7 @@ def log_and_register(flavor: str, model, split: Split, fp: str, name: str, exper
                 signature=signature, input_example=example,
                 pip_requirements=[f"mlflow=={mlflow.__version__}", f"xgboost=={xgboost.__version__}",
                                   f"scikit-learn=={sklearn.__version__}", f"pandas=={pd.__version__}",
-                                  f"numpy=={np.__version__}", "protobuf", "grpcio", "joblib"])
+                                  f"numpy=={np.__version__}", "protobuf", "joblib"])
         mlflow.log_metrics(scores, model_id=info.model_id)
         mlflow.set_tags({R.TAG_FLAVOR: flavor, R.TAG_FINGERPRINT: fp})
     with contextlib.redirect_stderr(io.StringIO()):  # register_model eprints "Successfully registered …"
@@ -211,34 +201,33 @@ def log_and_register(flavor: str, model, split: Split, fp: str, name: str, exper
 def run(data_path: pathlib.Path = DEFAULT_DATA, name: str | None = None, production_flavor: str = "xgboost",
         staging_flavor: str = "sklearn", force: bool = False, if_missing: bool = False) -> dict[str, str]:
     """Train (or reuse) one version per needed flavour and point the aliases; returns {alias: version}."""
-    name = name or os.environ.get("MODEL_NAME") or "churn-model"
+    settings = Settings.from_env()
+    name = name or settings.model_name
     mlflow_config.quiet()
-    client = mlflow_config.client()
-    say(f"MLflow at {client.tracking_uri}, model {name!r}")
+    registry = R.ModelRegistry(mlflow_config.configure(settings), name)
+    say(f"MLflow at {registry.client.tracking_uri}, model {name!r}")
     if if_missing:
-        from mlflow.exceptions import MlflowException
-
         try:
-            current = R.resolve_version(client, name, R.ALIAS_PRODUCTION)
-            say(f"--if-missing: {name}@{R.ALIAS_PRODUCTION} is version {current.version}; nothing to do")
-            return {R.ALIAS_PRODUCTION: current.version}
-        except MlflowException:
+            current = registry.version_for(R.ALIAS_PRODUCTION)
+            say(f"--if-missing: {name}@{R.ALIAS_PRODUCTION} is version {current}; nothing to do")
+            return {R.ALIAS_PRODUCTION: current}
+        except NotFound:
             pass
-    experiment_id = mlflow_config.ensure_experiment()
+    experiment_id = mlflow_config.ensure_experiment(settings)
     data_bytes = data_path.read_bytes()
     wanted = {R.ALIAS_PRODUCTION: production_flavor, R.ALIAS_STAGING: staging_flavor}
     versions, split = {}, None
     for flavor in dict.fromkeys(wanted.values()):
         fp = fingerprint(data_bytes, flavor)
-        existing = None if force else find_version(client, name, flavor, fp)
+        existing = None if force else find_version(registry, flavor, fp)
         if existing is not None:
-            say(f"{flavor}: reusing version {existing.version} (same training_fingerprint; --force retrains)")
-            versions[flavor] = existing.version
+            say(f"{flavor}: reusing version {existing} (same training_fingerprint; --force retrains)")
+            versions[flavor] = existing
             continue
         split = split or load_split(data_path)
         say(f"fitting {flavor}")
-        versions[flavor] = log_and_register(flavor, fit(flavor, split), split, fp, name, experiment_id).version
+        versions[flavor] = str(log_and_register(flavor, fit(flavor, split), split, fp, name, experiment_id).version)
     for alias, flavor in wanted.items():
-        client.set_registered_model_alias(name, alias, versions[flavor])
+        registry.client.set_registered_model_alias(name, alias, versions[flavor])
         say(f"alias {name}@{alias} -> version {versions[flavor]} ({flavor})")
     return {alias: versions[flavor] for alias, flavor in wanted.items()}

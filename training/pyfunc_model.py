@@ -15,16 +15,15 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         import pathlib
 
-        from training import registry
+        from services.common.model_registry import load_native
 
         root = pathlib.Path(context.artifacts["model_info"]).parent.parent  # <version>/artifacts/model_info.json
-        self.flavor, self.model = registry.load_native_model(root)
+        self.model = load_native(root)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         from services.common.features import encode_frame
-        from training.registry import predict_proba
 
-        return np.asarray(predict_proba(self.flavor, self.model, encode_frame(model_input)), dtype=np.float64)
+        return np.asarray(self.model.probability(encode_frame(model_input)), dtype=np.float64)
 
 
 # Models from code (MLflow 3): the version stores this file and runs it at load, instead of a cloudpickle.

@@ -96,6 +96,9 @@ N_ENCODED = len(ENCODED_COLUMNS)
 # Enum number <-> CSV spelling per categorical field.
 SPELLING_TO_ENUM = {f.name: dict(zip(f.categories, f.enum_numbers)) for f in FEATURES if f.kind == CATEGORICAL}
 ENUM_TO_SPELLING = {f.name: dict(zip(f.enum_numbers, f.categories)) for f in FEATURES if f.kind == CATEGORICAL}
+# The cleaned Telco frame's dtypes, as `pd.read_csv` types the original file (one table for CSVs and the store).
+CSV_DTYPES = {f.column: ("int64" if f.name in ("tenure", "senior_citizen") else
+                         "float64" if f.kind == NUMERIC else "object") for f in FEATURES}
 
 
 def fill_blank_total_charges(total: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -23,36 +24,24 @@ from churn.v1 import common_pb2
 from services.common import features as F
 from services.common.errors import InvalidInput, ResourceExhausted
 
-_DTYPES = {f.column: ("int64" if f.name in ("tenure", "senior_citizen") else
-                      "float64" if f.kind == F.NUMERIC else object) for f in F.FEATURES}
 KNOWN_COLUMNS = (F.ID_COLUMN, *F.FEATURE_COLUMNS, F.LABEL_COLUMN)
+MAX_LISTED_COLUMNS = 10  # an error names this many columns at most: a 30,000-column header gets a short answer
 
 
 @dataclass
-class TelcoCsv:
-    """A parsed CSV: `frame` (the cleaned feature frame, see module doc), `customer_ids` (str per row, "" when the
-    CSV has no customerID column), `churn` (None without a Churn column, else a nullable boolean Series) and
-    `lines` (the CSV line number of each row, for error messages downstream)."""
+class CsvTable:
+    """A CSV read by `read_csv`: the stripped header, the non-blank rows as read, and each row's line number."""
 
-    frame: pd.DataFrame
-    customer_ids: list[str]
-    churn: pd.Series | None
+    header: list[str]
+    rows: list[list[str]]
     lines: list[int]
 
-    def __len__(self) -> int:
-        return len(self.frame)
 
-    def encode(self) -> np.ndarray:
-        return F.encode_frame(self.frame, line_of=lambda r: f"csv line {self.lines[r]}")
-
-    def customers(self) -> list[common_pb2.Customer]:
-        return frame_to_customers(self.frame, self.customer_ids)
-
-
-def parse_telco_csv(data: bytes, max_bytes: int, max_rows: int) -> TelcoCsv:
-    """Validate and parse a Telco-format CSV. Errors: oversize -> ResourceExhausted; not UTF-8, bad header, a row
-    with the wrong number of fields or a bad value, or no data rows -> InvalidInput naming the line and column."""
-    if len(data) > max_bytes:
+def read_csv(data: bytes, max_bytes: int | None, max_rows: int) -> CsvTable:
+    """The one CSV reader (Telco files, feedback, uploads). Oversize or too many rows -> ResourceExhausted; not
+    UTF-8, a NUL byte or malformed quoting -> InvalidInput naming the line. A BOM is accepted, blank lines skipped,
+    line 1 is the header; rows are returned whatever their field count (callers decide what a short row means)."""
+    if max_bytes is not None and len(data) > max_bytes:
         raise ResourceExhausted(f"CSV is {len(data)} bytes, the limit is {max_bytes}")
     try:
         text = data.decode("utf-8-sig")
@@ -63,52 +52,92 @@ def parse_telco_csv(data: bytes, max_bytes: int, max_rows: int) -> TelcoCsv:
         raise InvalidInput(f"csv line {text[:text.index(chr(0))].count(chr(10)) + 1}", "contains a NUL byte")
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
-        header = next(reader, None)
-        if not header or not any(h.strip() for h in header):
-            raise InvalidInput("csv line 1", "the CSV is empty: a header row is required")
-        header = [h.strip() for h in header]
-        _check_header(header)
+        header = [h.strip() for h in next(reader, [])]
         rows, lines, line = [], [], reader.line_num
         for fields in reader:
             start, line = line + 1, reader.line_num
             if not fields or (len(fields) == 1 and not fields[0].strip()):
                 continue
-            if len(fields) != len(header):
-                raise InvalidInput(f"csv line {start}", f"has {len(fields)} fields, the header has {len(header)}")
             if len(rows) >= max_rows:
                 raise ResourceExhausted(f"CSV has more than {max_rows} rows")
             rows.append(fields)
             lines.append(start)
     except csv.Error as e:
         raise InvalidInput(f"csv line {reader.line_num}", f"malformed CSV: {e}") from None
-    if not rows:
+    return CsvTable(header, rows, lines)
+
+
+@dataclass
+class TelcoCsv:
+    """A parsed CSV: `frame` (the cleaned feature frame, see module doc), `encoded` (the model's float32 matrix,
+    made once while validating), `customer_ids` (str per row, "" when the CSV has no customerID column), `churn`
+    (None without a Churn column, else a nullable boolean Series) and `lines` (each row's CSV line number)."""
+
+    frame: pd.DataFrame
+    encoded: np.ndarray
+    customer_ids: list[str]
+    churn: pd.Series | None
+    lines: list[int]
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def customers(self) -> list[common_pb2.Customer]:
+        return frame_to_customers(self.frame, self.customer_ids)
+
+
+def parse_telco_csv(data: bytes, max_bytes: int | None, max_rows: int) -> TelcoCsv:
+    """Validate, parse and encode a Telco-format CSV. Errors: oversize -> ResourceExhausted; not UTF-8, bad header,
+    a row with the wrong number of fields or a bad value, or no data rows -> InvalidInput naming line and column."""
+    table = read_csv(data, max_bytes, max_rows)
+    if not any(table.header):
+        raise InvalidInput("csv line 1", "the CSV is empty: a header row is required")
+    _check_header(table.header)
+    for fields, line in zip(table.rows, table.lines):
+        if len(fields) != len(table.header):
+            raise InvalidInput(f"csv line {line}", f"has {len(fields)} fields, the header has {len(table.header)}")
+    if not table.rows:
         raise InvalidInput("csv", "no data rows after the header")
-    raw = pd.DataFrame(rows, columns=header, dtype=object)
-    return _clean(raw, lines)
+    raw = pd.DataFrame(table.rows, columns=table.header, dtype=object)
+    return _clean(raw, table.lines)
+
+
+def _listed(columns: list[str]) -> str:
+    shown = ", ".join(c[:40] for c in columns[:MAX_LISTED_COLUMNS])
+    return shown if len(columns) <= MAX_LISTED_COLUMNS else f"{shown} and {len(columns) - MAX_LISTED_COLUMNS} more"
 
 
 def _check_header(header: list[str]) -> None:
-    dupes = sorted({h for h in header if header.count(h) > 1})
-    unknown = [h for h in header if h not in KNOWN_COLUMNS]
-    missing = [c for c in F.FEATURE_COLUMNS if c not in header]
-    problems = [f"{label}: {', '.join(cols)}" for label, cols in
+    counts = Counter(header)
+    dupes = sorted(h for h, n in counts.items() if n > 1)
+    unknown = [h for h in counts if h not in KNOWN_COLUMNS]
+    missing = [c for c in F.FEATURE_COLUMNS if c not in counts]
+    problems = [f"{label}: {_listed(cols)}" for label, cols in
                 (("missing columns", missing), ("unknown columns", unknown), ("duplicate columns", dupes)) if cols]
     if problems:
         raise InvalidInput("csv line 1", "; ".join(problems))
 
 
-def _clean(raw: pd.DataFrame, lines: list[int]) -> TelcoCsv:
-    """Validate every value through the encoder (one rule set), then type the columns."""
-    F.encode_frame(raw, line_of=lambda r: f"csv line {lines[r]}")
+def typed_frame(raw: pd.DataFrame) -> pd.DataFrame:
+    """The Telco columns with the cleaned-frame dtypes (`F.CSV_DTYPES`), from CSV-spelling values: strings read
+    from a file, or the monitoring store's stored values. A blank numeric is NaN."""
     frame = pd.DataFrame(index=pd.RangeIndex(len(raw)))
-    for f in F.FEATURES:
-        col = raw[f.column].str.strip()
-        if f.kind == F.NUMERIC:
-            frame[f.column] = pd.to_numeric(col.mask(col == "")).astype(_DTYPES[f.column])
-        elif f.name == "senior_citizen":
-            frame[f.column] = col.astype("int64")
-        else:
-            frame[f.column] = col
+    for column, dtype in F.CSV_DTYPES.items():
+        col = raw[column].reset_index(drop=True)
+        if col.dtype == object:
+            col = col.str.strip()
+        if dtype == "object":
+            frame[column] = col.astype(object)
+            continue
+        numbers = pd.to_numeric(col.mask(col == "") if col.dtype == object else col)
+        frame[column] = numbers.fillna(0).astype(dtype) if dtype == "int64" else numbers.astype(dtype)
+    return frame
+
+
+def _clean(raw: pd.DataFrame, lines: list[int]) -> TelcoCsv:
+    """Validate every value by encoding it (one rule set, the result kept), then type the columns."""
+    encoded = F.encode_frame(raw, line_of=lambda r: f"csv line {lines[r]}")
+    frame = typed_frame(raw)
     ids = raw[F.ID_COLUMN].str.strip().tolist() if F.ID_COLUMN in raw.columns else [""] * len(raw)
     churn = None
     if F.LABEL_COLUMN in raw.columns:
@@ -117,9 +146,9 @@ def _clean(raw: pd.DataFrame, lines: list[int]) -> TelcoCsv:
         if bad.any():
             r = int(np.flatnonzero(bad.to_numpy())[0])
             raise InvalidInput(f"csv line {lines[r]}: {F.LABEL_COLUMN}",
-                               f"unknown value {labels.iloc[r]!r}, expected 'Yes', 'No' or blank")
+                               f"unknown value {labels.iloc[r][:40]!r}, expected 'Yes', 'No' or blank")
         churn = labels.map({"Yes": True, "No": False, "": None}).astype("boolean")
-    return TelcoCsv(frame, ids, churn, lines)
+    return TelcoCsv(frame, encoded, ids, churn, lines)
 
 
 # ---- proto <-> CSV spelling -------------------------------------------------------------------------------------

@@ -1,18 +1,21 @@
 """Wiring: one function builds the inference server from its parts, so `__main__` and the tests start it the same
-way — tests inject a local token verifier, a test registry or sink, smaller limits and port 0."""
+way — tests take `build_parts` and replace single parts (a gated registry, a sink of their own, smaller limits,
+port 0) with `dataclasses.replace`."""
 from __future__ import annotations
 
 import dataclasses
 import pathlib
 import threading
+from typing import Any, Mapping
 
 from churn.v1 import inference_pb2, inference_pb2_grpc
 
 from services.common import identity, mlflow_config
 from services.common.interceptor import ServiceInterceptor
+from services.common.model_registry import ModelRegistry
 from services.common.server import ServiceHost, start_server
 from services.common.settings import Settings
-from services.inference.model import MlflowRegistry, ModelHolder, Registry
+from services.inference.model import ModelHolder, Registry
 from services.inference.outbox import Outbox
 from services.inference.predictor import Limits, Predictor
 from services.inference.servicer import InferenceServicer
@@ -24,6 +27,34 @@ SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].ful
 def outbox_path(settings: Settings, alias: str) -> pathlib.Path:
     """One outbox file per instance (instances are per alias; replicas each have their own DATA_DIR)."""
     return settings.data_dir / f"inference-{alias}-outbox.db"
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceParts:
+    """What one instance is made of: the alias it serves, where its model comes from, its limits, outbox file and
+    ports, and where committed rows ship to (`sink` None: they stay in the outbox)."""
+
+    alias: str
+    registry: Registry
+    limits: Limits
+    outbox_file: pathlib.Path
+    port: int
+    http_port: int
+    sink: Sink | None
+    shipper_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # Shipper's batch size, backoff
+
+
+def build_parts(settings: Settings, alias: str | None = None, *, ship: bool = True) -> InferenceParts:
+    """The parts `python -m services.inference` runs with, for `alias` (default MODEL_ALIAS): the MLflow
+    registry, limits, outbox and ports from settings and, with `ship`, monitoring as the sink."""
+    alias = alias or settings.model_alias
+    mlflow_config.quiet()
+    sink = MonitoringSink(settings.monitoring_address, ServiceToken.from_settings(settings), settings.api_key,
+                          settings.grpc_options()) if ship else None
+    return InferenceParts(
+        alias=alias, registry=ModelRegistry(mlflow_config.tracking_uri(settings), settings.model_name),
+        limits=Limits.from_settings(settings), outbox_file=outbox_path(settings, alias),
+        port=settings.inference_port(alias), http_port=settings.inference_http_port(alias), sink=sink)
 
 
 @dataclasses.dataclass
@@ -58,29 +89,20 @@ class InferenceApp:
         self.outbox.close()
 
 
-def start(settings: Settings, verifier: identity.TokenVerifier, *, alias: str | None = None,
-          registry: Registry | None = None, sink: Sink | None = None, ship: bool = True,
-          limits: Limits | None = None, outbox_file: pathlib.Path | None = None,
-          port: int | None = None, http_port: int | None = None, shipper_options: dict | None = None) -> InferenceApp:
+def start(settings: Settings, verifier: identity.TokenVerifier, parts: InferenceParts | None = None) -> InferenceApp:
     """Start serving (health NOT_SERVING); the model loads in the background and flips health to SERVING."""
-    alias = alias or settings.model_alias
-    registry = registry or MlflowRegistry(mlflow_config.tracking_uri(settings.data_dir), settings.model_name)
-    holder = ModelHolder(registry, alias)
-    outbox = Outbox(outbox_file or outbox_path(settings, alias))
-    predictor = Predictor(holder, outbox, limits or Limits.from_settings(settings))
+    parts = parts or build_parts(settings)
+    holder = ModelHolder(parts.registry, parts.alias)
+    outbox = Outbox(parts.outbox_file)
+    predictor = Predictor(holder, outbox, parts.limits)
     host = start_server(
-        settings, port=settings.inference_port(alias) if port is None else port,
-        http_port=settings.inference_http_port(alias) if http_port is None else http_port,
+        settings, port=parts.port, http_port=parts.http_port,
         register=lambda server: inference_pb2_grpc.add_InferenceServiceServicer_to_server(
             InferenceServicer(predictor), server),
         service_names=[SERVICE_NAME],
         interceptor=ServiceInterceptor(verifier, settings.api_key, settings.ops_api_key),
         serving=False)
-    shipper = None
-    if ship:
-        sink = sink or MonitoringSink(settings.monitoring_address, ServiceToken.from_env(settings.secrets_dir),
-                                      settings.api_key, settings.grpc_options())
-        shipper = Shipper(outbox, sink, **(shipper_options or {})).start()
+    shipper = Shipper(outbox, parts.sink, **parts.shipper_options).start() if parts.sink is not None else None
     stop_loading = threading.Event()
     loader = threading.Thread(target=holder.load_until_ready, args=(stop_loading, lambda: host.set_serving(True)),
                               name="model-loader", daemon=True)

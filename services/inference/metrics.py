@@ -1,16 +1,12 @@
-"""Inference metrics (prefix `churn_inference_`), defined once; the shared `churn_grpc_*` RPC metrics come from
-services.common.metrics. Labels stay low-cardinality: model version, alias, method, status code."""
+"""Inference metrics (prefix `churn_inference_`), defined once. Requests by status code and their latency are the
+shared `churn_grpc_*` RPC metrics (services.common.metrics, counted by the interceptor), not repeated here.
+Labels stay low-cardinality: model version, alias, method, status code."""
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
 PREDICTIONS = Counter("churn_inference_predictions_total", "Rows scored, by model version, alias and predicted outcome.",
                       ["model_version", "alias", "outcome"])
-LATENCY = Histogram("churn_inference_request_seconds", "Time to answer a prediction request (encode, score, "
-                    "explain, outbox commit).", ["method"],
-                    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-ERRORS = Counter("churn_inference_errors_total", "Requests (or stream messages) refused, by method and status code.",
-                 ["method", "code"])
 BATCH_ROWS = Histogram("churn_inference_batch_rows", "Rows per prediction request.", ["method"],
                        buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000, 10000, 50000))
 MODEL_INFO = Gauge("churn_inference_model_info", "1 for the model version this instance serves now.",

@@ -23,16 +23,6 @@ from services.inference.model import LoadedModel, ModelHolder
 from services.inference.outbox import Outbox
 
 MAX_REQUEST_ID_CHARS = 64
-_CUSTOMER_TAG = bytes([(monitoring_pb2.PredictionRecord.CUSTOMER_FIELD_NUMBER << 3) | 2])  # length-delimited
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,8 +82,7 @@ class Predictor:
         """Score a Telco CSV; with a Churn column, also the accuracy against it (rows with a blank label skipped)."""
         started = time.perf_counter()
         parsed = telco_csv.parse_telco_csv(data, self.limits.max_csv_bytes, self.limits.max_csv_rows)
-        X = parsed.encode()
-        scored = self._score(X, parsed.customers(), parsed.customer_ids, request_id=request_id,
+        scored = self._score(parsed.encoded, parsed.customers(), parsed.customer_ids, request_id=request_id,
                              explain_top_k=explain_top_k, method="PredictCsv", started=started)
         accuracy = None
         if parsed.churn is not None:
@@ -107,9 +96,9 @@ class Predictor:
     def _score(self, X: np.ndarray, customers: Sequence[common_pb2.Customer], customer_ids: Sequence[str], *,
                request_id: str, explain_top_k: int, method: str, started: float, first_index: int = 0) -> Scored:
         model = self._holder.current  # read once: a reload mid-request does not mix two models
-        probabilities = np.asarray(model.adapter.probability(X), dtype=np.float64)
+        probabilities = np.asarray(model.native.probability(X), dtype=np.float64)
         churn = probabilities >= model.threshold
-        reasons = (explain.top_reasons(model.adapter.contributions(X), X, explain_top_k) if explain_top_k
+        reasons = (explain.top_reasons(model.contributions(X), X, explain_top_k) if explain_top_k
                    else None)
         ref = model_ref(model)
         prefix = prediction_id_prefix(request_id)
@@ -129,7 +118,6 @@ class Predictor:
         if len(predictions) - n_churn:
             metrics.PREDICTIONS.labels(model.version, model.alias, "no_churn").inc(len(predictions) - n_churn)
         metrics.BATCH_ROWS.labels(method).observe(len(predictions))
-        metrics.LATENCY.labels(method).observe(time.perf_counter() - started)
         return Scored(predictions, model)
 
     def _log(self, predictions: list[inference_pb2.Prediction], customers: Sequence[common_pb2.Customer],
@@ -137,25 +125,19 @@ class Predictor:
         """Commit one outbox row per prediction; the answer goes out only after this returns."""
         now = timestamp_pb2.Timestamp()
         now.FromNanoseconds(int(self._clock() * 1e9))
-        rows = []
-        for prediction, customer in zip(predictions, customers):
-            record = monitoring_pb2.PredictionRecord(
-                prediction_id=prediction.prediction_id, churn=prediction.churn, probability=prediction.probability,
-                model=prediction.model, latency_ms=latency_ms, predicted_at=now, request_id=request_id)
-            # Appending the customer as an encoded field 2 equals setting it, without copying the message.
-            body = customer.SerializeToString()
-            rows.append((prediction.prediction_id,
-                         record.SerializeToString() + _CUSTOMER_TAG + _varint(len(body)) + body))
-        self._outbox.append(rows)
+        self._outbox.append([(prediction.prediction_id, monitoring_pb2.PredictionRecord(
+            prediction_id=prediction.prediction_id, customer=customer, churn=prediction.churn,
+            probability=prediction.probability, model=prediction.model, latency_ms=latency_ms, predicted_at=now,
+            request_id=request_id).SerializeToString()) for prediction, customer in zip(predictions, customers)])
 
     def explain(self, customers: Sequence[common_pb2.Customer]) -> tuple[list[inference_pb2.Explanation], LoadedModel]:
         """Full TreeSHAP per customer field; base + Σ shap_value == margin (log-odds for both flavours)."""
         self._check_rows(len(customers), "customers")
         X = F.encode_customers(customers, label="customers")
         model = self._holder.current
-        contributions = model.adapter.contributions(X)
-        margins = np.asarray(model.adapter.margin(X), dtype=np.float64)
-        probabilities = np.asarray(model.adapter.probability(X), dtype=np.float64)
+        contributions = model.contributions(X)
+        margins = np.asarray(model.native.margin(X), dtype=np.float64)
+        probabilities = np.asarray(model.native.probability(X), dtype=np.float64)
         explanations = []
         for r, customer in enumerate(customers):
             values = explain.field_values(X[r])

@@ -1,35 +1,19 @@
-"""InferenceService RPCs: unpack, call the Predictor, pack. Auth, roles and error → status mapping happen in the
-shared interceptor; this layer only counts refusals per method for `churn_inference_errors_total`."""
+"""InferenceService RPCs: unpack, call the Predictor, pack. Auth, roles, error → status mapping and the per-RPC
+metrics (`churn_grpc_requests_total`, `churn_grpc_request_seconds`) happen in the shared interceptor."""
 from __future__ import annotations
-
-import functools
 
 from churn.v1 import inference_pb2, inference_pb2_grpc
 
 from services.common.errors import DomainError, InvalidInput
 from services.common.interceptor import status_for
 from services.common.logs import request_id_var
-from services.inference import metrics
 from services.inference.predictor import Predictor, model_ref
-
-
-def _counted(method):
-    """Count a refused call by its status code, then let the interceptor map the error."""
-    @functools.wraps(method)
-    def wrapper(self, request, context):
-        try:
-            return method(self, request, context)
-        except DomainError as error:
-            metrics.ERRORS.labels(method.__name__, error.code.name).inc()
-            raise
-    return wrapper
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(self, predictor: Predictor):
         self._predictor = predictor
 
-    @_counted
     def Predict(self, request, context):
         if not request.HasField("customer"):
             raise InvalidInput("customer", "is required")
@@ -37,13 +21,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                                          explain_top_k=request.explain_top_k, label=lambda i: "customer")
         return inference_pb2.PredictResponse(prediction=scored.predictions[0])
 
-    @_counted
     def PredictBatch(self, request, context):
         scored = self._predictor.predict(request.customers, request_id=request_id_var.get(),
                                          explain_top_k=request.explain_top_k)
         return inference_pb2.PredictBatchResponse(predictions=scored.predictions, model=model_ref(scored.model))
 
-    @_counted
     def PredictCsv(self, request, context):
         scored, accuracy = self._predictor.predict_csv(request.csv.data, request_id=request_id_var.get(),
                                                        explain_top_k=request.explain_top_k)
@@ -63,18 +45,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 yield inference_pb2.StreamPredictResponse(message_id=message.message_id,
                                                           prediction=scored.predictions[0])
             except DomainError as error:
-                metrics.ERRORS.labels("StreamPredict", error.code.name).inc()
                 yield inference_pb2.StreamPredictResponse(message_id=message.message_id, error=status_for(error))
 
-    @_counted
     def Explain(self, request, context):
         explanations, model = self._predictor.explain(request.customers)
         return inference_pb2.ExplainResponse(explanations=explanations, model=model_ref(model))
 
-    @_counted
     def GetModelInfo(self, request, context):
         return self._predictor.model_info(request.alias)
 
-    @_counted
     def ReloadModel(self, request, context):
         return self._predictor.reload(request.alias)

@@ -7,7 +7,8 @@ import logging
 
 from churn.v1 import monitoring_pb2, monitoring_pb2_grpc
 
-from services.common import identity
+from services.common import identity, mlflow_config
+from services.common.model_registry import ModelRegistry
 from services.common.interceptor import ServiceInterceptor
 from services.common.server import ServiceHost, start_server
 from services.common.settings import Settings
@@ -19,7 +20,7 @@ from services.monitoring.predictions import PredictionLog
 from services.monitoring.scheduler import Periodic
 from services.monitoring.servicer import MonitoringParts, MonitoringServicer
 from services.monitoring.store import MonitoringStore
-from services.monitoring.versions import ModelRegistry
+from services.monitoring.versions import References
 
 SERVICE_NAME = monitoring_pb2.DESCRIPTOR.services_by_name["MonitoringService"].full_name
 log = logging.getLogger("churn.monitoring")
@@ -35,8 +36,9 @@ def build_parts(settings: Settings, *, envoy_admin: str | None = None, database_
     """The domain objects; imports MLflow and Evidently now (seconds), never while serving a call.
     `runtime_data_dir` (default DATA_DIR) holds Envoy's disk runtime layer; tests give each Envoy its own."""
     store = MonitoringStore(database_url or settings.monitoring_database_url)
-    registry = ModelRegistry(settings.data_dir, settings.model_name)
-    drift = DriftAnalyzer(store, registry)
+    mlflow_config.quiet()
+    registry = ModelRegistry(mlflow_config.tracking_uri(settings), settings.model_name)
+    drift = DriftAnalyzer(store, References(registry))
     canary = CanaryControl(EnvoyAdmin(envoy_admin or envoy_admin_url(settings)), runtime_data_dir or settings.data_dir,
                            on_weight=M.CANARY_PERCENT.set)
     return MonitoringParts(

@@ -8,15 +8,14 @@ Telco export works as is).
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 from typing import Sequence
 
 from churn.v1 import monitoring_pb2
 
 from services.common import features as F
 from services.common.errors import InvalidInput, ResourceExhausted
+from services.common.telco_csv import parse_telco_csv, read_csv
 from services.monitoring.store import LabelledRow, MonitoringStore
 
 PREDICTION_ID_COLUMN = "prediction_id"
@@ -58,48 +57,34 @@ def rows_from_messages(rows: Sequence[monitoring_pb2.FeedbackRow]) -> tuple[list
     return good, errors
 
 
-def rows_from_csv(data: bytes, max_rows: int) -> tuple[list[LabelRow], list]:
+def rows_from_csv(data: bytes, max_rows: int, max_bytes: int | None = None) -> tuple[list[LabelRow], list]:
     """A feedback CSV → (valid label rows, row errors); line 1 is the header."""
     if not data.strip():
         raise InvalidInput("csv", "the CSV is empty")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise InvalidInput(f"csv line {line}", "is not valid UTF-8") from None
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    try:
-        header = [h.strip() for h in next(reader, [])]
-        id_column = next((c for c in (PREDICTION_ID_COLUMN, F.ID_COLUMN) if c in header), None)
-        if id_column is None:
-            raise InvalidInput("csv line 1", f"needs a {PREDICTION_ID_COLUMN} or {F.ID_COLUMN} column, "
-                                             f"got {header}")
-        if F.LABEL_COLUMN not in header:
-            raise InvalidInput("csv line 1", f"needs a {F.LABEL_COLUMN} column (Yes/No), got {header}")
-        id_at, label_at = header.index(id_column), header.index(F.LABEL_COLUMN)
-        good, errors, line = [], [], reader.line_num
-        for fields in reader:
-            start, line = line + 1, reader.line_num
-            if not fields or (len(fields) == 1 and not fields[0].strip()):
-                continue
-            if len(good) + len(errors) >= max_rows:
-                raise ResourceExhausted(f"feedback CSV has more than {max_rows} rows")
-            if len(fields) != len(header):
-                errors.append((start, "csv", f"has {len(fields)} fields, the header has {len(header)}"))
-                continue
-            key, label = fields[id_at].strip(), fields[label_at].strip()
-            if not key:
-                errors.append((start, id_column, "is empty"))
-            elif label.lower() not in LABELS:
-                errors.append((start, F.LABEL_COLUMN, f"must be Yes or No, got {label!r}"))
-            else:
-                by_prediction = id_column == PREDICTION_ID_COLUMN
-                good.append(LabelRow(start, key if by_prediction else "", "" if by_prediction else key,
-                                     LABELS[label.lower()]))
-    except csv.Error as exc:
-        raise InvalidInput(f"csv line {reader.line_num}", f"malformed CSV: {exc}") from None
-    if not good and not errors:
+    table = read_csv(data, max_bytes, max_rows)
+    header = table.header
+    id_column = next((c for c in (PREDICTION_ID_COLUMN, F.ID_COLUMN) if c in header), None)
+    if id_column is None:
+        raise InvalidInput("csv line 1", f"needs a {PREDICTION_ID_COLUMN} or {F.ID_COLUMN} column")
+    if F.LABEL_COLUMN not in header:
+        raise InvalidInput("csv line 1", f"needs a {F.LABEL_COLUMN} column (Yes/No)")
+    if not table.rows:
         raise InvalidInput("csv", "no data rows after the header")
+    id_at, label_at = header.index(id_column), header.index(F.LABEL_COLUMN)
+    by_prediction = id_column == PREDICTION_ID_COLUMN
+    good, errors = [], []
+    for fields, line in zip(table.rows, table.lines):
+        if len(fields) != len(header):
+            errors.append((line, "csv", f"has {len(fields)} fields, the header has {len(header)}"))
+            continue
+        key, label = fields[id_at].strip(), fields[label_at].strip()
+        if not key:
+            errors.append((line, id_column, "is empty"))
+        elif label.lower() not in LABELS:
+            errors.append((line, F.LABEL_COLUMN, f"must be Yes or No, got {label[:40]!r}"))
+        else:
+            good.append(LabelRow(line, key if by_prediction else "", "" if by_prediction else key,
+                                 LABELS[label.lower()]))
     return good, errors
 
 
@@ -113,9 +98,7 @@ class FeedbackService:
         if rows and csv_body is not None:
             raise InvalidInput("csv", "send rows or a CSV body, not both")
         if csv_body is not None:
-            if len(csv_body) > self._max_bytes:
-                raise ResourceExhausted(f"CSV is {len(csv_body)} bytes, the limit is {self._max_bytes}")
-            labels, errors = rows_from_csv(csv_body, self._max_rows)
+            labels, errors = rows_from_csv(csv_body, self._max_rows, self._max_bytes)
         else:
             if not rows:
                 raise InvalidInput("rows", "no feedback: send rows or a CSV body")
@@ -154,8 +137,6 @@ class FeedbackService:
 def upload_training_data(store: MonitoringStore, data: bytes, name: str, max_bytes: int, max_rows: int):
     """A labelled Telco CSV → a stored reference/training set. Training data needs labels, so a missing Churn
     column or a blank label is refused (the drift reference ignores Churn)."""
-    from services.common.telco_csv import parse_telco_csv
-
     if not data.strip():
         raise InvalidInput("csv", "the CSV is empty")
     if len(name) > 256:

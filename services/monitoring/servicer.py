@@ -9,6 +9,7 @@ from churn.v1 import common_pb2, monitoring_pb2, monitoring_pb2_grpc
 from google.api import httpbody_pb2
 from google.protobuf import timestamp_pb2
 
+from services.common.model_registry import ModelRegistry
 from services.common.settings import Settings
 from services.monitoring import metrics as M
 from services.monitoring.canary import CanaryControl
@@ -16,7 +17,6 @@ from services.monitoring.drift import DriftAnalyzer, DriftResult
 from services.monitoring.feedback import FeedbackService, upload_training_data
 from services.monitoring.predictions import PredictionLog
 from services.monitoring.store import MonitoringStore
-from services.monitoring.versions import ModelRegistry
 
 
 def _ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:

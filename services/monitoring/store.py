@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from services.common.db import make_engine
 from services.common import features as F
+from services.common.telco_csv import parse_telco_csv, typed_frame
 
 metadata = sa.MetaData()
 
@@ -61,10 +62,6 @@ reference_sets = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("csv_gzip", sa.LargeBinary, nullable=False),  # the cleaned frame + Churn as gzip'd CSV
 )
-
-_CSV_DTYPES = {f.column: ("int64" if f.name in ("tenure", "senior_citizen") else
-                          "float64" if f.kind == F.NUMERIC else "object") for f in F.FEATURES}
-
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
@@ -162,8 +159,7 @@ class MonitoringStore:
             query = query.where(predictions.c.model_version == model_version)
         with self.engine.connect() as connection:
             rows = connection.execute(query).all()
-        frame = pd.DataFrame(rows, columns=list(F.FEATURE_COLUMNS))
-        return _typed(frame)
+        return typed_frame(pd.DataFrame(rows, columns=list(F.FEATURE_COLUMNS)))
 
     def model_versions(self) -> list[str]:
         """Versions that have logged predictions."""
@@ -256,23 +252,9 @@ class MonitoringStore:
                 reference_sets.c.dataset_id == dataset_id)).mappings().first()
         if row is None:
             return None
-        frame = pd.read_csv(io.BytesIO(gzip.decompress(row["csv_gzip"])), dtype=_CSV_DTYPES, keep_default_na=False,
-                            na_values={"TotalCharges": [""]})
+        data = gzip.decompress(row["csv_gzip"])
+        frame = parse_telco_csv(data, None, row["rows"] + 1).frame
         record = ReferenceSet(row["dataset_id"], row["name"], row["rows"], row["churn_rows"],
                               _aware(row["created_at"]))
-        return record, frame[list(F.FEATURE_COLUMNS)]
+        return record, frame
 
-
-def _typed(frame: pd.DataFrame) -> pd.DataFrame:
-    """Give stored columns the cleaned-frame dtypes (tenure/SeniorCitizen int, charges float, the rest str)."""
-    for f in F.FEATURES:
-        column = frame[f.column]
-        if f.name == "senior_citizen":
-            frame[f.column] = pd.to_numeric(column, errors="coerce").fillna(0).astype("int64")
-        elif f.name == "tenure":
-            frame[f.column] = pd.to_numeric(column, errors="coerce").fillna(0).astype("int64")
-        elif f.kind == F.NUMERIC:
-            frame[f.column] = pd.to_numeric(column, errors="coerce").astype("float64")
-        else:
-            frame[f.column] = column.astype(object)
-    return frame

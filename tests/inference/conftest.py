@@ -12,7 +12,7 @@ from churn.v1 import inference_pb2_grpc
 from services.common import mlflow_config
 from services.common.settings import Settings
 from services.inference import app
-from services.inference.model import MlflowRegistry
+from services.common.model_registry import ModelRegistry
 from tests.tokens import LocalKeys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -20,8 +20,8 @@ TELCO_CSV = ROOT / "data" / "telco_churn.csv"
 
 
 @pytest.fixture(scope="session")
-def registry(settings) -> MlflowRegistry:
-    return MlflowRegistry(mlflow_config.tracking_uri(settings.data_dir, {}), settings.model_name)
+def registry(settings) -> ModelRegistry:
+    return ModelRegistry(mlflow_config.tracking_uri(settings), settings.model_name)
 
 
 class Client:
@@ -46,10 +46,12 @@ class Client:
         self.channel.close()
 
 
-def start_app(settings: Settings, keys: LocalKeys, tmp: pathlib.Path, alias: str, **kwargs) -> app.InferenceApp:
-    inference = app.start(settings, keys.verifier(), alias=alias, port=0, http_port=0,
-                          outbox_file=kwargs.pop("outbox_file", tmp / f"outbox-{alias}.db"),
-                          ship=kwargs.pop("ship", False), **kwargs)
+def start_app(settings: Settings, keys: LocalKeys, tmp: pathlib.Path, alias: str, **replaced) -> app.InferenceApp:
+    """The parts `python -m services.inference` builds, on port 0 with the test's own outbox and nothing shipped;
+    `replaced` swaps single parts (a sink of the test's own ships, smaller limits, another outbox file)."""
+    replaced = {"port": 0, "http_port": 0, "outbox_file": tmp / f"outbox-{alias}.db", **replaced}
+    parts = dataclasses.replace(app.build_parts(settings, alias, ship=False), **replaced)
+    inference = app.start(settings, keys.verifier(), parts)
     assert inference.wait_loaded(120), f"{alias} model did not load"
     return inference
 

@@ -2,6 +2,7 @@
 reaches SERVING as a process and drains on SIGTERM."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 import urllib.request
 
@@ -29,15 +30,16 @@ class GatedRegistry:
     def version_for(self, alias):
         return self._inner.version_for(alias)
 
-    def load(self, version, alias):
+    def load(self, version):
         assert self.gate.wait(60)
-        return self._inner.load(version, alias)
+        return self._inner.load(version)
 
 
 def test_not_serving_until_the_model_is_loaded(settings, keys, registry, tmp_path):
     gated = GatedRegistry(registry)
-    inference = app.start(settings, keys.verifier(), alias="production", registry=gated, port=0, http_port=0,
-                          outbox_file=tmp_path / "o.db", ship=False)
+    parts = dataclasses.replace(app.build_parts(settings, "production", ship=False), registry=gated, port=0,
+                                http_port=0, outbox_file=tmp_path / "o.db")
+    inference = app.start(settings, keys.verifier(), parts)
     client = Client(f"127.0.0.1:{inference.port}", settings, keys)
     health = health_pb2_grpc.HealthStub(client.channel)
     try:

@@ -85,7 +85,7 @@ def predict_some(client: Client, start: int, count: int) -> list[str]:
 
 def test_monitoring_down_then_up_then_restarted_every_row_arrives_once(settings, keys, tmp_path, token_file):
     port = free_port()
-    inference = start_app(settings, keys, tmp_path, "production", ship=True, sink=sink_for(settings, port, token_file),
+    inference = start_app(settings, keys, tmp_path, "production", sink=sink_for(settings, port, token_file),
                           shipper_options=FAST)
     client = Client(f"127.0.0.1:{inference.port}", settings, keys)
     store = RecordingMonitoring(tmp_path / "monitoring.db")
@@ -116,7 +116,7 @@ def test_monitoring_down_then_up_then_restarted_every_row_arrives_once(settings,
 def test_inference_restart_delivers_rows_left_in_the_outbox(settings, keys, tmp_path, token_file):
     port = free_port()
     outbox_file = tmp_path / "restart-outbox.db"
-    first = start_app(settings, keys, tmp_path, "production", ship=True, outbox_file=outbox_file,
+    first = start_app(settings, keys, tmp_path, "production", outbox_file=outbox_file,
                       sink=sink_for(settings, port, token_file), shipper_options=FAST)
     client = Client(f"127.0.0.1:{first.port}", settings, keys)
     answered = predict_some(client, 0, 12)
@@ -124,7 +124,7 @@ def test_inference_restart_delivers_rows_left_in_the_outbox(settings, keys, tmp_
     first.stop(0)  # monitoring never came up: 12 rows undelivered
     store = RecordingMonitoring(tmp_path / "monitoring.db")
     monitoring = start_monitoring(settings, keys.verifier(), port, store)
-    second = start_app(settings, keys, tmp_path, "production", ship=True, outbox_file=outbox_file,
+    second = start_app(settings, keys, tmp_path, "production", outbox_file=outbox_file,
                        sink=sink_for(settings, port, token_file), shipper_options=FAST)
     try:
         wait_for(lambda: second.outbox.backlog() == 0, what="rows from before the restart")

@@ -13,6 +13,7 @@ from google.api import httpbody_pb2
 from google.rpc import error_details_pb2
 
 from services.common import telco_csv
+from tests import natives as natives_
 from tests.inference.conftest import TELCO_CSV
 
 CHUNK = 1000
@@ -35,11 +36,9 @@ def pyfunc_predictions(registry, raw, tmp_path_factory):
     """P(churn) per alias from the REGISTERED pyfunc (pandas frame in, the training path's encode_frame inside)."""
     import mlflow.pyfunc
 
-    from training import registry as R
-
     out = {}
     for alias in ("production", "staging"):
-        root = R.download_version_artifacts(registry._client, registry.name, alias, tmp_path_factory.mktemp(alias))
+        _, root = natives_.download(registry, alias, tmp_path_factory.mktemp(alias))
         out[alias] = np.asarray(mlflow.pyfunc.load_model(str(root)).predict(raw), dtype=np.float64)
     return out
 
@@ -74,12 +73,10 @@ def test_single_predict_matches_batch_and_carries_the_model(servers, customers, 
 
 @pytest.fixture(scope="module")
 def natives(registry, tmp_path_factory):
-    from training import registry as R
-
     out = {}
     for alias in ("production", "staging"):
-        root = R.download_version_artifacts(registry._client, registry.name, alias, tmp_path_factory.mktemp("n"))
-        out[alias] = R.load_native_model(root)
+        _, root = natives_.download(registry, alias, tmp_path_factory.mktemp("n"))
+        out[alias] = natives_.raw_native(root)
     return out
 
 

@@ -25,7 +25,7 @@ REQUESTS = 2000
 @pytest.fixture(scope="module")
 def reload_model(registry):
     """A fresh registered model: v1 = the production (xgboost) artifacts, v2 = the staging (sklearn) ones."""
-    client = registry._client
+    client = registry.client
     name = f"churn-reload-{uuid.uuid4().hex[:8]}"
     client.create_registered_model(name)
     versions = []
@@ -72,7 +72,7 @@ def test_reload_under_load_fails_nothing_and_switches_version(reloading, registr
     def reload_midway():
         for _ in range(REQUESTS // 3):
             done.acquire()
-        registry._client.set_registered_model_alias(name, "production", v2)
+        registry.client.set_registered_model_alias(name, "production", v2)
         reply = caller.stub.ReloadModel(inference_pb2.ReloadModelRequest(alias="production"),
                                         metadata=caller.metadata("admin", ops=True))
         reloaded_at.append(time.monotonic())

@@ -12,7 +12,8 @@ import pytest
 
 from services.common import features as F
 from services.common.telco_csv import parse_telco_csv
-from training import registry as R
+from services.common import model_registry as R
+from tests import natives
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -35,18 +36,20 @@ def trained(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def client(trained):
-    from mlflow import MlflowClient
+def registry(trained) -> R.ModelRegistry:
+    return R.ModelRegistry(f"sqlite:///{trained[1] / 'mlflow.db'}", "churn-test")
 
-    uri = f"sqlite:///{trained[1] / 'mlflow.db'}"
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+@pytest.fixture(scope="module")
+def client(registry):
+    return registry.client
 
 
 def test_both_versions_registered_with_aliases_and_metrics(trained, client):
     env, data_dir, output = trained
     assert "alias churn-test@production" in output and "alias churn-test@staging" in output
-    production = R.resolve_version(client, "churn-test", R.ALIAS_PRODUCTION)
-    staging = R.resolve_version(client, "churn-test", R.ALIAS_STAGING)
+    production = client.get_model_version_by_alias("churn-test", R.ALIAS_PRODUCTION)
+    staging = client.get_model_version_by_alias("churn-test", R.ALIAS_STAGING)
     assert production.tags[R.TAG_FLAVOR] == "xgboost" and staging.tags[R.TAG_FLAVOR] == "sklearn"
     assert production.version != staging.version and production.tags[R.TAG_FINGERPRINT]
     assert production.source.startswith("models:/m-")
@@ -57,8 +60,8 @@ def test_both_versions_registered_with_aliases_and_metrics(trained, client):
     assert (data_dir / "mlartifacts").is_dir()  # absolute artifact location under DATA_DIR
 
 
-def test_artifacts_download_through_the_registry(trained, client, tmp_path):
-    root = R.download_version_artifacts(client, "churn-test", "production", tmp_path / "prod")
+def test_artifacts_download_through_the_registry(trained, registry, tmp_path):
+    _, root = natives.download(registry, "production", tmp_path / "prod")
     for path in (R.MODEL_INFO, R.FEATURE_SPEC, R.REFERENCE_TRAIN, R.REFERENCE_HOLDOUT, R.NATIVE_MODEL["xgboost"],
                  "MLmodel"):
         assert (root / path).is_file(), path
@@ -68,25 +71,25 @@ def test_artifacts_download_through_the_registry(trained, client, tmp_path):
     holdout = parse_telco_csv((root / R.REFERENCE_HOLDOUT).read_bytes(), 1 << 30, 100_000)
     assert (len(train), len(holdout)) == (5634, 1409)
     assert train.customer_ids[0] == "" and holdout.customer_ids[0] and holdout.churn is not None
-    staging_root = R.download_version_artifacts(client, "churn-test", "staging", tmp_path / "stg")
+    _, staging_root = natives.download(registry, "staging", tmp_path / "stg")
     assert (staging_root / R.NATIVE_MODEL["sklearn"]).is_file()
 
 
-def test_rerun_reuses_versions_and_if_missing_does_nothing(trained, client):
+def test_rerun_reuses_versions_and_if_missing_does_nothing(trained, client, registry):
     env, _, _ = trained
     before = len(client.search_model_versions("name = 'churn-test'"))
     assert "reusing version" in run_training(env)
     assert "nothing to do" in run_training(env, "--if-missing")
     assert len(client.search_model_versions("name = 'churn-test'")) == before
     out = run_training(env, "--staging-flavor", "xgboost")
-    assert R.resolve_version(client, "churn-test", "staging").tags[R.TAG_FLAVOR] == "xgboost"
+    assert registry.get(registry.version_for("staging")).flavor == "xgboost"
     assert len(client.search_model_versions("name = 'churn-test'")) == before, out
     run_training(env)  # back to the default aliases for the other tests
-    assert R.resolve_version(client, "churn-test", "staging").tags[R.TAG_FLAVOR] == "sklearn"
+    assert registry.get(registry.version_for("staging")).flavor == "sklearn"
 
 
 @pytest.mark.parametrize("alias", ["production", "staging"])
-def test_pyfunc_in_a_fresh_process_matches_the_native_model(trained, client, alias, tmp_path):
+def test_pyfunc_in_a_fresh_process_matches_the_native_model(trained, registry, alias, tmp_path):
     env, data_dir, _ = trained
     rows = ROOT / "data" / "telco_churn.csv"
     script = (
@@ -109,9 +112,9 @@ def test_pyfunc_in_a_fresh_process_matches_the_native_model(trained, client, ali
     assert "/code/services/common/features.py" in features_file and not features_file.startswith(str(ROOT / "services"))
     pyfunc = np.array(json.loads(probabilities))
 
-    root = R.download_version_artifacts(client, "churn-test", alias, tmp_path / "native")
-    flavor, model = R.load_native_model(root)
+    _, root = natives.download(registry, alias, tmp_path / "native")
+    flavor, model = natives.raw_native(root)
     parsed = parse_telco_csv(rows.read_bytes(), 1 << 30, 100_000)
-    native = R.predict_proba(flavor, model, F.encode_customers(parsed.customers()[480:520]))
+    native = natives.raw_probability(flavor, model, F.encode_customers(parsed.customers()[480:520]))
     assert pyfunc.shape == (40,) and ((0 < pyfunc) & (pyfunc < 1)).all()
     np.testing.assert_allclose(pyfunc, native, atol=1e-6)

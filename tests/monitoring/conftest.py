@@ -12,11 +12,12 @@ import pytest
 from churn.v1 import common_pb2, monitoring_pb2, monitoring_pb2_grpc
 
 from services.common import mlflow_config
+from services.common import model_registry as R
 from services.common.settings import Settings
 from services.common.telco_csv import TelcoCsv, parse_telco_csv
 from services.monitoring import app
+from tests import natives
 from tests.tokens import LocalKeys
-from training import registry as R
 
 TELCO_CSV = pathlib.Path(__file__).resolve().parents[2] / "data" / "telco_churn.csv"
 
@@ -99,17 +100,17 @@ class Version:
     holdout: TelcoCsv
 
     def native(self):
-        return R.load_native_model(self.root)
+        """(flavor, estimator), loaded by hand."""
+        return natives.raw_native(self.root)
 
 
 @pytest.fixture(scope="session")
 def versions(settings, tmp_path_factory) -> dict[str, Version]:
     """{alias: Version} with each registered version's artifacts (holdout split, native model)."""
-    client = mlflow_config.client(settings.data_dir)
+    registry = R.ModelRegistry(mlflow_config.tracking_uri(settings), settings.model_name)
     found = {}
     for alias in (R.ALIAS_PRODUCTION, R.ALIAS_STAGING):
-        version = R.resolve_version(client, settings.model_name, alias).version
-        root = R.download_version_artifacts(client, settings.model_name, alias, tmp_path_factory.mktemp(alias))
+        version, root = natives.download(registry, alias, tmp_path_factory.mktemp(alias))
         data = (root / R.REFERENCE_HOLDOUT).read_bytes()
         found[alias] = Version(str(version), root, parse_telco_csv(data, len(data) + 1, 10**6))
     return found

@@ -13,7 +13,7 @@ from sklearn import metrics as skm
 
 from services.common import features as F
 from tests.monitoring.conftest import TELCO_CSV, records, service_md
-from training import registry as R
+from tests.natives import raw_probability
 
 
 def test_the_same_1000_row_batch_three_times_stores_1000(monitoring, versions):
@@ -45,7 +45,7 @@ def test_feedback_on_500_predictions_gives_sklearn_accuracy(monitoring, versions
     holdout = staging.holdout
     flavor, model = staging.native()
     X = F.encode_customers(holdout.customers()[:500])
-    probability = np.asarray(R.predict_proba(flavor, model, X), dtype=np.float64)
+    probability = np.asarray(raw_probability(flavor, model, X), dtype=np.float64)
     predicted = probability >= 0.5
     actual = holdout.churn.iloc[:500].to_numpy(dtype=bool)
     batch = records(holdout.customers()[:500], staging.number, "acc", alias="staging", probability=probability,

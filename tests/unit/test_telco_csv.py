@@ -39,7 +39,7 @@ def test_whole_file_parses_with_ids_labels_and_typed_columns():
     assert int(parsed.churn.sum()) == 1869
     assert parsed.frame["TotalCharges"].isna().sum() == 11
     assert str(parsed.frame["tenure"].dtype) == "int64" and list(parsed.frame.columns) == list(FEATURE_COLUMNS)
-    assert parsed.encode().shape == (7043, N_ENCODED) and parsed.lines[:2] == [2, 3]
+    assert parsed.encoded.shape == (7043, N_ENCODED) and parsed.lines[:2] == [2, 3]
 
 
 def test_customer_id_and_churn_are_optional_and_column_order_is_free():
@@ -49,7 +49,7 @@ def test_customer_id_and_churn_are_optional_and_column_order_is_free():
     parsed = parse(csv_bytes(pick(HEADER), pick(ROW1), "", pick(ROW2)))
     assert parsed.customer_ids == ["", ""] and parsed.churn is None and parsed.lines == [2, 4]
     full = parse(csv_bytes(HEADER, ROW1, ROW2))
-    np.testing.assert_array_equal(parsed.encode(), full.encode())
+    np.testing.assert_array_equal(parsed.encoded, full.encoded)
 
 
 def test_utf8_bom_is_accepted():
