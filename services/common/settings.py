@@ -104,6 +104,8 @@ class Settings:
     # Process: where a server writes its bound ports as JSON (tests, the runner); the stdlib logging level.
     port_file: str = ""
     log_level: str = "INFO"
+    # Inference: compile the served trees to native code (Treelite + TL2cgen, cached under DATA_DIR/compiled).
+    compile_models: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -168,6 +170,7 @@ class Settings:
             mlflow_experiment_name=env.get("MLFLOW_EXPERIMENT_NAME") or "churn",
             port_file=env.get("PORT_FILE", ""),
             log_level=env.get("LOG_LEVEL", "INFO"),
+            compile_models=env.get("COMPILE_MODELS", "true").lower() in ("1", "true", "yes"),
         )
 
     @property

@@ -11,6 +11,8 @@ BATCH_ROWS = Histogram("churn_inference_batch_rows", "Rows per prediction reques
                        buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000, 10000, 50000))
 MODEL_INFO = Gauge("churn_inference_model_info", "1 for the model version this instance serves now.",
                    ["model_name", "model_version", "alias", "flavor"])
+COMPILE_FAILURES = Counter("churn_inference_compile_failures_total", "Loads whose trees could not be compiled (the "
+                           "native model serves instead), by flavour.", ["flavor"])
 MODEL_RELOADS = Counter("churn_inference_model_reloads_total", "ReloadModel outcomes: changed, unchanged, failed.",
                         ["outcome"])
 OUTBOX_BACKLOG = Gauge("churn_inference_outbox_backlog", "Prediction rows committed locally, not yet acknowledged "
