@@ -126,10 +126,11 @@ class SklearnModel:
         return values, np.full(len(values), base[-1])
 
 
-def native_model(flavor: str, model) -> NativeModel:
-    """Wrap a fitted estimator (xgboost Booster or XGBClassifier; a scikit-learn tree ensemble)."""
+def native_model(flavor: str, model, threads: int | None = None) -> NativeModel:
+    """Wrap a fitted estimator (xgboost Booster or XGBClassifier; a scikit-learn tree ensemble). `threads` caps
+    xgboost's threads for large batches (default: every core)."""
     if flavor == "xgboost":
-        return XgboostModel(model.get_booster() if hasattr(model, "get_booster") else model)
+        return XgboostModel(model.get_booster() if hasattr(model, "get_booster") else model, threads)
     if flavor == "sklearn":
         return SklearnModel(model)
     raise FailedPrecondition(f"unknown model flavour {flavor!r} (known: {', '.join(FLAVORS)})")
@@ -139,7 +140,7 @@ def read_model_info(root: str | pathlib.Path) -> dict[str, Any]:
     return json.loads((pathlib.Path(root) / MODEL_INFO).read_text())
 
 
-def load_native(root: str | pathlib.Path) -> NativeModel:
+def load_native(root: str | pathlib.Path, threads: int | None = None) -> NativeModel:
     """The native model of a downloaded version directory."""
     root = pathlib.Path(root)
     flavor = read_model_info(root)["flavor"]
@@ -149,7 +150,7 @@ def load_native(root: str | pathlib.Path) -> NativeModel:
 
         booster = xgboost.Booster()
         booster.load_model(str(path))
-        return native_model(flavor, booster)
+        return native_model(flavor, booster, threads)
     import joblib
 
     return native_model(flavor, joblib.load(path))
@@ -184,12 +185,13 @@ class ModelRegistry:
     so two registries can live in one process). MLflow's "does not exist" is NotFound; any other MLflow failure
     means the registry is unreachable (NotReady)."""
 
-    def __init__(self, tracking_uri: str, name: str):
+    def __init__(self, tracking_uri: str, name: str, threads: int | None = None):
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
         self._errors = MlflowException
         self.name = name
+        self._threads = threads  # xgboost threads per loaded model (serving: cores / worker processes)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     def _call(self, what: str, fn, *args):
@@ -261,6 +263,6 @@ class ModelRegistry:
             if spec.get("encoded_columns") != list(F.ENCODED_COLUMNS):
                 raise FailedPrecondition(f"model {self.name} version {version} was trained on other encoded columns "
                                          "than this service's feature module produces; retrain it")
-            model = load_native(root)
+            model = load_native(root, self._threads)
             digest = hashlib.sha256((root / NATIVE_MODEL[model.flavor]).read_bytes()).hexdigest()
         return LoadedVersion(info, model_info, spec["features"], model, digest)

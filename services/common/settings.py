@@ -106,6 +106,8 @@ class Settings:
     log_level: str = "INFO"
     # Inference: compile the served trees to native code (Treelite + TL2cgen, cached under DATA_DIR/compiled).
     compile_models: bool = True
+    # Inference: worker processes per instance on one port (SO_REUSEPORT); default one per core.
+    inference_workers: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -171,6 +173,7 @@ class Settings:
             port_file=env.get("PORT_FILE", ""),
             log_level=env.get("LOG_LEVEL", "INFO"),
             compile_models=env.get("COMPILE_MODELS", "true").lower() in ("1", "true", "yes"),
+            inference_workers=max(1, _int(env, "INFERENCE_WORKERS", os.cpu_count() or 1)),
         )
 
     @property

@@ -84,10 +84,12 @@ class ReloadResult:
 class ModelHolder:
     """The served model for one alias; `ready` once the first load succeeded."""
 
-    def __init__(self, registry: Registry, alias: str, compiled_dir: pathlib.Path | None = None):
+    def __init__(self, registry: Registry, alias: str, compiled_dir: pathlib.Path | None = None,
+                 on_loaded: Callable[[str], None] | None = None):
         self._registry = registry
         self.alias = alias
         self._compiled_dir = compiled_dir
+        self._on_loaded = on_loaded  # told the version served after every successful (re)load
         self._current: LoadedModel | None = None
         self._reload_lock = threading.Lock()
 
@@ -121,6 +123,8 @@ class ModelHolder:
                 metrics.MODEL_RELOADS.labels("failed").inc()
                 raise
             self._current = loaded  # the atomic swap
+            if self._on_loaded is not None:
+                self._on_loaded(loaded.version)
             if previous is not None:
                 metrics.MODEL_INFO.labels(previous.name, previous.version, previous.alias, previous.flavor).set(0)
             metrics.MODEL_INFO.labels(loaded.name, loaded.version, loaded.alias, loaded.flavor).set(1)

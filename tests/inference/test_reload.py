@@ -16,6 +16,7 @@ import pytest
 from churn.v1 import inference_pb2
 
 from services.common import telco_csv
+from tests import natives
 from tests.inference.conftest import TELCO_CSV, Client, start_app
 
 REQUESTS = 2000
@@ -24,18 +25,10 @@ REQUESTS = 2000
 @pytest.fixture(scope="module")
 def reload_model(registry):
     """A fresh registered model: v1 = the production (xgboost) artifacts, v2 = the staging (sklearn) ones."""
-    client = registry.client
     name = f"churn-reload-{uuid.uuid4().hex[:8]}"
-    client.create_registered_model(name)
-    versions = []
-    for alias in ("production", "staging"):
-        source = client.get_model_version_by_alias(registry.name, alias)
-        location = client.get_model_version_download_uri(registry.name, source.version)  # the artifact folder
-        created = client.create_model_version(name, location, run_id=source.run_id, tags=source.tags)
-        versions.append(str(created.version))
-    client.set_registered_model_alias(name, "production", versions[0])
+    versions = natives.copy_model(registry, name)
     yield name, versions
-    client.delete_registered_model(name)
+    registry.client.delete_registered_model(name)
 
 
 @pytest.fixture(scope="module")
