@@ -16,7 +16,12 @@ def main() -> int:
         print(f"MODEL_ALIAS must be production or staging, got {settings.model_alias!r}", file=sys.stderr)
         return 2
     logs.configure(f"inference-{settings.model_alias}", settings.log_level)
-    inference = app.start(settings, remote_verifier(settings))
+    try:
+        parts = app.build_parts(settings)
+    except ValueError as exc:  # a bad setting (e.g. RETENTION_MOVES): refuse to start, say which
+        print(exc, file=sys.stderr)
+        return 2
+    inference = app.start(settings, remote_verifier(settings), parts)
     serve_until_signalled(inference.host, on_stop=inference.close)
     return 0
 

@@ -15,6 +15,7 @@ from services.common.interceptor import ServiceInterceptor
 from services.common.model_registry import ModelRegistry
 from services.common.server import ServiceHost, start_server
 from services.common.settings import Settings
+from services.inference.levers import Policy, RetentionAdvisor
 from services.inference.model import ModelHolder, Registry
 from services.inference.outbox import Outbox
 from services.inference.predictor import Limits, Predictor
@@ -31,12 +32,13 @@ def outbox_path(settings: Settings, alias: str) -> pathlib.Path:
 
 @dataclasses.dataclass(frozen=True)
 class InferenceParts:
-    """What one instance is made of: the alias it serves, where its model comes from, its limits, outbox file and
-    ports, and where committed rows ship to (`sink` None: they stay in the outbox)."""
+    """What one instance is made of: the alias it serves, where its model comes from, its limits, the retention
+    policy, outbox file and ports, and where committed rows ship to (`sink` None: they stay in the outbox)."""
 
     alias: str
     registry: Registry
     limits: Limits
+    retention: Policy
     outbox_file: pathlib.Path
     port: int
     http_port: int
@@ -46,15 +48,17 @@ class InferenceParts:
 
 def build_parts(settings: Settings, alias: str | None = None, *, ship: bool = True) -> InferenceParts:
     """The parts `python -m services.inference` runs with, for `alias` (default MODEL_ALIAS): the MLflow
-    registry, limits, outbox and ports from settings and, with `ship`, monitoring as the sink."""
+    registry, limits, retention policy (RETENTION_MOVES validated here, at start), outbox and ports from settings
+    and, with `ship`, monitoring as the sink."""
     alias = alias or settings.model_alias
     mlflow_config.quiet()
     sink = MonitoringSink(settings.monitoring_address, ServiceToken.from_settings(settings), settings.api_key,
                           settings.grpc_options()) if ship else None
     return InferenceParts(
         alias=alias, registry=ModelRegistry(mlflow_config.tracking_uri(settings), settings.model_name),
-        limits=Limits.from_settings(settings), outbox_file=outbox_path(settings, alias),
-        port=settings.inference_port(alias), http_port=settings.inference_http_port(alias), sink=sink)
+        limits=Limits.from_settings(settings), retention=Policy.from_settings(settings),
+        outbox_file=outbox_path(settings, alias), port=settings.inference_port(alias),
+        http_port=settings.inference_http_port(alias), sink=sink)
 
 
 @dataclasses.dataclass
@@ -98,7 +102,7 @@ def start(settings: Settings, verifier: identity.TokenVerifier, parts: Inference
     host = start_server(
         settings, port=parts.port, http_port=parts.http_port,
         register=lambda server: inference_pb2_grpc.add_InferenceServiceServicer_to_server(
-            InferenceServicer(predictor), server),
+            InferenceServicer(predictor, RetentionAdvisor(holder, parts.retention)), server),
         service_names=[SERVICE_NAME],
         interceptor=ServiceInterceptor(verifier, settings.api_key, settings.ops_api_key),
         serving=False)
