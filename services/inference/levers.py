@@ -243,6 +243,7 @@ class RetentionAdvisor:
         probabilities = np.full(feasible.shape, np.inf)
         probabilities[rows, variant] = scored[n:]
         metrics.BATCH_ROWS.labels("SuggestRetention").observe(n)
+        metrics.RETENTION_ROWS.observe(len(scored))
         return self._rank(customers, X, monthly, discounted, current, probabilities, top_k), model
 
     def _rank(self, customers, X, monthly, discounted, current, probabilities, top_k) -> list[CustomerLevers]:
