@@ -15,8 +15,9 @@ applies to future bills). These are the model's associations, not causal effects
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import itertools
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 from churn.v1 import common_pb2
@@ -28,6 +29,7 @@ from services.inference.model import LoadedModel, ModelHolder
 
 DEFAULT_TOP_K, MAX_TOP_K = 3, 10
 MAX_DISCOUNT_PERCENT = 50
+CENT = decimal.Decimal("0.01")
 MAX_DISCOUNTABLE = 1e12  # monthly charge; far beyond any real bill, far below int64 cents overflow
 ACTIONABLE = ("contract", "paperless_billing", "payment_method", "online_security", "online_backup",
               "device_protection", "tech_support")
@@ -138,14 +140,19 @@ class CustomerLevers:
 
 
 def discounted_charges(monthly: np.ndarray, percents: np.ndarray) -> np.ndarray:
-    """(n, n_discounts) float64: today's charge in cents x (100 - p) / 100, rounded half up to the cent, in integer
-    arithmetic (no binary half-cent surprises), as the double a caller would send; float32 of it is exactly how
-    encode_customers encodes a customer sent with the discounted charge. A charge of MAX_DISCOUNTABLE or more
-    (beyond int64 cents arithmetic) keeps its value, which makes its discounts infeasible."""
+    """(n, n_discounts) float64: today's charge (as the caller wrote it, i.e. its shortest decimal) x (100 - p) / 100,
+    rounded half up to the cent, as the double a caller would send — float32 of it is exactly how encode_customers
+    encodes a customer sent with the discounted charge. Whole cents (every Telco charge) take exact int64
+    arithmetic; other charges decimal arithmetic. A charge of MAX_DISCOUNTABLE or more keeps its value, which makes
+    its discounts infeasible."""
     huge = monthly >= MAX_DISCOUNTABLE
-    cents = np.round(np.where(huge, 0.0, monthly) * 100.0).astype(np.int64)[:, None]
-    out = ((cents * (100 - percents.astype(np.int64))[None, :] + 50) // 100) / 100.0
+    cents = np.round(np.where(huge, 0.0, monthly) * 100.0)
+    out = ((cents.astype(np.int64)[:, None] * (100 - percents.astype(np.int64))[None, :] + 50) // 100) / 100.0
     out[huge] = monthly[huge, None]
+    for r in np.flatnonzero(~huge & (cents / 100.0 != monthly)):
+        exact = decimal.Decimal(repr(float(monthly[r])))
+        out[r] = [float((exact * (100 - int(p)) / 100).quantize(CENT, rounding=decimal.ROUND_HALF_UP))
+                  for p in percents]
     return out
 
 
@@ -217,8 +224,10 @@ class RetentionAdvisor:
         self.policy = policy
         self._variants = _Variants(policy.moves)
 
-    def suggest(self, customers: Sequence[common_pb2.Customer], top_k: int = 0,
-                label: str | Callable[[int], str] = "customers") -> tuple[list[CustomerLevers], LoadedModel]:
+    def suggest(self, customers: Sequence[common_pb2.Customer],
+                top_k: int = 0) -> tuple[list[CustomerLevers], LoadedModel]:
+        """Levers per customer, in request order, and the model that scored them. Errors name `customers[i].<field>`
+        (the same validation as PredictBatch) or `top_k`; more than `max_customers` is RESOURCE_EXHAUSTED."""
         n = len(customers)
         if n == 0:
             raise InvalidInput("customers", "at least one customer is required")
@@ -228,7 +237,7 @@ class RetentionAdvisor:
         if top_k > MAX_TOP_K:
             raise InvalidInput("top_k", f"must be at most {MAX_TOP_K} (0 = {DEFAULT_TOP_K}), got {top_k}")
         top_k = top_k or DEFAULT_TOP_K
-        X = F.encode_customers(customers, label=label)
+        X = F.encode_customers(customers, label="customers")
         monthly = np.fromiter((c.monthly_charges for c in customers), dtype=np.float64, count=n)
         v = self._variants
         discounted = discounted_charges(monthly, v.discounts)
