@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import os
 import pathlib
@@ -66,6 +67,7 @@ class XgboostModel:
     SMALL_BATCH = 64
 
     def __init__(self, booster, threads: int | None = None):
+        self.booster = booster
         self._single = booster.copy()
         self._single.set_param({"nthread": 1})
         self._booster = booster
@@ -94,22 +96,22 @@ class SklearnModel:
     flavor = "sklearn"
 
     def __init__(self, model):
-        self._model = model
+        self.estimator = model
         self._explainer = None
 
     def probability(self, X: np.ndarray) -> np.ndarray:
-        return self._model.predict_proba(X)[:, 1]
+        return self.estimator.predict_proba(X)[:, 1]
 
     def margin(self, X: np.ndarray) -> np.ndarray:
-        if hasattr(self._model, "decision_function"):
-            return np.asarray(self._model.decision_function(X), dtype=np.float64).reshape(-1)
+        if hasattr(self.estimator, "decision_function"):
+            return np.asarray(self.estimator.decision_function(X), dtype=np.float64).reshape(-1)
         return self.probability(X)  # forests: TreeExplainer explains the probability itself
 
     def explainer(self):
         if self._explainer is None:
             import shap
 
-            self._explainer = shap.TreeExplainer(self._model)
+            self._explainer = shap.TreeExplainer(self.estimator)
         return self._explainer
 
     def contributions(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -174,6 +176,7 @@ class LoadedVersion:
     model_info: dict[str, Any]
     features: list[dict]
     model: NativeModel
+    digest: str  # sha256 of the native model file: names what was really loaded (compiled-model cache key)
 
 
 class ModelRegistry:
@@ -259,4 +262,5 @@ class ModelRegistry:
                 raise FailedPrecondition(f"model {self.name} version {version} was trained on other encoded columns "
                                          "than this service's feature module produces; retrain it")
             model = load_native(root)
-        return LoadedVersion(info, model_info, spec["features"], model)
+            digest = hashlib.sha256((root / NATIVE_MODEL[model.flavor]).read_bytes()).hexdigest()
+        return LoadedVersion(info, model_info, spec["features"], model, digest)

@@ -117,6 +117,8 @@ class Settings:
     # Process: where a server writes its bound ports as JSON (tests, the runner); the stdlib logging level.
     port_file: str = ""
     log_level: str = "INFO"
+    # Inference: compile the served trees to native code (Treelite + TL2cgen, cached under DATA_DIR/compiled).
+    compile_models: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -184,6 +186,7 @@ class Settings:
             retention_max_customers=_int(env, "RETENTION_MAX_CUSTOMERS", 1000),
             port_file=env.get("PORT_FILE", ""),
             log_level=env.get("LOG_LEVEL", "INFO"),
+            compile_models=env.get("COMPILE_MODELS", "true").lower() in ("1", "true", "yes"),
         )
 
     @property

@@ -44,6 +44,7 @@ class InferenceParts:
     http_port: int
     sink: Sink | None
     shipper_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # Shipper's batch size, backoff
+    compiled_dir: pathlib.Path | None = None  # where compiled trees are cached; None serves the native model
 
 
 def build_parts(settings: Settings, alias: str | None = None, *, ship: bool = True) -> InferenceParts:
@@ -58,7 +59,8 @@ def build_parts(settings: Settings, alias: str | None = None, *, ship: bool = Tr
         alias=alias, registry=ModelRegistry(mlflow_config.tracking_uri(settings), settings.model_name),
         limits=Limits.from_settings(settings), retention=Policy.from_settings(settings),
         outbox_file=outbox_path(settings, alias), port=settings.inference_port(alias),
-        http_port=settings.inference_http_port(alias), sink=sink)
+        http_port=settings.inference_http_port(alias), sink=sink,
+        compiled_dir=settings.data_dir / "compiled" if settings.compile_models else None)
 
 
 @dataclasses.dataclass
@@ -96,7 +98,7 @@ class InferenceApp:
 def start(settings: Settings, verifier: identity.TokenVerifier, parts: InferenceParts | None = None) -> InferenceApp:
     """Start serving (health NOT_SERVING); the model loads in the background and flips health to SERVING."""
     parts = parts or build_parts(settings)
-    holder = ModelHolder(parts.registry, parts.alias)
+    holder = ModelHolder(parts.registry, parts.alias, parts.compiled_dir)
     outbox = Outbox(parts.outbox_file)
     predictor = Predictor(holder, outbox, parts.limits)
     host = start_server(

@@ -14,6 +14,8 @@ RETENTION_ROWS = Histogram("churn_inference_retention_rows", "Rows one SuggestRe
                            buckets=(10, 100, 1000, 10000, 50000, 100000, 200000))
 MODEL_INFO = Gauge("churn_inference_model_info", "1 for the model version this instance serves now.",
                    ["model_name", "model_version", "alias", "flavor"])
+COMPILE_FAILURES = Counter("churn_inference_compile_failures_total", "Loads whose trees could not be compiled (the "
+                           "native model serves instead), by flavour.", ["flavor"])
 MODEL_RELOADS = Counter("churn_inference_model_reloads_total", "ReloadModel outcomes: changed, unchanged, failed.",
                         ["outcome"])
 OUTBOX_BACKLOG = Gauge("churn_inference_outbox_backlog", "Prediction rows committed locally, not yet acknowledged "

@@ -21,6 +21,7 @@ from tests.harness import ROOT
 from tests.inference.conftest import TELCO_CSV, Client, start_app
 
 PARITY_CUSTOMERS = 500
+TOL = 1e-6
 ADDONS = ("online_security", "tech_support", "online_backup", "device_protection")
 # The test's own spelling -> enum tables for the actionable fields (independent of the service's move table).
 ENUMS = {
@@ -135,17 +136,22 @@ def test_ranking_equals_an_independent_enumeration(servers, telco, alias):
         changes = [[inference_pb2.RetentionChange(field=f, new_value=v) for f, v, _ in combo] for combo in variants]
         scores = predict_all(client, [apply(customer, c) for c in changes])
         single_scores, pair_scores = scores[:len(singles)], scores[len(singles):]
-        order = [i for i in np.argsort(single_scores, kind="stable")[:4] if single_scores[i] < lv.probability]
-        assert [s.probability for s in lv.single_changes] == pytest.approx(single_scores[order].tolist(), abs=1e-6)
+        # Predict may run another predictor than the service's one big call (compiled trees below a batch size,
+        # equal within 1e-6), so a change the model ignores can land a hair either side of today's probability.
+        current, k = lv.probability, 4
+        got = [s.probability for s in lv.single_changes]
+        assert min(k, int((single_scores < current - TOL).sum())) <= len(got) <= \
+            min(k, int((single_scores < current + TOL).sum()))
+        assert got == pytest.approx(np.sort(single_scores)[:len(got)].tolist(), abs=TOL)
         for s in lv.single_changes:  # each one is a feasible change, scored as the service says (ties in any order)
             (change,) = s.changes
             index = singles.index((change.field, change.new_value, change.discount_percent))
-            assert single_scores[index] == pytest.approx(s.probability, abs=1e-6)
-        if pair_scores.size and pair_scores.min() < lv.probability:
-            assert lv.best_pair.probability == pytest.approx(pair_scores.min(), abs=1e-6)
+            assert single_scores[index] == pytest.approx(s.probability, abs=TOL)
+        if lv.HasField("best_pair"):
+            assert lv.best_pair.probability == pytest.approx(pair_scores.min(), abs=TOL)
             assert len({c.field for c in lv.best_pair.changes}) == 2
         else:
-            assert not lv.HasField("best_pair")
+            assert not pair_scores.size or pair_scores.min() > current - TOL
 
 
 def test_every_role_may_ask_and_one_customer_works(production, telco):
