@@ -258,32 +258,37 @@ class RetentionAdvisor:
     def _rank(self, customers, X, monthly, discounted, current, probabilities, top_k) -> list[CustomerLevers]:
         """Per customer: the top_k single moves that lower P(churn) (lowest first) and the lowest pair, if lower."""
         m = len(self.policy.moves)
-        singles = probabilities[:, :m]
-        order = np.argsort(singles, axis=1, kind="stable")[:, :top_k]
-        best_pair = probabilities[:, m:].argmin(axis=1) + m if probabilities.shape[1] > m else None
+        order = np.argsort(probabilities[:, :m], axis=1, kind="stable")[:, :top_k]
+        lower = np.take_along_axis(probabilities, order, axis=1) < current[:, None]
+        pairs = probabilities[:, m:].argmin(axis=1) + m if probabilities.shape[1] > m else np.zeros(len(X), np.intp)
+        pair_lower = (probabilities[np.arange(len(X)), pairs] < current) & (probabilities.shape[1] > m)
+        now = self._current_values(X, monthly)
+        moves, discount = self.policy.moves, self._variants.discount
         out = []
         for r, customer in enumerate(customers):
             p = float(current[r])
-            chosen = [int(j) for j in order[r] if singles[r, j] < p]
-            pair = int(best_pair[r]) if best_pair is not None and probabilities[r, best_pair[r]] < p else None
-            out.append(CustomerLevers(
-                customer_id=customer.customer_id, probability=p,
-                singles=[self._suggestion(X[r], monthly[r], discounted[r], j, probabilities[r, j], p) for j in chosen],
-                best_pair=(self._suggestion(X[r], monthly[r], discounted[r], pair, probabilities[r, pair], p)
-                           if pair is not None else None)))
+
+            def suggestion(variant: int) -> Suggestion:
+                changes = tuple(
+                    Change(MONTHLY, now[MONTHLY][r], _money(discounted[r, discount[i]]), moves[i].percent)
+                    if moves[i].percent else Change(moves[i].field, now[moves[i].field][r], moves[i].spelling)
+                    for i in self._variants.moves_of[variant])
+                probability = float(probabilities[r, variant])
+                return Suggestion(changes, probability, probability - p)
+
+            out.append(CustomerLevers(customer.customer_id, p,
+                                      [suggestion(int(j)) for j, ok in zip(order[r], lower[r]) if ok],
+                                      suggestion(int(pairs[r])) if pair_lower[r] else None))
         return out
 
-    def _suggestion(self, row, monthly, discounted, variant, probability, current) -> Suggestion:
-        changes = []
-        for i in self._variants.moves_of[variant]:
-            mv = self.policy.moves[i]
-            if mv.percent:
-                k = int(self._variants.discount[i])
-                changes.append(Change(MONTHLY, _money(monthly), _money(discounted[k]), mv.percent))
+    def _current_values(self, X: np.ndarray, monthly: np.ndarray) -> dict[str, list[str]]:
+        """Today's value, in the Telco spelling, of every field a move may change, per customer (decoded once)."""
+        now = {}
+        for field in {mv.field for mv in self.policy.moves}:
+            if field == MONTHLY:
+                now[field] = [_money(v) for v in monthly.tolist()]
                 continue
-            spec = F.FEATURE_BY_NAME[mv.field]
-            block = _BLOCKS[mv.field]
-            now = int(row[block[0]]) if spec.kind == F.BOOLEAN else int(row[block].argmax())
-            changes.append(Change(mv.field, spec.categories[now], mv.spelling))
-        probability = float(probability)
-        return Suggestion(tuple(changes), probability, probability - current)
+            spec, block = F.FEATURE_BY_NAME[field], _BLOCKS[field]
+            positions = X[:, block[0]] if spec.kind == F.BOOLEAN else X[:, block].argmax(axis=1)
+            now[field] = [spec.categories[i] for i in positions.astype(np.intp).tolist()]
+        return now
