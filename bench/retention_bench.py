@@ -103,7 +103,8 @@ def main() -> int:
                                                                                        else ""),
         "",
         f"Machine: {os.cpu_count()} cores (shared, noisy), {platform.processor() or platform.machine()}, "
-        f"Python {platform.python_version()}; {len(customers):,} Telco customers in batches of {args.batch:,}; "
+        f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f} at the end; "
+        f"{len(customers):,} Telco customers in batches of {args.batch:,}; "
         f"medians of {args.rounds} alternating round(s); levers with top_k 3 and the default RETENTION_MOVES.",
         "",
         "| alias (model) | PredictBatch ms / 1,000 customers | SuggestRetention ms / 1,000 customers | ratio | "
