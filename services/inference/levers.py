@@ -4,7 +4,7 @@ Every counterfactual is built by editing the customer's encoded float32 row (the
 produced), never by re-encoding protos, and all variants of all customers of a request — each allowed single change
 and each pair of changes on different fields — are scored in ONE model call together with the customers themselves.
 A variant row equals, bit for bit, the encoding of the modified customer, so its probability is what `Predict` would
-answer for that customer.
+answer for that customer (within 1e-6: Predict may score a small batch on compiled trees, this call is large).
 
 Feasibility, per customer: never today's value, never a shorter contract than today's, never an internet add-on for
 a customer without internet service (InternetService "No", or the add-on itself "No internet service"). Add-ons are

@@ -1,5 +1,5 @@
 """SuggestRetention through the real Envoy: gRPC and REST give the same levers, the canary routes it like Predict
-(weight and ops pin), and bad input is a 400 / INVALID_ARGUMENT naming the field."""
+(weight and ops pin), it is limited like a prediction, and bad input is a 400 / INVALID_ARGUMENT naming the field."""
 from __future__ import annotations
 
 import grpc
@@ -69,3 +69,19 @@ def test_bad_input_names_the_field(suite, customers):
     assert "customers[1].monthly_charges" in error.value.details()
     empty = suite.rest("POST", "/v1/retention:suggest", {}, token=token)
     assert empty.status == 400 and "customers" in empty.json()["message"], empty.body
+
+
+def test_it_is_in_the_prediction_rate_class(suite, limited_gateway, customers):
+    """On the gateway with the seed's limits an agent gets 10 calls a minute, like Predict; REST and gRPC share it."""
+    _, _, token = suite.approved_agent("levers-limit")
+    _, inference, _ = suite.stubs(limited_gateway)
+    request = inference_pb2.SuggestRetentionRequest(customers=customers[:1])
+    for _ in range(5):
+        inference.SuggestRetention(request, metadata=suite.md(token), timeout=20)
+        assert suite.rest("POST", "/v1/retention:suggest", {"customers": [as_json(customers[0])]}, token=token,
+                          gateway=limited_gateway).status == 200
+    with pytest.raises(grpc.RpcError) as exhausted:
+        inference.SuggestRetention(request, metadata=suite.md(token), timeout=20)
+    assert exhausted.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert suite.rest("POST", "/v1/retention:suggest", {"customers": [as_json(customers[0])]}, token=token,
+                      gateway=limited_gateway).status == 429
