@@ -1,0 +1,152 @@
+"""What `make bench` measures beyond single-row load, each side by side with the bare library on the same rows:
+PredictBatch (1,000 and 10,000 rows) vs xgboost `inplace_predict`, Explain (1,000 rows) vs xgboost
+`pred_contribs`, GetDriftReport on 10,000 recorded predictions vs one bare Evidently DataDriftPreset run, and the
+per-request costs that bound the batch path (protobuf parse, encoding, response building), timed in-process."""
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pandas as pd
+
+from churn.v1 import inference_pb2, inference_pb2_grpc, monitoring_pb2, monitoring_pb2_grpc
+from services.common import features as F
+from services.common import model_registry as R
+from services.common import telco_csv
+from services.monitoring.drift import CATEGORICAL, NUMERICAL
+
+from bench.load import metric_sum
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()  # warm: first calls pay lazy imports and allocator growth on both sides alike
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+def rows_of(customers: list, n: int) -> list:
+    """`n` rows cycled from the Telco customers, each with its own id."""
+    out = []
+    for i in range(n):
+        row = inference_pb2.PredictRequest(customer=customers[i % len(customers)]).customer
+        row.customer_id = f"bench-{i:05d}"
+        out.append(row)
+    return out
+
+
+def batch(stub, metadata, boosters: dict, customers: list, n: int, repeats: int) -> dict:
+    rows = rows_of(customers, n)
+    request = inference_pb2.PredictBatchRequest(customers=rows)
+    X = F.encode_customers(rows)
+    served = median_seconds(lambda: stub.PredictBatch(request, metadata=metadata, timeout=120), repeats)
+    bare, threads = fastest(lambda b: b.inplace_predict(X), boosters, max(repeats, 5))
+    wire = request.SerializeToString()
+    reply = stub.PredictBatch(request, metadata=metadata, timeout=120)
+    return {"rows": n, "served_ms": served * 1e3, "bare_ms": bare * 1e3, "ratio": served / bare,
+            "bare_threads": threads, "bounds_ms": {
+                "parse_request": median_seconds(lambda: inference_pb2.PredictBatchRequest.FromString(wire), 5) * 1e3,
+                "encode_rows": median_seconds(lambda: F.encode_customers(rows), 5) * 1e3,
+                "serialize_response": median_seconds(reply.SerializeToString, 5) * 1e3,
+                "parse_response_client": median_seconds(
+                    lambda: inference_pb2.PredictBatchResponse.FromString(reply.SerializeToString()), 5) * 1e3}}
+
+
+def explain(stub, metadata, boosters: dict, customers: list, n: int, repeats: int) -> dict:
+    import xgboost
+
+    rows = rows_of(customers, n)
+    request = inference_pb2.ExplainRequest(customers=rows)
+    X = F.encode_customers(rows)
+    served = median_seconds(lambda: stub.Explain(request, metadata=metadata, timeout=120), repeats)
+    bare, threads = fastest(lambda b: b.predict(xgboost.DMatrix(X), pred_contribs=True), boosters, repeats)
+    reply = stub.Explain(request, metadata=metadata, timeout=120)
+    return {"rows": n, "served_ms": served * 1e3, "bare_ms": bare * 1e3, "ratio": served / bare,
+            "bare_threads": threads, "bounds_ms": {"serialize_response": median_seconds(reply.SerializeToString, 5) * 1e3,
+                          "response_bytes": len(reply.SerializeToString())}}
+
+
+def mlflow_rows(url: str, frame: pd.DataFrame, repeats: int) -> float:
+    """Milliseconds for one `/invocations` request of these raw Telco rows (dataframe_split)."""
+    body = json.dumps({"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}).encode()
+
+    def call():
+        request = urllib.request.Request(url, data=body, headers={"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as reply:
+            if reply.status != 200:
+                raise RuntimeError(f"mlflow answered {reply.status}")
+            reply.read()
+    return median_seconds(call, repeats) * 1e3
+
+
+def drift(stack, inference_stub, metadata, monitoring_stub, ops_metadata, version: str, tracking_uri: str, model_name: str,
+          customers: list, n: int, repeats: int) -> dict:
+    """Record `n` predictions (one PredictBatch through production; its outbox ships them), then time
+    GetDriftReport(window=n) against one bare Evidently run on the same reference and current frames."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    rows = rows_of(customers, n)
+    production_http = stack.services["production"].http_port
+    shipped_before = metric_sum([production_http], "churn_inference_shipped_total")
+    inference_stub.PredictBatch(inference_pb2.PredictBatchRequest(customers=rows), metadata=metadata, timeout=300)
+    deadline = time.monotonic() + 300
+    while metric_sum([production_http], "churn_inference_shipped_total") < shipped_before + n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the outbox did not ship {n} predictions to monitoring in 300 s")
+        time.sleep(0.2)
+    request = monitoring_pb2.GetDriftReportRequest(window=n, format="json", model_version=version)
+    reply = monitoring_stub.GetDriftReport(request, metadata=ops_metadata, timeout=300)
+    served = median_seconds(lambda: monitoring_stub.GetDriftReport(request, metadata=ops_metadata, timeout=300), repeats)
+
+    registry = R.ModelRegistry(tracking_uri, model_name)
+    with tempfile.TemporaryDirectory(prefix="bench-reference-") as tmp:
+        data = registry.download(version, tmp, R.REFERENCE_TRAIN).read_bytes()
+    reference = telco_csv.parse_telco_csv(data, None, 10_000_000).frame
+    current = telco_csv.typed_frame(telco_csv.customers_to_frame(rows)[list(F.FEATURE_COLUMNS)])
+    definition = DataDefinition(numerical_columns=list(NUMERICAL), categorical_columns=list(CATEGORICAL))
+
+    def bare():
+        snapshot = Report([DataDriftPreset()], include_tests=True).run(
+            Dataset.from_pandas(current, data_definition=definition),
+            Dataset.from_pandas(reference, data_definition=definition))
+        snapshot.json()
+    bare_s = median_seconds(bare, repeats)
+    return {"rows": n, "reference_rows": len(reference), "served_ms": served * 1e3, "bare_ms": bare_s * 1e3,
+            "ratio": served / bare_s, "current_rows_reported": reply.summary.current_rows
+            if reply.HasField("summary") else None}
+
+
+def channel_stubs(address: str, options):
+    channel = grpc.insecure_channel(address, options=options)
+    return channel, inference_pb2_grpc.InferenceServiceStub(channel), monitoring_pb2_grpc.MonitoringServiceStub(channel)
+
+
+def bare_boosters(model_json: str) -> dict:
+    """The registered booster twice, on one thread and on every core: the bare side is whichever is faster on
+    the rows at hand (OpenMP on a loaded 2-core machine can lose to one thread)."""
+    import os
+
+    import xgboost
+
+    found = {}
+    for threads in sorted({1, os.cpu_count() or 1}):
+        booster = xgboost.Booster()
+        booster.load_model(model_json)
+        booster.set_param({"nthread": threads})
+        found[threads] = booster
+    return found
+
+
+def fastest(fn_of_booster, boosters: dict, repeats: int) -> tuple[float, int]:
+    """(median seconds, threads) of the fastest booster."""
+    return min((median_seconds(lambda b=b: fn_of_booster(b), repeats), threads) for threads, b in boosters.items())
+
