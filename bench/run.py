@@ -89,12 +89,12 @@ class Runner:
                     f"http://127.0.0.1:{a.port}{GRPC_PATH}", self.frame, {}, c, s, [a.metrics_port], log)))
         if "mlflow models serve" in self.anchors:
             port = self.anchors["mlflow models serve"].port
-            out.append(("mlflow models serve", "wrk", lambda c, s, log: load.wrk(
+            out.append(("mlflow models serve", "wrk", lambda c, s, log, port=port: load.wrk(
                 f"http://127.0.0.1:{port}/invocations", self.mlflow_body.encode(),
                 {"Content-Type": "application/json"}, c, s, log)))
         if "BentoML" in self.anchors:
             port = self.anchors["BentoML"].port
-            out.append(("BentoML", "wrk", lambda c, s, log: load.wrk(
+            out.append(("BentoML", "wrk", lambda c, s, log, port=port: load.wrk(
                 f"http://127.0.0.1:{port}/predict", self.bento_body.encode(), {"Content-Type": "application/json"},
                 c, s, log)))
         out.append(("suite gRPC direct", "h2load", lambda c, s, log: load.h2load(
