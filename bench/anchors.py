@@ -30,7 +30,6 @@ class Anchor:
     port: int
     start_seconds: float
     metrics_port: int = 0  # the gRPC anchors count OK answers like the suite does
-    log: pathlib.Path | None = None
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -77,7 +76,7 @@ def start_mlflow(workdir: pathlib.Path, env: dict[str, str], model_uri: str) -> 
     except BaseException:
         Anchor("mlflow", process, port, 0).stop()
         raise
-    return Anchor("mlflow models serve", process, port, time.monotonic() - began, log=log)
+    return Anchor("mlflow models serve", process, port, time.monotonic() - began)
 
 
 def bento_available() -> str:
@@ -101,7 +100,7 @@ def start_bento(workdir: pathlib.Path, model_json: pathlib.Path) -> Anchor:
     except BaseException:
         Anchor("bentoml", process, port, 0).stop()
         raise
-    return Anchor("BentoML", process, port, time.monotonic() - began, log=log)
+    return Anchor("BentoML", process, port, time.monotonic() - began)
 
 
 def start_grpc_anchor(workdir: pathlib.Path, env: dict[str, str], model_json: pathlib.Path | None) -> Anchor:
@@ -120,4 +119,4 @@ def start_grpc_anchor(workdir: pathlib.Path, env: dict[str, str], model_json: pa
         time.sleep(0.05)
     ports = json.loads(port_file.read_text())
     wait_serving(f"127.0.0.1:{ports['grpc']}", 30, process=process)
-    return Anchor(name, process, ports["grpc"], time.monotonic() - began, metrics_port=ports["http"], log=log)
+    return Anchor(name, process, ports["grpc"], time.monotonic() - began, metrics_port=ports["http"])

@@ -56,8 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 class Runner:
     """Holds what every point needs: the targets, their request bytes and the processes to watch."""
 
-    def __init__(self, args, stack, anchors: dict[str, A.Anchor], customers, workdir: pathlib.Path):
-        self.args, self.stack, self.anchors, self.workdir = args, stack, anchors, workdir
+    def __init__(self, stack, anchors: dict[str, A.Anchor], customers, workdir: pathlib.Path):
+        self.stack, self.anchors, self.workdir = stack, anchors, workdir
         settings = stack.settings
         row = customers[0]
         self.frame = workdir / "predict.grpc"
@@ -85,38 +85,40 @@ class Runner:
         for name in (A.ANCHOR_NAMES["grpc_nomodel"], A.ANCHOR_NAMES["grpc_model"]):
             if name in self.anchors:
                 anchor = self.anchors[name]
-                out.append((name, "h2load", lambda c, s, log, a=anchor: load.h2load(
-                    f"http://127.0.0.1:{a.port}{GRPC_PATH}", self.frame, {}, c, s, [a.metrics_port], log)))
+                out.append((name, "h2load", lambda c, s, scratch, a=anchor: load.h2load(
+                    f"http://127.0.0.1:{a.port}{GRPC_PATH}", self.frame, {}, c, s, [a.metrics_port], scratch)))
         if "mlflow models serve" in self.anchors:
             port = self.anchors["mlflow models serve"].port
-            out.append(("mlflow models serve", "wrk", lambda c, s, log, port=port: load.wrk(
+            out.append(("mlflow models serve", "wrk", lambda c, s, scratch, port=port: load.wrk(
                 f"http://127.0.0.1:{port}/invocations", self.mlflow_body.encode(),
-                {"Content-Type": "application/json"}, c, s, log)))
+                {"Content-Type": "application/json"}, c, s, scratch)))
         if "BentoML" in self.anchors:
             port = self.anchors["BentoML"].port
-            out.append(("BentoML", "wrk", lambda c, s, log, port=port: load.wrk(
+            out.append(("BentoML", "wrk", lambda c, s, scratch, port=port: load.wrk(
                 f"http://127.0.0.1:{port}/predict", self.bento_body.encode(), {"Content-Type": "application/json"},
-                c, s, log)))
-        out.append(("suite gRPC direct", "h2load", lambda c, s, log: load.h2load(
-            f"http://127.0.0.1:{prod.port}{GRPC_PATH}", self.frame, self.grpc_headers, c, s, [prod.http_port], log)))
-        out.append(("suite gRPC via Envoy", "h2load", lambda c, s, log: load.h2load(
-            f"{envoy}{GRPC_PATH}", self.frame, self.grpc_headers, c, s, inference_ports, log)))
-        out.append(("suite REST via Envoy", "wrk", lambda c, s, log: load.wrk(
+                c, s, scratch)))
+        out.append(("suite gRPC direct", "h2load", lambda c, s, scratch: load.h2load(
+            f"http://127.0.0.1:{prod.port}{GRPC_PATH}", self.frame, self.grpc_headers, c, s, [prod.http_port],
+            scratch)))
+        out.append(("suite gRPC via Envoy", "h2load", lambda c, s, scratch: load.h2load(
+            f"{envoy}{GRPC_PATH}", self.frame, self.grpc_headers, c, s, inference_ports, scratch)))
+        out.append(("suite REST via Envoy", "wrk", lambda c, s, scratch: load.wrk(
             f"{envoy}/v1/predict", self.rest_body, {"Content-Type": "application/json", **self.grpc_headers}, c, s,
-            log, inference_ports)))
+            scratch, inference_ports)))
         return out
 
     def run_points(self, concurrencies: tuple[int, ...], seconds: int, warm_up: int) -> None:
         for c in concurrencies:
             for name, loader, fn in self.targets():
-                log = self.workdir / f"load-{len(self.points)}.log"
+                # a file the loader writes: h2load's per-request log, wrk's Lua script
+                scratch = self.workdir / f"load-{len(self.points)}.txt"
                 if warm_up:
-                    fn(c, warm_up, log)  # at the same concurrency, not counted
+                    fn(c, warm_up, scratch)  # at the same concurrency, not counted
                 watched = self.watched(name) if name.startswith("suite") else {}
                 began = time.monotonic()
                 cpu_before = cpu_seconds(watched)
                 loader_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-                measured = fn(c, seconds, log)
+                measured = fn(c, seconds, scratch)
                 loader_after = resource.getrusage(resource.RUSAGE_CHILDREN)
                 cpu = {k: v - cpu_before[k] for k, v in cpu_seconds(watched).items()}
                 cpu["load generator"] = (loader_after.ru_utime + loader_after.ru_stime
@@ -127,7 +129,8 @@ class Runner:
                          "cpu_us_per_ok": {k: v * 1e6 / max(measured.ok, 1) for k, v in cpu.items()}}
                 self.points.append(found)
                 print(f"  {name:28s} c={c:<3d} {measured.ok_per_second:8,.0f} OK/s  p50 {measured.p50_ms:6.2f} ms"
-                      f"  p99 {measured.p99_ms:7.1f} ms  ({measured.ok}/{measured.requests} OK, {time.monotonic() - began:.1f} s)")
+                      f"  p99 {measured.p99_ms:7.1f} ms  ({measured.ok}/{measured.requests} OK, "
+                      f"{time.monotonic() - began:.1f} s)")
 
 
 _BEGAN = time.monotonic()
@@ -135,6 +138,16 @@ _BEGAN = time.monotonic()
 
 def say(text: str) -> None:
     print(f"==> [{time.monotonic() - _BEGAN:5.1f} s] {text}")
+
+
+def commit() -> str:
+    """The checkout measured: its commit, with '+changes' when the work tree differs from it."""
+    import subprocess
+
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True)
+    return (head.stdout.strip() or "unknown") + ("+changes" if dirty.stdout.strip() else "")
 
 
 def machine() -> dict:
@@ -158,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"machine": machine(), "command": shlex.join(["python", "-m", "bench.run",
                                                              *(argv if argv is not None else sys.argv[1:])]),
                "started_at": f"{started_at:%Y-%m-%d %H:%M}", "mode": "short" if args.short else "full",
-               "seconds_per_point": seconds, "skipped": {}}
+               "seconds_per_point": seconds, "skipped": {}, "commit": commit()}
     say("registry")
     tracking_uri = args.tracking_uri or ensure_registry(args.registry_dir)
     anchor_env = dict(base_env(workdir / "anchors"), MLFLOW_TRACKING_URI=tracking_uri)
@@ -216,8 +229,11 @@ def measure(args, results: dict, stack, started: dict[str, A.Anchor], version: s
                                        model_name, customers, drift_rows, 1 if args.short else 3)
     say("batch and Explain")
     repeats = 3 if args.short else 10
-    results["batch"] = [workloads.batch(inference, metadata, boosters, customers, n, repeats)
+    anchor_channel, anchor_stub, _ = workloads.channel_stubs(
+        f"127.0.0.1:{started[A.ANCHOR_NAMES['grpc_model']].port}", stack.settings.grpc_options())
+    results["batch"] = [workloads.batch(inference, metadata, boosters, customers, n, repeats, anchor_stub)
                         for n in ((1000,) if args.short else (1000, 10_000))]
+    anchor_channel.close()
     admin = [("authorization", f"Bearer {stack.admin_token()}"), ("x-api-key", stack.settings.api_key)]
     results["explain"] = workloads.explain(inference, admin, boosters, customers, 1000, repeats)
     if "mlflow models serve" in started:
@@ -227,7 +243,7 @@ def measure(args, results: dict, stack, started: dict[str, A.Anchor], version: s
     channel.close()
     mon_channel.close()
     say("single-row load")
-    runner = Runner(args, stack, started, customers, args.workdir_used)
+    runner = Runner(stack, started, customers, args.workdir_used)
     seconds = results["seconds_per_point"]
     runner.run_points((1,) if args.short else (1, 8, 32), seconds, warm_up=0 if args.short else 2)
     results["single_row"] = runner.points
