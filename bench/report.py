@@ -41,7 +41,8 @@ def batch_bound(b: dict) -> str:
     steps = ", ".join(f"{k.replace('_', ' ')} {v:.1f} ms" for k, v in bounds.items())
     head = (f"a minimal Python gRPC server with the same booster answers the same request in {minimal:.1f} ms "
             f"({minimal / b['bare_ms']:.1f}× bare); " if minimal is not None else "")
-    return head + f"in-process steps on these rows: {steps}"
+    cpu = ", ".join(f"{k} {v:.1f} ms" for k, v in b.get("cpu_ms_per_call", {}).items())
+    return head + f"in-process steps on these rows: {steps}" + (f"; suite CPU per call: {cpu}" if cpu else "")
 
 
 def targets(results: dict) -> list[dict]:

@@ -231,7 +231,9 @@ def measure(args, results: dict, stack, started: dict[str, A.Anchor], version: s
     repeats = 3 if args.short else 10
     anchor_channel, anchor_stub, _ = workloads.channel_stubs(
         f"127.0.0.1:{started[A.ANCHOR_NAMES['grpc_model']].port}", stack.settings.grpc_options())
-    results["batch"] = [workloads.batch(inference, metadata, boosters, customers, n, repeats, anchor_stub)
+    suite_pids = {name: pid for name, pid in stack.pids().items() if name in ("production", "monitoring")}
+    results["batch"] = [workloads.batch(inference, metadata, boosters, customers, n, repeats, anchor_stub,
+                                        cpu=lambda: cpu_seconds(suite_pids))
                         for n in ((1000,) if args.short else (1000, 10_000))]
     anchor_channel.close()
     admin = [("authorization", f"Bearer {stack.admin_token()}"), ("x-api-key", stack.settings.api_key)]

@@ -66,16 +66,21 @@ def rows_of(customers: list, n: int) -> list:
     return out
 
 
-def batch(stub, metadata, boosters: dict, customers: list, n: int, repeats: int, anchor_stub=None) -> dict:
+def batch(stub, metadata, boosters: dict, customers: list, n: int, repeats: int, anchor_stub=None,
+          cpu=None) -> dict:
     """PredictBatch of `n` rows against the bare booster; with `anchor_stub` (the minimal gRPC server with the
-    model) also what a minimal Python server takes for the same request: the bound of the batch path."""
+    model) also what a minimal Python server takes for the same request: the bound of the batch path. `cpu()`
+    (CPU seconds per suite process) gives the suite's CPU per served call while the calls run."""
     rows = rows_of(customers, n)
     request = inference_pb2.PredictBatchRequest(customers=rows)
     X = F.encode_customers(rows)
+    cpu_before = cpu() if cpu else {}
     served, bare, threads, minimal = side_by_side(
         lambda: stub.PredictBatch(request, metadata=metadata, timeout=120),
         {t: (lambda b=b: b.inplace_predict(X)) for t, b in boosters.items()}, repeats,
         also=anchor_stub and (lambda: anchor_stub.PredictBatch(request, timeout=120)))
+    served_calls = repeats + 1  # side_by_side's warm-up call and the timed ones
+    cpu_ms = {k: (v - cpu_before[k]) * 1e3 / served_calls for k, v in cpu().items()} if cpu else {}
     wire = request.SerializeToString()
     reply = stub.PredictBatch(request, metadata=metadata, timeout=120)
     bounds = {
@@ -87,7 +92,7 @@ def batch(stub, metadata, boosters: dict, customers: list, n: int, repeats: int,
     if minimal is not None:
         bounds["minimal_grpc_server_same_request"] = minimal * 1e3
     return {"rows": n, "served_ms": served * 1e3, "bare_ms": bare * 1e3, "ratio": served / bare,
-            "bare_threads": threads, "bounds_ms": bounds}
+            "bare_threads": threads, "bounds_ms": bounds, "cpu_ms_per_call": cpu_ms}
 
 
 def explain(stub, metadata, boosters: dict, customers: list, n: int, repeats: int) -> dict:

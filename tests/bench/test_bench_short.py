@@ -39,7 +39,7 @@ def test_short_bench_writes_results_of_the_published_shape(load_generators, sett
 
     results = json.loads((out / "results.json").read_text())
     assert results["mode"] == "short"
-    assert results["command"].startswith("python -m bench.run --short")
+    assert results["command"].startswith("python -m bench.run --short") and results["commit"]
     assert results["machine"]["cores"] == os.cpu_count() and results["machine"]["python"] and results["machine"]["cpu"]
     points = {p["target"]: p for p in results["single_row"]}
     assert set(points) == TARGETS
@@ -52,6 +52,7 @@ def test_short_bench_writes_results_of_the_published_shape(load_generators, sett
     assert results["skipped"] == {"mlflow models serve": "short mode", "BentoML": "short mode"}
     (batch,) = results["batch"]
     assert batch["rows"] == 1000 and batch["served_ms"] > 0 and batch["bare_ms"] > 0
+    assert batch["bounds_ms"]["minimal_grpc_server_same_request"] > 0  # the batch path's measured bound
     assert results["explain"]["rows"] == 1000 and results["explain"]["served_ms"] > 0
     assert results["drift"]["rows"] == 500 and results["drift"]["current_rows_reported"] == 500
     for name in ("suite auth", "suite monitoring", "suite production", "suite staging", "suite envoy",
