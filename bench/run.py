@@ -2,7 +2,7 @@
 bench/results.json (machine, command line, every point).
 
     python -m bench.run [--short] [--seconds 10] [--registry-dir var/bench/registry | --tracking-uri URI]
-                        [--out-dir bench] [--workdir var/bench/run]
+                        [--out-dir DIR] [--workdir DIR (kept; default a fresh folder under var/bench, removed)]
 
 Full: anchors (`mlflow models serve`, BentoML, minimal gRPC with and without the model) and the suite (gRPC and
 REST through Envoy, gRPC direct) at concurrency 1, 8 and 32 under h2load/wrk; PredictBatch 1,000 and 10,000 rows,
