@@ -78,7 +78,7 @@ bench-deps: bench-tools $(BENCH_VENV)/.installed
 
 bench: setup bench-deps
 	$(PY) -m bench.run $(BENCH_ARGS)
-	DATA_DIR=$(CURDIR)/var/bench/registry $(PY) bench/retention_bench.py --write bench/results/retention.md
+	DATA_DIR=$(CURDIR)/var/bench/registry/var $(PY) bench/retention_bench.py --write bench/results/retention.md
 
 bench-short: setup bench-tools
 	$(PY) -m bench.run --short $(BENCH_ARGS)

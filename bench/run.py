@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             anchors = pool.submit(_start_anchors, args, workdir, anchor_env, info, model_json,
                                   results["skipped"]) if args.short else None
             say("starting the suite (auth, monitoring, inference ×2, Envoy)")
-            stack = start_stack(workdir / "suite", tracking_uri, parallel=args.short)
+            stack = start_stack(workdir / "suite", tracking_uri, parallel=args.short,
+                                inference_workers=1 if args.short else None)
             say("start → SERVING: " + ", ".join(f"{k} {v:.1f} s" for k, v in stack.start_seconds.items()))
             if anchors is None:
                 say("starting the anchors")

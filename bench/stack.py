@@ -128,13 +128,15 @@ def _timed(name: str, start, timings: dict[str, float], started: dict[str, Servi
     return process
 
 
-def start_stack(workdir: pathlib.Path, tracking_uri: str, canary_percent: int = 10, parallel: bool = False) -> Stack:
-    """`parallel` starts both inference instances at once (faster; their start times then share the CPU)."""
+def start_stack(workdir: pathlib.Path, tracking_uri: str, canary_percent: int = 10, parallel: bool = False,
+                inference_workers: int | None = None) -> Stack:
+    """`parallel` starts both inference instances at once (faster; their start times then share the CPU).
+    `inference_workers` defaults to what `make run` uses: one worker process per core."""
     workdir.mkdir(parents=True, exist_ok=True)
     env = base_env(workdir)
     env.update(CHEAP_ARGON2, **UNLIMITED, MLFLOW_TRACKING_URI=tracking_uri, LOG_LEVEL="WARNING",
                ENVOY_ADMIN_PORT=str(free_port()), GATEWAY_PORT="0", CANARY_PERCENT=str(canary_percent),
-               MAX_BATCH_ROWS="10000")
+               MAX_BATCH_ROWS="10000", INFERENCE_WORKERS=str(inference_workers or os.cpu_count() or 1))
     secrets_dir = pathlib.Path(env["SECRETS_DIR"])
     secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     token_file = secrets_dir / "service_token"
