@@ -29,13 +29,14 @@ $(GENERATED): $(INSTALLED) $(PROTOS) tools/codegen.py
 
 gen: $(GENERATED)
 
-# buf (npm @bufbuild/buf ships the binary) lints the contracts and checks breaking changes against main.
+# buf (npm @bufbuild/buf ships the binary) lints the contracts and checks breaking changes against the commit
+# tools/buf_against.py names: the merge-base with main on a branch, the previous commit on main.
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@1.75.0
 
 lint-protos: setup
 	$(BUF) lint
-	$(BUF) breaking --against '.git#branch=main'
+	against=$$($(PY) tools/buf_against.py) && $(BUF) breaking --against "$$against"
 
 # Trains and registers the models only when the registry has no `production` version yet.
 model: setup
