@@ -121,6 +121,7 @@ def test_invalid_input_carries_bad_request_details(served):
     assert bad_request.field_violations[0].field == "alias"
 
 
+@pytest.mark.internal_expected
 def test_domain_errors_map_and_bugs_become_internal_with_request_id(served):
     _, _, keys, channel = served
     assert _code(lambda: _call(channel, alias="down", token=keys.mint()))[0] == grpc.StatusCode.UNAVAILABLE
