@@ -48,12 +48,14 @@ secrets: setup
 run: setup model secrets
 	$(PY) -m tools.run_suite
 
+# Random order (module buckets, the seed printed in the header: rerun one order with
+# PYTEST_ARGS=--random-order-seed=N) and the 25 slowest steps; pytest's exit 5 (no tests) fails like any other.
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --random-order --durations=25 $(PYTEST_ARGS)
 
 # Unit and contract tests only (no Envoy, no training): a quick loop while editing.
 test-fast: setup
-	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+	$(PY) -m pytest --random-order tests/unit $(PYTEST_ARGS)
 
 clean:
 	rm -rf gen .tools .pytest_cache

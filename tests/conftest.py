@@ -87,3 +87,13 @@ def postgres_url(is_ci):
     with admin.connect() as connection:
         connection.execute(sa.text(f'drop database if exists "{name}" with (force)'))
     admin.dispose()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Under CI=true a run in which no test passed (everything skipped or deselected) fails with pytest's
+    "no tests" exit code 5, like a run that collected none: a green CI means tests ran."""
+    if os.environ.get("CI", "").lower() != "true" or exitstatus != pytest.ExitCode.OK:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and not reporter.stats.get("passed"):
+        session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
