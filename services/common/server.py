@@ -8,11 +8,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import pathlib
 import signal
+import sys
 import threading
 from concurrent import futures
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -95,8 +97,11 @@ def _write_port_file(host: ServiceHost, target: str) -> None:
     tmp.replace(path)
 
 
-def serve_until_signalled(host: ServiceHost, grace: float = 10.0, on_stop: Callable[[], None] | None = None) -> None:
-    """Block until SIGTERM/SIGINT, then drain: NOT_SERVING, stop accepting, let in-flight calls finish."""
+def serve_until_signalled(host: ServiceHost, grace: float = 10.0,
+                          on_stop: Callable[[], None] | None = None) -> NoReturn:
+    """Block until SIGTERM/SIGINT, then drain: NOT_SERVING, stop accepting, let in-flight calls finish; then exit
+    the process at once. Interpreter finalization after a drained stop hung monitoring and inference in the final
+    garbage collection (no Python frame) until `make run`'s runner SIGKILLed them (tests/e2e/test_make_run.py)."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -106,3 +111,7 @@ def serve_until_signalled(host: ServiceHost, grace: float = 10.0, on_stop: Calla
     if on_stop is not None:
         on_stop()
     log.info("stopped")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
