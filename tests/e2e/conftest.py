@@ -19,7 +19,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from churn.v1 import auth_pb2, auth_pb2_grpc, common_pb2, inference_pb2_grpc, monitoring_pb2_grpc
+from churn.v1 import auth_pb2, auth_pb2_grpc, common_pb2, inference_pb2_grpc, monitoring_pb2, monitoring_pb2_grpc
 from services.common.settings import Settings
 from services.common.telco_csv import parse_telco_csv
 from tests.e2e.envoy_process import EnvoyProcess, free_port
@@ -123,6 +123,13 @@ class Suite:
                          metadata=self.md(self.admin_token(), key="ops"), timeout=10)
         return username, password, self.login(username, password)
 
+    def set_canary(self, percent: int) -> None:
+        """SetCanaryWeight as the admin; Envoy's runtime must say so at once."""
+        _, _, monitoring = self.stubs()
+        monitoring.SetCanaryWeight(monitoring_pb2.SetCanaryWeightRequest(percent=percent),
+                                   metadata=self.md(self.admin_token(), key="ops"), timeout=5)
+        assert self.gateway.runtime()["routing.inference.inference_staging"] == str(percent)
+
     def rpc_count(self, service: str, method: str | None = None) -> float:
         process = self.services[service]
         return metric_total(process.http_port, **({"method": method} if method else {}))
@@ -182,6 +189,42 @@ def suite(trained_registry, suite_workdir) -> Suite:
     gateway.stop()
     for process in started.values():
         process.stop()
+
+
+@pytest.fixture
+def canary_restored(suite):
+    """For tests that move the canary weight: back to the suite's 0 however the test ends, so the tests that
+    expect every prediction from production never see a weight left behind by a failed one."""
+    yield
+    suite.set_canary(0)
+
+
+@dataclasses.dataclass
+class Reference:
+    """The model aliased production, loaded by hand from the registry: the exact answer the gateway must give."""
+    version: str
+    threshold: float
+    flavor: str
+    model: object
+
+    def probability(self, customers):
+        from services.common import features
+        from tests import natives
+
+        return natives.raw_probability(self.flavor, self.model, features.encode_customers(customers))
+
+
+@pytest.fixture(scope="session")
+def production_reference(trained_registry, tmp_path_factory) -> Reference:
+    from services.common import mlflow_config
+    from services.common import model_registry as R
+    from tests import natives
+
+    settings = Settings.from_env(trained_registry)
+    registry = R.ModelRegistry(mlflow_config.tracking_uri(settings), settings.model_name)
+    version, root = natives.download(registry, "production", tmp_path_factory.mktemp("production-reference"))
+    flavor, model = natives.raw_native(root)
+    return Reference(str(version), float(R.read_model_info(root)["threshold"]), flavor, model)
 
 
 @pytest.fixture(scope="session")

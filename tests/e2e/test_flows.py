@@ -12,6 +12,7 @@ import pytest
 from google.protobuf import json_format
 
 from churn.v1 import auth_pb2, common_pb2, inference_pb2, monitoring_pb2
+from services.common import features
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +33,10 @@ def wait_feedback_matched(submit, prediction_id: str, timeout: float = 20.0):
         time.sleep(0.3)
 
 
-def test_grpc_journey(suite, customers):
+FEATURE_COLUMNS = 19  # the Telco CSV's columns but customerID and Churn: what drift compares
+
+
+def test_grpc_journey(suite, customers, production_reference, canary_restored):
     auth, inference, monitoring = suite.stubs()
     username, password = f"grpc-{uuid.uuid4().hex[:8]}", "pw-" + secrets.token_urlsafe(12)
     registered = auth.Register(auth_pb2.RegisterRequest(username=username, password=password), metadata=suite.md(),
@@ -41,7 +45,8 @@ def test_grpc_journey(suite, customers):
     assert not registered.user.approved
     with pytest.raises(grpc.RpcError) as unapproved:
         auth.Login(auth_pb2.LoginRequest(username=username, password=password), metadata=suite.md(), timeout=10)
-    assert unapproved.value.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.FAILED_PRECONDITION)
+    assert unapproved.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert unapproved.value.details() == f"user {username!r} is not approved yet; an admin must approve it first"
 
     admin = suite.admin_token()
     approved = auth.ApproveUser(auth_pb2.ApproveUserRequest(username=username, approve=True),
@@ -55,7 +60,10 @@ def test_grpc_journey(suite, customers):
     reply, call = inference.Predict.with_call(inference_pb2.PredictRequest(customer=customers[0], explain_top_k=3),
                                               metadata=suite.md(agent), timeout=10)
     prediction = reply.prediction
-    assert 0.0 <= prediction.probability <= 1.0 and prediction.model.alias == "production"  # weight 0
+    reference = production_reference
+    assert (prediction.model.alias, prediction.model.version) == ("production", reference.version)  # weight 0
+    assert prediction.probability == pytest.approx(float(reference.probability([customers[0]])[0]), abs=1e-6)
+    assert prediction.churn == (prediction.probability >= reference.threshold)
     assert dict(call.initial_metadata())["x-churn-served-by"] == "production"
     assert len(prediction.reasons) == 3
 
@@ -74,24 +82,25 @@ def test_grpc_journey(suite, customers):
             monitoring_pb2.FeedbackRow(prediction_id=prediction_id, churned=True)]), metadata=suite.md(agent),
             timeout=10))
     assert wait_feedback_matched(submit, prediction.prediction_id)["matched"] == 1
+    # the batch's last row logged too: the log holds at least this test's 301 rows, so a window of 300 is full
+    assert wait_feedback_matched(submit, batch.predictions[-1].prediction_id)["matched"] == 1
 
     drift = monitoring.GetDriftReport(monitoring_pb2.GetDriftReportRequest(window=300, format="json"),
                                       metadata=suite.md(admin, key="ops"), timeout=60)
     assert drift.report.content_type.startswith("application/json")
-    assert drift.summary.columns > 0 and drift.summary.current_rows > 0
+    assert (drift.summary.columns, drift.summary.current_rows) == (FEATURE_COLUMNS, 300)
+    assert [c.column for c in drift.summary.by_column] == list(features.FEATURE_COLUMNS)
 
     before = monitoring.GetCanaryWeight(monitoring_pb2.GetCanaryWeightRequest(), metadata=suite.md(agent),
                                         timeout=5).percent
+    assert before == 0
     changed = monitoring.SetCanaryWeight(monitoring_pb2.SetCanaryWeightRequest(percent=35),
                                          metadata=suite.md(admin, key="ops"), timeout=5)
-    assert (changed.previous, changed.percent) == (before, 35)
+    assert (changed.previous, changed.percent) == (0, 35)
     assert suite.gateway.runtime()["routing.inference.inference_staging"] == "35"
-    monitoring.SetCanaryWeight(monitoring_pb2.SetCanaryWeightRequest(percent=before),
-                               metadata=suite.md(admin, key="ops"), timeout=5)
-    assert suite.gateway.runtime()["routing.inference.inference_staging"] == str(before)
 
 
-def test_rest_journey_matches_grpc(suite, customers):
+def test_rest_journey_matches_grpc(suite, customers, canary_restored):
     username, password = f"rest-{uuid.uuid4().hex[:8]}", "pw-" + secrets.token_urlsafe(12)
     registered = suite.rest("POST", "/v1/auth/register", {"username": username, "password": password})
     assert registered.status == 200, registered.body
@@ -145,19 +154,26 @@ def test_rest_journey_matches_grpc(suite, customers):
     drift = suite.rest("GET", "/v1/monitoring/drift?window=200&format=json", token=admin, key="ops")
     assert drift.status == 200, drift.body[:500]
     assert drift.headers["content-type"].startswith("application/json")
-    assert json.loads(drift.body)  # the raw Evidently JSON, not wrapped by the transcoder
+    rest_drift = json.loads(drift.body)  # the report itself, not wrapped by the transcoder
+    grpc_drift = monitoring.GetDriftReport(monitoring_pb2.GetDriftReportRequest(window=200, format="json"),
+                                           metadata=suite.md(admin, key="ops"), timeout=60)
+    assert json.loads(grpc_drift.report.data) == rest_drift
+    summary = as_json(grpc_drift.summary)
+    assert (rest_drift["current_rows"], rest_drift["columns"]) == (200, FEATURE_COLUMNS)
+    for field in ("model_version", "reference_rows", "current_rows", "columns", "drifted_columns", "dataset_drift",
+                  "drift_share"):
+        assert rest_drift[field] == summary[field], field
+    assert list(rest_drift["by_column"]) == [c["column"] for c in summary["by_column"]]
     html = suite.rest("GET", "/v1/monitoring/drift?window=200", token=admin, key="ops")
     assert html.status == 200 and html.headers["content-type"].startswith("text/html")
 
     weight = suite.rest("GET", "/v1/canary", token=token)
-    assert weight.status == 200
-    before = weight.json()["percent"]
+    assert (weight.status, weight.json()) == (200, {"percent": 0})
     changed = suite.rest("POST", "/v1/canary", {"percent": 25}, token=admin, key="ops")
-    assert changed.status == 200 and changed.json() == {"percent": 25, "previous": before}, changed.body
+    assert changed.status == 200 and changed.json() == {"percent": 25, "previous": 0}, changed.body
     grpc_weight = monitoring.GetCanaryWeight(monitoring_pb2.GetCanaryWeightRequest(), metadata=suite.md(token),
                                              timeout=5)
     assert suite.rest("GET", "/v1/canary", token=token).json() == as_json(grpc_weight) == {"percent": 25}
-    assert suite.rest("POST", "/v1/canary", {"percent": before}, token=admin, key="ops").status == 200
 
 
 def test_rest_errors_map_to_http_statuses(suite, customers):

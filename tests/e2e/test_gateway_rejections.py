@@ -102,7 +102,12 @@ def test_the_same_calls_pass_with_the_right_credentials(suite, customers, agent_
     suite.stubs()[2].SetCanaryWeight(monitoring_pb2.SetCanaryWeightRequest(percent=current),
                                      metadata=suite.md(admin, key="ops"), timeout=5)
     assert suite.rpc_count("monitoring", "SetCanaryWeight") == before + 1
-    time.sleep(2.5)  # health checks run every second: they must not move the counter the tests rely on
+    # health checks (every second) must not move the counter the tests rely on: wait for two of them, then count
+    checks = suite.gateway.stat("cluster.monitoring.health_check.attempt")
+    deadline = time.monotonic() + 10
+    while suite.gateway.stat("cluster.monitoring.health_check.attempt") < checks + 2:
+        assert time.monotonic() < deadline, "Envoy stopped health-checking monitoring"
+        time.sleep(0.1)
     assert suite.gateway.stat("cluster.monitoring.upstream_rq_total") == upstream + 2  # Get + Set
 
 

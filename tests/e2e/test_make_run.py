@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import pathlib
 import signal
 import subprocess
 import sys
@@ -23,14 +23,26 @@ PORTS = ("AUTH_PORT", "AUTH_HTTP_PORT", "MONITORING_PORT", "MONITORING_HTTP_PORT
 PROCESSES = ("auth", "monitoring", "inference_production", "inference_staging", "gateway")
 
 
-def test_make_run_starts_serves_and_stops(trained_registry, tmp_path):
+def make(target: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`make <target>` with this interpreter's virtualenv, which the `make test` running this already set up
+    (`-o` keeps make from reinstalling it)."""
+    venv = pathlib.Path(sys.executable).parent.parent
+    return subprocess.run(["make", "--no-print-directory", target, f"VENV={venv}", "-o", f"{venv}/.installed"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_make_run_starts_serves_and_stops(tmp_path):
     env = base_env(tmp_path)
     env.update({name: str(free_port()) for name in PORTS})
     env.update(ARGON2_TIME_COST="1", ARGON2_MEMORY_KIB="1024", READY_TIMEOUT_SECONDS="180")
     for name in ("API_KEY", "OPS_API_KEY"):  # as on a fresh machine: init_secrets generates them
         env.pop(name)
-    # The session's registry (artifacts stay where training put them, by absolute path).
-    shutil.copy(os.path.join(trained_registry["DATA_DIR"], "mlflow.db"), tmp_path / "var" / "mlflow.db")
+    # `make model` for real: an empty DATA_DIR, so it trains and registers both aliases; then it does nothing
+    trained = make("model", env)
+    assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
+    assert "alias churn-model@production" in trained.stdout and "alias churn-model@staging" in trained.stdout
+    again = make("model", env)
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
 
     done = subprocess.run([sys.executable, "tools/init_secrets.py"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)

@@ -37,7 +37,8 @@ def test_sixth_login_in_a_minute_is_limited_per_client(suite, limited_gateway):
     assert forged.status == 429
 
 
-def test_predictions_are_limited_per_user_and_service_tokens_get_more(suite, limited_gateway, customers):
+def test_predictions_are_limited_per_user_and_service_tokens_get_more(suite, limited_gateway, customers,
+                                                                      production_reference):
     _, inference, _ = suite.stubs(limited_gateway)
     request = inference_pb2.PredictRequest(customer=customers[0])
     _, _, alice = suite.approved_agent("alice")
@@ -54,7 +55,8 @@ def test_predictions_are_limited_per_user_and_service_tokens_get_more(suite, lim
     assert suite.rest("POST", "/v1/predict", {"customer": _json(customers[0])}, token=alice,
                       gateway=limited_gateway).status == 429
     # Per user: bob still has his ten; a service token is far above the agents' class.
-    assert inference.Predict(request, metadata=suite.md(bob), timeout=10).prediction.probability >= 0
+    bobs = inference.Predict(request, metadata=suite.md(bob), timeout=10).prediction
+    assert bobs.probability == pytest.approx(float(production_reference.probability([customers[0]])[0]), abs=1e-6)
     for _ in range(30):
         inference.Predict(request, metadata=suite.md(suite.service_token), timeout=10)
 

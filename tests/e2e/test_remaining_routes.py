@@ -1,13 +1,16 @@
-"""The RPCs the journeys do not walk, each through the real Envoy: one call that works and one caller's mistake
-that comes back as a clear 4xx naming the field (never a 500)."""
+"""The RPCs the journeys do not walk, each through the real Envoy: calls that work (REST and gRPC compared where
+both exist); the caller-mistake table for every RPC is tests/e2e/test_caller_mistakes.py."""
 from __future__ import annotations
+
+import uuid
 
 import grpc
 import pytest
 from google.protobuf import json_format
 
-from churn.v1 import common_pb2, inference_pb2
+from churn.v1 import common_pb2, inference_pb2, monitoring_pb2
 from tests.e2e.conftest import TELCO_CSV
+from tests.e2e.test_flows import as_json, wait_feedback_matched
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +29,10 @@ def test_verify_session_and_list_users(suite):
     users = suite.rest("GET", "/v1/users", token=admin, key="ops")
     assert users.status == 200, users.body
     assert "admin" in {user["username"] for user in users.json()["users"]}
+    waiting = f"pending-{uuid.uuid4().hex[:8]}"
+    assert suite.rest("POST", "/v1/auth/register", {"username": waiting, "password": "Str0ng-passw0rd"}).status == 200
     pending = suite.rest("GET", "/v1/users?pending_only=true", token=admin, key="ops").json()["users"]
+    assert waiting in {user["username"] for user in pending} and "admin" not in {u["username"] for u in pending}
     assert all(user["approved"] is False for user in pending)
 
 
@@ -68,17 +74,32 @@ def test_reload_model_goes_to_the_named_alias_only(suite):
     assert suite.rest("POST", "/v1/model:reload", {}, token=admin, key="client").status == 403
 
 
-def test_metrics_update_and_model_versions(suite):
+def test_update_metrics_rest_equals_grpc(suite, customers, production_reference):
+    """After a prediction of the production version is logged, UpdateMetrics names that version; REST and gRPC
+    (asked back to back, nothing logged in between) give the same reply."""
+    _, inference, monitoring = suite.stubs()
+    agent = suite.approved_agent("metrics")[2]
+    predicted = inference.Predict(inference_pb2.PredictRequest(customer=customers[3]), metadata=suite.md(agent),
+                                  timeout=10).prediction
+    wait_feedback_matched(lambda pid: as_json(monitoring.SubmitFeedback(monitoring_pb2.SubmitFeedbackRequest(
+        rows=[monitoring_pb2.FeedbackRow(prediction_id=pid, churned=True)]), metadata=suite.md(agent), timeout=10)),
+        predicted.prediction_id)
     admin = suite.admin_token()
     updated = suite.rest("POST", "/v1/monitoring/metrics:update", {}, token=admin, key="ops")
     assert updated.status == 200, updated.body
-    assert "models" in updated.json()
-    versions = suite.rest("GET", "/v1/models/versions", token=admin)
+    by_grpc = monitoring.UpdateMetrics(monitoring_pb2.UpdateMetricsRequest(), metadata=suite.md(admin, key="ops"),
+                                       timeout=60)
+    assert updated.json() == as_json(by_grpc)
+    production = [m for m in by_grpc.models if m.model_version == production_reference.version]
+    assert len(production) == 1 and production[0].predictions >= 1 and production[0].labelled >= 1
+
+
+def test_model_versions_name_both_aliases(suite, production_reference):
+    versions = suite.rest("GET", "/v1/models/versions", token=suite.admin_token())
     assert versions.status == 200, versions.body
-    aliases = {alias for version in versions.json()["versions"] for alias in version["aliases"]}
-    assert {"production", "staging"} <= aliases
-    assert all(v["training_metrics"].get("roc_auc", 0) > 0.8 for v in versions.json()["versions"])
-    assert suite.rest("GET", "/v1/feedback?limit=-1", token=admin).status == 400
+    by_alias = {alias: version["version"] for version in versions.json()["versions"] for alias in version["aliases"]}
+    assert set(by_alias) == {"production", "staging"} and by_alias["production"] == production_reference.version
+    assert all(v["training_metrics"]["roc_auc"] > 0.8 for v in versions.json()["versions"])
 
 
 def test_upload_training_data_as_raw_csv(suite):

@@ -2,8 +2,8 @@
 nothing for internal RPCs, and every value taken from Settings / the access table."""
 from __future__ import annotations
 
+import json
 import re
-import urllib.parse
 
 import pytest
 import yaml
@@ -14,18 +14,23 @@ from gateway.__main__ import validate
 from services.common import canary_runtime
 from services.common.access import access_table
 from services.common.settings import Settings
+from tests.gateway.live_envoy import LiveEnvoy
 
 F = names.FILTER
 
 
-@pytest.fixture
-def env(tmp_path) -> dict[str, str]:
-    return {"DATA_DIR": str(tmp_path / "var"), "SECRETS_DIR": str(tmp_path / "secrets"), "API_KEY": "client-key-1",
+def live_env(folder) -> dict[str, str]:
+    return {"DATA_DIR": str(folder / "var"), "SECRETS_DIR": str(folder / "secrets"), "API_KEY": "client-key-1",
             "OPS_API_KEY": "ops-key-1", "AUTH_PORT": "41001", "AUTH_HTTP_PORT": "41002", "MONITORING_PORT": "41003",
             "INFERENCE_PRODUCTION_PORT": "41004", "INFERENCE_STAGING_PORT": "41005", "GATEWAY_PORT": "41006",
             "ENVOY_ADMIN_PORT": "41007", "AUTH_RATE_PER_MINUTE": "7", "PREDICT_RATE_PER_MINUTE": "11",
             "SERVICE_PREDICT_RATE_PER_MINUTE": "999", "CANARY_PERCENT": "15", "MAX_MESSAGE_MB": "9",
             "JWKS_CACHE_SECONDS": "17"}
+
+
+@pytest.fixture
+def env(tmp_path) -> dict[str, str]:
+    return live_env(tmp_path)
 
 
 @pytest.fixture
@@ -38,30 +43,28 @@ def config(settings) -> dict:
     return render.render(settings)
 
 
-def routes_of(config: dict) -> list[dict]:
-    """The routes that forward to a backend (the catch-all 404 and /healthz answer locally)."""
-    return [r for r in gateway_routes.routed_paths(config) if "route" in r]
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """The rendered config in the real Envoy (listener and admin on port 0, nothing behind the clusters)."""
+    workdir = tmp_path_factory.mktemp("live-envoy")
+    envoy = LiveEnvoy(Settings.from_env(dict(live_env(workdir), GATEWAY_PORT="0", ENVOY_ADMIN_PORT="0")), workdir)
+    yield envoy
+    envoy.stop()
 
 
-def match_route(routes: list[dict], method: str, path: str, headers: dict[str, str] | None = None) -> dict | None:
-    """Envoy's first-match route selection, for the matchers the renderer uses."""
-    path_only, _, query = path.partition("?")
-    params = dict(urllib.parse.parse_qsl(query))
-    all_headers = {":method": method, **(headers or {})}
-    for route in routes:
-        match = route["match"]
-        if "path" in match and path_only != match["path"]:
-            continue
-        if "prefix" in match and not path_only.startswith(match["prefix"]):
-            continue
-        if "safe_regex" in match and not re.fullmatch(match["safe_regex"]["regex"], path_only):
-            continue
-        if any(all_headers.get(h["name"]) != h["string_match"]["exact"] for h in match.get("headers", [])):
-            continue
-        if any(params.get(q["name"]) != q["string_match"]["exact"] for q in match.get("query_parameters", [])):
-            continue
-        return route
-    return None
+@pytest.fixture(scope="module")
+def live_config(live) -> dict:
+    return yaml.safe_load((live.admin_path.parent / "envoy.yaml").read_text())
+
+
+def by_name(config: dict) -> dict[str, dict]:
+    routes = list(gateway_routes.routed_paths(config))
+    named = {route["name"]: route for route in routes}
+    assert len(named) == len(routes), "route names are unique"
+    return named
+
+
+GRPC = {"content-type": "application/grpc"}
 
 
 def sample_path(template: str) -> str:
@@ -85,58 +88,58 @@ def test_validation_catches_a_broken_config(settings, tmp_path):
     assert done.returncode != 0
 
 
-def test_every_routed_rpc_has_one_route_for_grpc_and_rest(config):
-    routes = routes_of(config)
+def test_every_routed_rpc_has_one_route_for_grpc_and_rest(live):
+    """Envoy itself says which route each gRPC path and each REST binding takes."""
     bindings = gateway_routes.http_bindings()
+    routed = [(path, entry) for path, entry in access_table().items() if entry.routing != "internal"]
+    asked = [("POST", path, GRPC) for path, _ in routed]
+    asked += [(b.verb, sample_path(b.template), {}) for path, _ in routed for b in bindings[path]]
+    answers = iter(live.routes(asked))
+    grpc_routes = {path: next(answers) for path, _ in routed}
     checked = 0
-    for path, entry in access_table().items():
-        if entry.routing == "internal":
-            continue
-        grpc_route = match_route(routes, "POST", path)
-        assert grpc_route is not None, f"no route for gRPC {path}"
-        assert grpc_route["name"].endswith(entry.method), grpc_route["name"]
+    for path, entry in routed:
+        assert grpc_routes[path].endswith(entry.method), (path, grpc_routes[path])
         for binding in bindings[path]:
-            rest_route = match_route(routes, binding.verb, sample_path(binding.template))
-            assert rest_route is not None, f"no route for {binding.verb} {binding.template}"
-            assert rest_route["name"].split("_")[1] == entry.method, (binding, rest_route["name"])
+            rest_route = next(answers)
+            assert rest_route.split("_")[1] == entry.method, (binding, rest_route)
             if entry.rate != "none":  # shared rate-limit buckets need the very same route
-                assert rest_route is grpc_route, f"{path}: REST and gRPC on different routes"
+                assert rest_route == grpc_routes[path], f"{path}: REST and gRPC on different routes"
             checked += 1
     assert checked >= 20
 
 
-def test_same_rest_path_with_two_verbs_reaches_the_right_rpc(config):
-    routes = routes_of(config)
-    assert match_route(routes, "GET", "/v1/feedback")["name"].startswith("MonitoringService_GetFeedbackData")
-    assert match_route(routes, "POST", "/v1/feedback")["name"].startswith("MonitoringService_SubmitFeedback")
-    assert match_route(routes, "GET", "/v1/canary")["name"].startswith("MonitoringService_GetCanaryWeight")
-    assert match_route(routes, "POST", "/v1/canary")["name"].startswith("MonitoringService_SetCanaryWeight")
+def test_same_rest_path_with_two_verbs_reaches_the_right_rpc(live):
+    chosen = live.routes([("GET", "/v1/feedback", {}), ("POST", "/v1/feedback", {}), ("GET", "/v1/canary", {}),
+                          ("POST", "/v1/canary", {})])
+    expected = ["GetFeedbackData", "SubmitFeedback", "GetCanaryWeight", "SetCanaryWeight"]
+    assert [name.startswith(f"MonitoringService_{rpc}") for name, rpc in zip(chosen, expected)] == [True] * 4, chosen
 
 
-def test_unknown_paths_get_a_local_404(config):
-    routes = list(gateway_routes.routed_paths(config))
-    assert routes[-1]["match"] == {"prefix": "/"} and routes[-1]["direct_response"]["status"] == 404
-    assert match_route(routes, "GET", "/v1/nothing-here") is routes[-1]
-    assert match_route(routes, "POST", "/churn.v1.MonitoringService/RecordPredictions") is routes[-1]
+def test_unknown_paths_get_a_local_404(live, live_config):
+    routes = list(gateway_routes.routed_paths(live_config))
+    catch_all = routes[-1]
+    assert catch_all["match"] == {"prefix": "/"} and catch_all["direct_response"]["status"] == 404
+    assert live.routes([("GET", "/v1/nothing-here", {}),
+                        ("POST", "/churn.v1.MonitoringService/RecordPredictions", GRPC)]) == [catch_all["name"]] * 2
 
 
-def test_internal_rpcs_are_not_routed(config):
-    routes = routes_of(config)
+def test_internal_rpcs_are_not_routed(live, live_config):
+    catch_all = list(gateway_routes.routed_paths(live_config))[-1]["name"]
     internal = [e for e in access_table().values() if e.routing == "internal"]
     assert internal, "the contract has at least one internal RPC (RecordPredictions)"
-    for entry in internal:
-        assert match_route(routes, "POST", entry.path) is None
-        for binding in gateway_routes.http_bindings()[entry.path]:
-            assert match_route(routes, binding.verb, sample_path(binding.template)) is None
-    assert not any(entry.method in route["name"] for route in routes for entry in internal)
+    asked = [("POST", e.path, GRPC) for e in internal]
+    asked += [(b.verb, sample_path(b.template), {}) for e in internal for b in gateway_routes.http_bindings()[e.path]]
+    assert live.routes(asked) == [catch_all] * len(asked)
+    assert not any(e.method in name for name in by_name(live_config) for e in internal)
 
 
-def test_access_table_drives_keys_tokens_roles_and_limits(config, settings):
-    routes = routes_of(config)
-    for path, entry in access_table().items():
-        if entry.routing == "internal":
-            continue
-        route = match_route(routes, "POST", path)
+def test_access_table_drives_keys_tokens_roles_and_limits(live, live_config):
+    settings = Settings.from_env(live_env(live.admin_path.parent))  # the limits the live config was rendered with
+    named = by_name(live_config)
+    routed = [(path, entry) for path, entry in access_table().items() if entry.routing != "internal"]
+    chosen = live.routes([("POST", path, GRPC) for path, _ in routed])
+    for (path, entry), name in zip(routed, chosen):
+        route = named[name]
         per = route["typed_per_filter_config"]
         assert (per[F["jwt_authn"]].get("disabled") is True) == entry.public
         if entry.ops_key_only:
@@ -167,28 +170,31 @@ def test_access_table_drives_keys_tokens_roles_and_limits(config, settings):
             assert ("unavailable" in retry_on) == entry.retryable
 
 
-def test_canary_split_pins_and_alias_routes(config, settings):
-    routes = routes_of(config)
-    predict = match_route(routes, "POST", "/v1/predict")
+def test_canary_split_pins_and_alias_routes(live, live_config):
+    named = by_name(live_config)
+    predict, pinned, info_staging, info, reload_staging = (named[name] for name in live.routes([
+        ("POST", "/v1/predict", {}),
+        ("POST", "/churn.v1.InferenceService/Predict", dict(GRPC, **{names.PIN_HEADER: "staging"})),
+        ("GET", "/v1/model?alias=staging", {}),
+        ("GET", "/v1/model", {}),
+        ("POST", "/churn.v1.InferenceService/ReloadModel", dict(GRPC, **{names.PIN_HEADER: "staging"}))]))
     split = predict["route"]["weighted_clusters"]
     assert split["runtime_key_prefix"] == canary_runtime.RUNTIME_KEY_PREFIX
     assert {c["name"]: c["weight"] for c in split["clusters"]} == {"inference_production": 85, "inference_staging": 15}
     assert "retry_priority" in predict["route"]["retry_policy"]
-    pinned = match_route(routes, "POST", "/churn.v1.InferenceService/Predict", {names.PIN_HEADER: "staging"})
     assert pinned["route"]["cluster"] == names.STAGING_HOSTS_CLUSTER
     assert pinned["typed_per_filter_config"][F["api_key_auth"]]["allowed_clients"] == [names.OPS]
-    info = match_route(routes, "GET", "/v1/model?alias=staging")
-    assert info["route"]["cluster"] == names.STAGING_HOSTS_CLUSTER
-    assert match_route(routes, "GET", "/v1/model")["route"]["cluster"] == "inference_production"
-    reload_staging = match_route(routes, "POST", "/churn.v1.InferenceService/ReloadModel",
-                                 {names.PIN_HEADER: "staging"})
+    assert info_staging["route"]["cluster"] == names.STAGING_HOSTS_CLUSTER
+    assert info["route"]["cluster"] == "inference_production"
     assert reload_staging["route"]["cluster"] == names.STAGING_HOSTS_CLUSTER  # no fallback for alias-bound RPCs
-    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    clusters = {c["name"]: c for c in live_config["static_resources"]["clusters"]}
     aggregate = clusters["inference_staging"]["cluster_type"]["typed_config"]["clusters"]
     assert aggregate == [names.STAGING_HOSTS_CLUSTER, "inference_production"]
-    layers = config["layered_runtime"]["layers"]
-    assert layers == canary_runtime.runtime_layers(settings.data_dir, 15)
-    assert [next(k for k in layer if k != "name") for layer in layers] == ["static_layer", "disk_layer", "admin_layer"]
+    # Envoy's own view of the runtime: three layers, the rendered default weight in force
+    runtime = json.loads(live.get_admin("/runtime"))
+    assert runtime["layers"] == ["static_defaults", "persisted_weight", "admin"]
+    staging_key = f"{canary_runtime.RUNTIME_KEY_PREFIX}.inference_staging"
+    assert runtime["entries"][staging_key]["final_value"] == "15"
 
 
 def test_settings_flow_into_the_config(config, settings):

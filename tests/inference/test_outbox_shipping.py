@@ -37,23 +37,31 @@ def wait_for(condition, timeout: float = 20.0, what: str = "condition") -> None:
 
 # ---- the outbox alone ---------------------------------------------------------------------------------------------
 def test_outbox_group_commits_concurrent_rows_and_keeps_them_across_reopen(tmp_path, monkeypatch):
+    """The first commit is held open while 15 more appends queue behind it: they go out in ONE commit (no
+    dependence on how threads happen to interleave)."""
     outbox = Outbox(tmp_path / "o.db")
-    commits = []
+    commits, gate = [], threading.Event()
     real_commit = outbox._commit
-    monkeypatch.setattr(outbox, "_commit", lambda batch: (commits.append(len(batch)), real_commit(batch)))
 
-    def writer(t: int):
-        for i in range(50):
-            outbox.append([(f"t{t}-{i}", b"x")])
+    def held_commit(batch):
+        commits.append(sum(len(ticket.rows) for ticket in batch))
+        if len(commits) == 1:
+            assert gate.wait(10)
+        real_commit(batch)
+    monkeypatch.setattr(outbox, "_commit", held_commit)
 
-    threads = [threading.Thread(target=writer, args=(t,)) for t in range(16)]
-    for thread in threads:
+    first = threading.Thread(target=outbox.append, args=([(f"first-{i}", b"x") for i in range(785)],))
+    first.start()
+    wait_for(lambda: commits == [785], what="the first commit")
+    queued = [threading.Thread(target=outbox.append, args=([(f"t{t}", b"x")],)) for t in range(15)]
+    for thread in queued:
         thread.start()
-    for thread in threads:
-        thread.join()
-    assert sum(commits) == 800 and outbox.backlog() == 800
-    assert len(commits) < 800, "concurrent appends should share commits"
-    outbox.append([("t0-0", b"again")])  # a retried prediction id adds nothing
+    wait_for(lambda: len(outbox._queue) == 15, what="15 queued appends")
+    gate.set()
+    for thread in [first, *queued]:
+        thread.join(10)
+    assert commits == [785, 15] and outbox.backlog() == 800
+    outbox.append([("t0", b"again")])  # a retried prediction id adds nothing
     assert outbox.backlog() == 800
     outbox.close()
     reopened = Outbox(tmp_path / "o.db")

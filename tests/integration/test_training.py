@@ -1,8 +1,8 @@
-"""`python -m training` end to end on the real Telco data into a temporary MLflow registry."""
+"""`python -m training` end to end on the real Telco data, read from the suite-wide registry that
+tests/conftest.py's `trained_registry` trains once per session (rerunning it must reuse, never retrain)."""
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from services.common import features as F
+from services.common import mlflow_config
 from services.common.telco_csv import parse_telco_csv
 from services.common import model_registry as R
 from tests import natives
@@ -27,17 +28,14 @@ def run_training(env: dict[str, str], *args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("mlflow") / "var"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(DATA_DIR=str(data_dir), MODEL_NAME="churn-test")
-    output = run_training(env)
-    return env, data_dir, output
+def trained(trained_registry, settings):
+    """The suite-wide registry (tests/conftest.py trains it once per session): (env, DATA_DIR, model name)."""
+    return trained_registry, pathlib.Path(trained_registry["DATA_DIR"]), settings.model_name
 
 
 @pytest.fixture(scope="module")
-def registry(trained) -> R.ModelRegistry:
-    return R.ModelRegistry(f"sqlite:///{trained[1] / 'mlflow.db'}", "churn-test")
+def registry(trained, settings) -> R.ModelRegistry:
+    return R.ModelRegistry(mlflow_config.tracking_uri(settings), trained[2])
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +44,9 @@ def client(registry):
 
 
 def test_both_versions_registered_with_aliases_and_metrics(trained, client):
-    env, data_dir, output = trained
-    assert "alias churn-test@production" in output and "alias churn-test@staging" in output
-    production = client.get_model_version_by_alias("churn-test", R.ALIAS_PRODUCTION)
-    staging = client.get_model_version_by_alias("churn-test", R.ALIAS_STAGING)
+    env, data_dir, name = trained
+    production = client.get_model_version_by_alias(name, R.ALIAS_PRODUCTION)
+    staging = client.get_model_version_by_alias(name, R.ALIAS_STAGING)
     assert production.tags[R.TAG_FLAVOR] == "xgboost" and staging.tags[R.TAG_FLAVOR] == "sklearn"
     assert production.version != staging.version and production.tags[R.TAG_FINGERPRINT]
     assert production.source.startswith("models:/m-")
@@ -76,28 +73,31 @@ def test_artifacts_download_through_the_registry(trained, registry, tmp_path):
 
 
 def test_rerun_reuses_versions_and_if_missing_does_nothing(trained, client, registry):
-    env, _, _ = trained
-    before = len(client.search_model_versions("name = 'churn-test'"))
-    assert "reusing version" in run_training(env)
+    env, _, name = trained
+    before = {v.version for v in client.search_model_versions(f"name = '{name}'")}
+    staging = registry.version_for("staging")
+    rerun = run_training(env)
+    assert "reusing version" in rerun and f"alias {name}@staging -> version {staging} (sklearn)" in rerun
     assert "nothing to do" in run_training(env, "--if-missing")
-    assert len(client.search_model_versions("name = 'churn-test'")) == before
-    out = run_training(env, "--staging-flavor", "xgboost")
-    assert registry.get(registry.version_for("staging")).flavor == "xgboost"
-    assert len(client.search_model_versions("name = 'churn-test'")) == before, out
-    run_training(env)  # back to the default aliases for the other tests
-    assert registry.get(registry.version_for("staging")).flavor == "sklearn"
+    try:
+        out = run_training(env, "--staging-flavor", "xgboost")
+        assert registry.get(registry.version_for("staging")).flavor == "xgboost"
+        assert {v.version for v in client.search_model_versions(f"name = '{name}'")} == before, out
+    finally:  # the suite-wide registry: every other test expects the default aliases
+        run_training(env)
+    assert registry.version_for("staging") == staging
 
 
 @pytest.mark.parametrize("alias", ["production", "staging"])
-def test_pyfunc_in_a_fresh_process_matches_the_native_model(trained, registry, alias, tmp_path):
-    env, data_dir, _ = trained
+def test_pyfunc_in_a_fresh_process_matches_the_native_model(trained, settings, registry, alias, tmp_path):
+    env, data_dir, name = trained
     rows = ROOT / "data" / "telco_churn.csv"
     script = (
         "import sys, json\n"
         f"sys.path = [p for p in sys.path if p not in ({str(ROOT)!r}, {str(ROOT / 'gen')!r})]\n"
         "import mlflow, pandas as pd\n"
-        f"mlflow.set_tracking_uri({('sqlite:///' + str(data_dir / 'mlflow.db'))!r})\n"
-        f"m = mlflow.pyfunc.load_model('models:/churn-test@{alias}')\n"
+        f"mlflow.set_tracking_uri({mlflow_config.tracking_uri(settings)!r})\n"
+        f"m = mlflow.pyfunc.load_model('models:/{name}@{alias}')\n"
         f"df = pd.read_csv({str(rows)!r}, dtype={{'TotalCharges': str}}).iloc[480:520]\n"
         "df['TotalCharges'] = pd.to_numeric(df['TotalCharges'].str.strip(), errors='coerce')\n"
         "print(json.dumps([float(p) for p in m.predict(df.drop(columns=['customerID', 'Churn']))]))\n"

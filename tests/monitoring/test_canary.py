@@ -14,10 +14,10 @@ import urllib.request
 import pytest
 from churn.v1 import monitoring_pb2
 
+from gateway.__main__ import envoy_binary
 from services.common import canary_runtime as CR
 from tests.monitoring.conftest import start_monitoring
 
-ENVOY = pathlib.Path(__file__).resolve().parents[2] / ".venv" / "bin" / "envoy"
 DEFAULT_PERCENT = 10
 
 
@@ -55,7 +55,7 @@ class Envoy:
         self.address_path = folder / "admin-address.txt"
         self.address_path.unlink(missing_ok=True)
         self.log = open(folder / "envoy.log", "ab")
-        self.process = subprocess.Popen([str(ENVOY), "-c", str(config), "--disable-hot-restart", "-l", "warning",
+        self.process = subprocess.Popen([envoy_binary(), "-c", str(config), "--disable-hot-restart", "-l", "warning",
                                          "--admin-address-path", str(self.address_path)],
                                         stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
