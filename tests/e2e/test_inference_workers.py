@@ -69,19 +69,19 @@ def predict_many(process, suite, customers, count: int) -> list[str]:
             channel.close()
 
 
-def test_two_workers_share_the_port_and_the_metrics(pool, suite, customers):
-    process, _, _, versions, data_dir = pool
+def test_two_workers_share_a_port_reload_together_restart_and_stop(pool, suite, customers):
+    """One test, in this order: each step needs the state the one before left (random test order elsewhere)."""
+    process, registry, name, versions, data_dir = pool
+    # Both workers serve the port, each with its own outbox; /metrics adds them up.
     assert len(children(process.process.pid)) == 2
     before = metric_total(process.http_port, method="Predict", code="OK")
     assert predict_many(process, suite, customers, CALLS) == [versions[0]] * CALLS
     assert metric_total(process.http_port, method="Predict", code="OK") == before + CALLS
-    per_worker = [outbox_rows(data_dir / name) for name in ("inference-production-outbox.db",
+    per_worker = [outbox_rows(data_dir / file) for file in ("inference-production-outbox.db",
                                                             "inference-production-w1-outbox.db")]
     assert sum(per_worker) >= CALLS and min(per_worker) > 0, per_worker  # both processes answered
 
-
-def test_a_reload_through_one_worker_reaches_both(pool, suite, customers):
-    process, registry, name, versions, _ = pool
+    # A reload through one worker has reached both when it answers.
     registry.client.set_registered_model_alias(name, "production", versions[1])
     with grpc.insecure_channel(process.address) as channel:
         reply = inference_pb2_grpc.InferenceServiceStub(channel).ReloadModel(
@@ -90,9 +90,7 @@ def test_a_reload_through_one_worker_reaches_both(pool, suite, customers):
     assert (reply.previous.version, reply.current.version, reply.changed) == (versions[0], versions[1], True)
     assert set(predict_many(process, suite, customers, 64)) == {versions[1]}
 
-
-def test_a_killed_worker_is_restarted_and_sigterm_stops_all(pool, suite, customers):
-    process, *_ = pool
+    # A killed worker is restarted; the survivor answers meanwhile; SIGTERM stops all.
     first, second = children(process.process.pid)
     os.kill(second, signal.SIGKILL)
     deadline = time.monotonic() + 120
@@ -102,7 +100,7 @@ def test_a_killed_worker_is_restarted_and_sigterm_stops_all(pool, suite, custome
             break
         time.sleep(0.2)
     assert first in alive and len(alive) == 2 and second not in alive
-    assert len(predict_many(process, suite, customers, 32)) == 32  # the survivor answers while the new one loads
+    assert len(predict_many(process, suite, customers, 32)) == 32
     assert "worker died; restarting" in process.logs()
     assert process.stop() == 0
     assert not [pid for pid in (first, *alive) if pathlib.Path(f"/proc/{pid}").exists()]
