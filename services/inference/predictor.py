@@ -16,7 +16,7 @@ from churn.v1 import common_pb2, inference_pb2, monitoring_pb2
 from google.protobuf import timestamp_pb2
 
 from services.common import features as F
-from services.common import telco_csv
+from services.common import prediction_record, telco_csv
 from services.common.errors import InvalidInput, ResourceExhausted
 from services.inference import explain, metrics
 from services.inference.model import LoadedModel, ModelHolder
@@ -74,6 +74,9 @@ class Predictor:
         """Score typed customers. `label` names fields in errors (`customers[3].tenure`, or `customer.tenure`)."""
         started = time.perf_counter()
         self._check_rows(len(customers), label if isinstance(label, str) else label(0))
+        row_label = label if callable(label) else (lambda i: f"{label}[{i}]")
+        prediction_record.check_customer_ids([c.customer_id for c in customers],
+                                             lambda i: f"{row_label(i)}.customer_id")
         X = F.encode_customers(customers, label=label)
         return self._score(X, customers, [c.customer_id for c in customers], request_id=request_id,
                            explain_top_k=explain_top_k, method=method, started=started, first_index=first_index)
@@ -82,6 +85,7 @@ class Predictor:
         """Score a Telco CSV; with a Churn column, also the accuracy against it (rows with a blank label skipped)."""
         started = time.perf_counter()
         parsed = telco_csv.parse_telco_csv(data, self.limits.max_csv_bytes, self.limits.max_csv_rows)
+        prediction_record.check_customer_ids(parsed.customer_ids, lambda i: f"csv line {parsed.lines[i]}: customerID")
         scored = self._score(parsed.encoded, parsed.customers(), parsed.customer_ids, request_id=request_id,
                              explain_top_k=explain_top_k, method="PredictCsv", started=started)
         accuracy = None
@@ -128,7 +132,8 @@ class Predictor:
         self._outbox.append([(prediction.prediction_id, monitoring_pb2.PredictionRecord(
             prediction_id=prediction.prediction_id, customer=customer, churn=prediction.churn,
             probability=prediction.probability, model=prediction.model, latency_ms=latency_ms, predicted_at=now,
-            request_id=request_id).SerializeToString()) for prediction, customer in zip(predictions, customers)])
+            request_id=prediction_record.bounded_request_id(request_id)).SerializeToString())
+            for prediction, customer in zip(predictions, customers)])
 
     def explain(self, customers: Sequence[common_pb2.Customer]) -> tuple[list[inference_pb2.Explanation], LoadedModel]:
         """Full TreeSHAP per customer field; base + Σ shap_value == margin (log-odds for both flavours)."""
