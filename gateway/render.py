@@ -22,6 +22,7 @@ from gateway.names import (API_KEY_HEADER, AUTH_CLUSTER, CLIENT, DESCRIPTOR_SET,
                            SUB_HEADER, T, typed)
 from gateway.routes import build_routes, transcoded_services
 from services.common import canary_runtime
+from services.common.direct_calls import GATEWAY_HEADER
 from services.common.settings import Settings
 
 
@@ -130,6 +131,15 @@ ACCESS_LOG_FORMAT = {
 }
 
 
+def _gateway_stamp(settings: Settings) -> dict:
+    """Every forwarded call carries the gateway secret (a client's own value is overwritten, or removed when no
+    secret is set), so services can tell Envoy's calls from direct ones (services/common/direct_calls.py)."""
+    if not settings.gateway_secret:
+        return {"request_headers_to_remove": [GATEWAY_HEADER]}
+    return {"request_headers_to_add": [{"header": {"key": GATEWAY_HEADER, "value": settings.gateway_secret},
+                                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]}
+
+
 def _listener(settings: Settings, descriptor: pathlib.Path) -> dict:
     hcm = typed(
         "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -145,6 +155,7 @@ def _listener(settings: Settings, descriptor: pathlib.Path) -> dict:
             log_format={"json_format": ACCESS_LOG_FORMAT})}],
         route_config={
             "name": "churn",
+            **_gateway_stamp(settings),
             "virtual_hosts": [{
                 "name": "churn",
                 "domains": ["*"],

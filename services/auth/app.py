@@ -94,7 +94,7 @@ def _bootstrap_admin(app: AuthApp) -> None:
 
 def start(app: AuthApp, *, port: int | None = None, http_port: int | None = None) -> ServiceHost:
     settings = app.settings
-    interceptor = ServiceInterceptor(app.verifier(), settings.api_key, settings.ops_api_key)
+    interceptor = ServiceInterceptor.from_settings(app.verifier(), settings)
     servicer = AuthServicer(app.accounts, settings.secure_cookie)
     routes = {JWKS_PATH: lambda: ("200 OK", "application/json", app.keys.jwks_bytes())}
     host = start_server(

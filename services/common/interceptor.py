@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 
 import grpc
 from google.protobuf import any_pb2, descriptor_pool
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from services.common import identity
+from services.common import direct_calls, identity
 from services.common.access import MethodAccess, access_table
 from services.common.errors import (AlreadyExists, DomainError, FailedPrecondition, InvalidInput, NotFound, NotReady,
                                     PermissionDenied, ResourceExhausted, Unauthenticated)
@@ -93,11 +92,22 @@ def status_for(error: DomainError) -> status_pb2.Status:
 
 
 class ServiceInterceptor(grpc.ServerInterceptor):
-    def __init__(self, verifier: identity.TokenVerifier, api_key: str, ops_api_key: str):
+    def __init__(self, verifier: identity.TokenVerifier, api_key: str, ops_api_key: str, *,
+                 gateway_secret: str = "", direct_auth_rate_per_minute: int = 0):
+        """`gateway_secret` tells calls forwarded by Envoy from direct ones; `direct_auth_rate_per_minute` (0 =
+        off) limits the `auth` rate class per peer for direct calls (see services.common.direct_calls)."""
         self._verifier = verifier
         self._all_keys = (api_key, ops_api_key)
         self._ops_keys = (ops_api_key,)
         self._table = access_table()
+        self._gateway_secret = gateway_secret
+        self._direct_limit = (direct_calls.PeerRateLimit(direct_auth_rate_per_minute)
+                              if direct_auth_rate_per_minute > 0 else None)
+
+    @classmethod
+    def from_settings(cls, verifier: identity.TokenVerifier, settings) -> "ServiceInterceptor":
+        return cls(verifier, settings.api_key, settings.ops_api_key, gateway_secret=settings.gateway_secret,
+                   direct_auth_rate_per_minute=settings.direct_auth_rate_per_minute)
 
     def _authenticate(self, entry: MethodAccess, metadata: dict[str, str]) -> identity.Caller | None:
         route_keys = self._ops_keys if entry.ops_key_only else self._all_keys
@@ -130,8 +140,11 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
     def _begin(self, entry: MethodAccess, context) -> tuple:
         metadata = {key: value for key, value in context.invocation_metadata() if isinstance(value, str)}
-        request_id = metadata.get("x-request-id") or uuid.uuid4().hex
+        through_gateway = direct_calls.via_gateway(metadata, self._gateway_secret)
+        request_id = direct_calls.request_id(metadata.get("x-request-id"), through_gateway)
         tokens = (request_id_var.set(request_id), identity.set_current_caller(None))
+        if self._direct_limit is not None and entry.rate == "auth" and not through_gateway:
+            self._direct_limit.check(context.peer())
         identity.set_current_caller(self._authenticate(entry, metadata))
         return tokens
 

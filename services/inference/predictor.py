@@ -2,7 +2,8 @@
 calling thread → optional reasons → commit the outbox rows → answer.
 
 Prediction ids are `<request id>-<row>`: Envoy gives every request an `x-request-id` and keeps it on retries, so a
-retried request produces the same ids and monitoring drops the duplicate.
+retried request produces the same ids and monitoring drops the duplicate. A direct caller's own id gets a server
+nonce first (services/common/direct_calls.py), so a repeated id never drops a prediction.
 """
 from __future__ import annotations
 

@@ -79,7 +79,7 @@ def start(settings: Settings, verifier: identity.TokenVerifier, *, parts: Monito
         register=lambda server: monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(
             MonitoringServicer(parts), server),
         service_names=[SERVICE_NAME],
-        interceptor=ServiceInterceptor(verifier, settings.api_key, settings.ops_api_key))
+        interceptor=ServiceInterceptor.from_settings(verifier, settings))
     jobs = [Periodic("metrics-update", metrics_seconds or settings.metrics_update_seconds, parts.updater.update,
                      first_delay=1.0).start()]
     if reconcile_seconds > 0:

@@ -26,6 +26,7 @@ def auth_settings(workdir, database_url: str, **extra: str) -> Settings:
     env = {"DATA_DIR": str(workdir), "SECRETS_DIR": str(workdir / "secrets"), "BIND_HOST": "127.0.0.1",
            "API_KEY": "client-" + secrets.token_hex(8), "OPS_API_KEY": "ops-" + secrets.token_hex(8),
            "USERS_DATABASE_URL": database_url, "KEY_PROPAGATION_SECONDS": "1", "ACCESS_TOKEN_TTL_SECONDS": "300",
+           "DIRECT_AUTH_RATE_PER_MINUTE": "0",  # these tests log in directly many times; test_direct_calls.py
            "SESSION_CHECK_SECONDS": "1", "JWKS_CACHE_SECONDS": "1", **CHEAP_ARGON2, **extra}
     return Settings.from_env(env)
 
