@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.db import private_folder
 from services.common.interceptor import ServiceInterceptor
 from services.common.metrics import HttpRoute, SideHttpServer
 from services.common.settings import Settings
@@ -64,6 +65,7 @@ def start_server(
 ) -> ServiceHost:
     """Build, bind and start a server. `register` adds the servicers; `reflect` adds extra service names to
     reflection (the gateway's designated backend reflects every churn.v1 service)."""
+    private_folder(settings.data_dir)  # stores, outboxes and the registry live below it
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
                          interceptors=[interceptor], options=settings.grpc_options())
     register(server)

@@ -76,6 +76,8 @@ class Settings:
     ops_api_key: str
     # Envoy stamps forwarded calls with it (x-churn-gateway); services trust request ids only from such calls.
     gateway_secret: str = dataclasses.field(repr=False)
+    # Encrypts auth's private signing keys in the users store (the store alone never signs).
+    signing_key_secret: str = dataclasses.field(repr=False)
     users_database_url: str
     # Models.
     model_name: str
@@ -151,6 +153,7 @@ class Settings:
             api_key=_secret(env, "API_KEY", secrets_dir),
             ops_api_key=_secret(env, "OPS_API_KEY", secrets_dir),
             gateway_secret=_secret(env, "GATEWAY_SECRET", secrets_dir),
+            signing_key_secret=_secret(env, "SIGNING_KEY_SECRET", secrets_dir),
             users_database_url=env.get("USERS_DATABASE_URL") or f"sqlite:///{data_dir / 'users.db'}",
             model_name=env.get("MODEL_NAME", "churn-model"),
             model_alias=env.get("MODEL_ALIAS", "production"),
