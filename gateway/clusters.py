@@ -24,6 +24,23 @@ def _retry_budget(percent: float) -> dict:
                                                                     "min_retry_concurrency": 32}}]}
 
 
+def _outlier_detection() -> dict:
+    """Eject a host only for failures of its own: errors it answered (gRPC INTERNAL/UNAVAILABLE/... map to 5xx)
+    counted apart from local-origin events (connect failures, resets, timeouts: `split_external_local_origin_errors`).
+    Caller mistakes never reach a host (the transcoder answers unmappable requests, services answer 4xx), so they
+    count for nothing. A dead host is also caught by the active health checks."""
+    return {
+        "split_external_local_origin_errors": True,
+        "consecutive_5xx": 5,
+        "consecutive_gateway_failure": 3,
+        "enforcing_consecutive_gateway_failure": 100,
+        "consecutive_local_origin_failure": 5,
+        "interval": "5s",
+        "base_ejection_time": "10s",
+        "max_ejection_percent": 100,
+    }
+
+
 def _grpc_cluster(settings: Settings, name: str, host: str, port: int, health_service: str,
                   alias: str | None = None) -> dict:
     return {
@@ -46,14 +63,7 @@ def _grpc_cluster(settings: Settings, name: str, host: str, port: int, health_se
             "grpc_health_check": {"service_name": health_service},
         }],
         "circuit_breakers": _retry_budget(25.0),
-        "outlier_detection": {
-            "consecutive_5xx": 5,
-            "consecutive_gateway_failure": 3,
-            "enforcing_consecutive_gateway_failure": 100,
-            "interval": "5s",
-            "base_ejection_time": "10s",
-            "max_ejection_percent": 100,
-        },
+        "outlier_detection": _outlier_detection(),
     }
 
 

@@ -72,22 +72,26 @@ def _http_filters(settings: Settings, descriptor: pathlib.Path) -> list[dict]:
          "typed_config": typed(T + "rbac.v3.RBAC", rules={"action": "ALLOW", "policies": {}})},
         {"name": FILTER["local_ratelimit"], "typed_config": typed(
             T + "local_ratelimit.v3.LocalRateLimit", stat_prefix="local_rate_limit")},
+        {"name": FILTER["health_check"], "typed_config": typed(
+            T + "health_check.v3.HealthCheck",
+            pass_through_mode=False,
+            headers=[{"name": ":path", "string_match": {"exact": HEALTHZ_PATH}}],
+            cluster_min_healthy_percentages={name: {"value": 100.0} for name in health_clusters})},
         {"name": FILTER["grpc_json_transcoder"], "typed_config": typed(
             T + "grpc_json_transcoder.v3.GrpcJsonTranscoder",
             proto_descriptor=str(descriptor),
             services=transcoded_services(),
             match_incoming_request_route=True,
+            # A non-gRPC request no HTTP rule maps (wrong verb, unknown path or query parameter, JSON to a gRPC path)
+            # is answered here, never forwarded raw to a gRPC server (which resets it: a caller's mistake would
+            # look like an upstream failure).
+            request_validation_options={"reject_unknown_method": True, "reject_unknown_query_parameters": True},
             convert_grpc_status=True,
             case_insensitive_enum_parsing=True,
             max_request_body_size=settings.max_message_bytes,
             max_response_body_size=settings.max_message_bytes,
             print_options={"always_print_primitive_fields": True, "preserve_proto_field_names": True,
                            "add_whitespace": False, "always_print_enums_as_ints": False})},
-        {"name": FILTER["health_check"], "typed_config": typed(
-            T + "health_check.v3.HealthCheck",
-            pass_through_mode=False,
-            headers=[{"name": ":path", "string_match": {"exact": HEALTHZ_PATH}}],
-            cluster_min_healthy_percentages={name: {"value": 100.0} for name in health_clusters})},
         {"name": FILTER["router"], "typed_config": typed(T + "router.v3.Router")},
     ]
 
@@ -131,6 +135,27 @@ ACCESS_LOG_FORMAT = {
 }
 
 
+LOCAL_REPLY_MESSAGES = {  # fixed texts: Envoy's own would repeat the caller's path or field names
+    404: "no such route: the verb, path or query parameters match no method of the API",
+    400: "the request does not match the method's JSON form (unknown field or query parameter, or unparsable body)",
+}
+
+
+def _local_replies() -> dict:
+    """Every reply Envoy makes itself is JSON `{"code", "message"}`; the transcoder's 404/400 (and the catch-all
+    route's 404) get the fixed messages above instead of texts that repeat the caller's input."""
+    def body(message: str) -> dict:
+        return {"json_format": {"code": "%RESPONSE_CODE%", "message": message}}
+
+    def status(code: int) -> dict:
+        return {"status_code_filter": {"comparison": {"op": "EQ", "value": {
+            "default_value": code, "runtime_key": f"local_reply.code_{code}"}}}}
+
+    return {"mappers": [{"filter": status(code), "body_format_override": body(message)}
+                        for code, message in LOCAL_REPLY_MESSAGES.items()],
+            "body_format": body("%LOCAL_REPLY_BODY%")}
+
+
 def _gateway_stamp(settings: Settings) -> dict:
     """Every forwarded call carries the gateway secret (a client's own value is overwritten, or removed when no
     secret is set), so services can tell Envoy's calls from direct ones (services/common/direct_calls.py)."""
@@ -164,6 +189,7 @@ def _listener(settings: Settings, descriptor: pathlib.Path) -> dict:
             }],
         },
         http_filters=_http_filters(settings, descriptor),
+        local_reply_config=_local_replies(),
     )
     return {
         "name": "gateway",
