@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import urllib.parse
 
-from gateway.names import (AUTH_CLUSTER, HEALTH_INTERVAL, HEALTH_TIMEOUT, JWKS_CLUSTER, METADATA_NS,
+from gateway.names import (AUTH_CLUSTER, HEALTH_INTERVAL, HEALTH_TIMEOUT, HEALTHZ_CLUSTER, JWKS_CLUSTER, METADATA_NS,
                            MONITORING_CLUSTER, PRODUCTION_CLUSTER, STAGING_CLUSTER, STAGING_HOSTS_CLUSTER, typed)
 from services.common.settings import Settings
 
@@ -67,6 +67,11 @@ def _grpc_cluster(settings: Settings, name: str, host: str, port: int, health_se
     }
 
 
+def _http_cluster(name: str, host: str, port: int) -> dict:
+    return {"name": name, "type": "STRICT_DNS", "dns_lookup_family": "V4_PREFERRED", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [_endpoint(host, port)]}]}}
+
+
 def clusters(settings: Settings) -> list[dict]:
     jwks = urllib.parse.urlsplit(settings.jwks_url)
     if jwks.scheme != "http" or not jwks.hostname or not jwks.port:
@@ -92,6 +97,7 @@ def clusters(settings: Settings) -> list[dict]:
                 "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig",
                 clusters=[STAGING_HOSTS_CLUSTER, PRODUCTION_CLUSTER])},
         },
+        _http_cluster(HEALTHZ_CLUSTER, settings.monitoring_host, settings.monitoring_http_port),
         {
             "name": JWKS_CLUSTER,
             "type": "STRICT_DNS",

@@ -56,7 +56,6 @@ def _http_filters(settings: Settings, descriptor: pathlib.Path) -> list[dict]:
         raise ValueError("API_KEY and OPS_API_KEY must be set (run tools/init_secrets.py); no default key works")
     if settings.api_key == settings.ops_api_key:
         raise ValueError("API_KEY and OPS_API_KEY must differ")
-    health_clusters = [AUTH_CLUSTER, MONITORING_CLUSTER, PRODUCTION_CLUSTER]
     return [
         {"name": FILTER["header_mutation"], "typed_config": typed(
             T + "header_mutation.v3.HeaderMutation",
@@ -72,11 +71,6 @@ def _http_filters(settings: Settings, descriptor: pathlib.Path) -> list[dict]:
          "typed_config": typed(T + "rbac.v3.RBAC", rules={"action": "ALLOW", "policies": {}})},
         {"name": FILTER["local_ratelimit"], "typed_config": typed(
             T + "local_ratelimit.v3.LocalRateLimit", stat_prefix="local_rate_limit")},
-        {"name": FILTER["health_check"], "typed_config": typed(
-            T + "health_check.v3.HealthCheck",
-            pass_through_mode=False,
-            headers=[{"name": ":path", "string_match": {"exact": HEALTHZ_PATH}}],
-            cluster_min_healthy_percentages={name: {"value": 100.0} for name in health_clusters})},
         {"name": FILTER["grpc_json_transcoder"], "typed_config": typed(
             T + "grpc_json_transcoder.v3.GrpcJsonTranscoder",
             proto_descriptor=str(descriptor),

@@ -39,7 +39,7 @@ def config(settings) -> dict:
 
 
 def routes_of(config: dict) -> list[dict]:
-    """The routes that forward to a backend (the catch-all 404 and /healthz answer locally)."""
+    """The routes that forward to a backend (the catch-all 404 answers locally)."""
     return [r for r in gateway_routes.routed_paths(config) if "route" in r]
 
 
@@ -200,7 +200,7 @@ def test_settings_flow_into_the_config(config, settings):
     ports = {name: c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
              ["port_value"] for name, c in clusters.items() if "load_assignment" in c}
     assert ports == {"auth": 41001, "auth_jwks": 41002, "monitoring": 41003, "inference_production": 41004,
-                     "inference_staging_hosts": 41005}
+                     "inference_staging_hosts": 41005, "monitoring_http": settings.monitoring_http_port}
     for name in ("auth", "monitoring", "inference_production", "inference_staging_hosts"):
         assert clusters[name]["health_checks"][0]["grpc_health_check"]["service_name"].startswith("churn.v1.")
         assert "outlier_detection" in clusters[name]
@@ -208,9 +208,9 @@ def test_settings_flow_into_the_config(config, settings):
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     assert hcm["use_remote_address"] is True and hcm["codec_type"] == "AUTO"
     filter_names = [f["name"] for f in hcm["http_filters"]]
-    # /healthz is answered before the transcoder, which refuses every non-gRPC request it cannot map
+    # /healthz is routed to monitoring's side port (Envoy's view as JSON), past the transcoder
     assert filter_names == [F[n] for n in ("header_mutation", "cors", "api_key_auth", "jwt_authn", "rbac", "local_ratelimit",
-                                    "health_check", "grpc_json_transcoder", "router")]
+                                    "grpc_json_transcoder", "router")]
     filters = {f["name"]: f["typed_config"] for f in hcm["http_filters"]}
     transcoder = filters[F["grpc_json_transcoder"]]
     assert transcoder["max_request_body_size"] == transcoder["max_response_body_size"] == 9 * 1024 * 1024
