@@ -31,10 +31,12 @@ class Limits:
     max_batch_rows: int
     max_csv_bytes: int
     max_csv_rows: int
+    max_reply_bytes: int = 16 * 1024 * 1024  # the one message size (MAX_MESSAGE_MB): a reply must fit it too
 
     @classmethod
     def from_settings(cls, settings) -> "Limits":
-        return cls(settings.max_batch_rows, settings.max_message_bytes, settings.max_csv_rows)
+        return cls(settings.max_batch_rows, settings.max_message_bytes, settings.max_csv_rows,
+                   settings.max_message_bytes)
 
 
 @dataclasses.dataclass
@@ -115,6 +117,7 @@ class Predictor:
                 prediction.reasons.extend(inference_pb2.Reason(feature=f, value=v, contribution=x)
                                           for f, v, x in reasons[i])
             predictions.append(prediction)
+        self._check_reply_size(predictions, explain_top_k)
         latency_ms = (time.perf_counter() - started) * 1000.0
         self._log(predictions, customers, request_id, latency_ms)
         n_churn = int(churn.sum())
@@ -124,6 +127,17 @@ class Predictor:
             metrics.PREDICTIONS.labels(model.version, model.alias, "no_churn").inc(len(predictions) - n_churn)
         metrics.BATCH_ROWS.labels(method).observe(len(predictions))
         return Scored(predictions, model)
+
+    def _check_reply_size(self, predictions: list[inference_pb2.Prediction], explain_top_k: int) -> None:
+        """A reply over the message size would fail after the fact (the caller gets nothing, yet every row would be
+        logged): refuse it before anything is logged. Exact sizes are summed only when a generous bound per row
+        (ids of 128 characters, reasons of long values) does not already show it fits: not on the hot path."""
+        if len(predictions) * (600 + 300 * explain_top_k) <= self.limits.max_reply_bytes:
+            return
+        size = sum(p.ByteSize() + 5 for p in predictions)  # + the repeated field's tag and length per row
+        if size > self.limits.max_reply_bytes:
+            raise ResourceExhausted(f"the reply would be {size} bytes, the limit is {self.limits.max_reply_bytes}: "
+                                    f"send fewer rows{' or a smaller explain_top_k' if explain_top_k else ''}")
 
     def _log(self, predictions: list[inference_pb2.Prediction], customers: Sequence[common_pb2.Customer],
              request_id: str, latency_ms: float) -> None:

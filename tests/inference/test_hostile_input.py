@@ -107,3 +107,28 @@ def test_stream_answers_each_bad_message_and_goes_on(served):
     assert replies[1].error.code == INVALID.value[0] and "customer.monthly_charges" in replies[1].error.message
     assert "customer.customer_id" in replies[3].error.message
     assert "cannot be parsed" in replies[4].error.message
+
+
+def test_a_reply_over_the_message_size_is_refused_before_anything_is_logged(settings, keys, tmp_path):
+    """Issue 13 item 7: PredictCsv of 50,000 rows with explain_top_k 19 scored for 15 s, logged every row, then
+    failed on the 16 MiB reply. The same shape at a small limit: RESOURCE_EXHAUSTED naming the size, nothing
+    logged; without reasons the same rows fit and are logged."""
+    from services.inference.predictor import Limits
+    from tests.inference.test_bad_input import TELCO_CSV
+
+    limits = Limits(max_batch_rows=1000, max_csv_bytes=1 << 20, max_csv_rows=1000, max_reply_bytes=20_000)
+    inference = start_app(settings, keys, tmp_path, "production", limits=limits)
+    client = Client(f"127.0.0.1:{inference.port}", settings, keys)
+    try:
+        body = b"\n".join(TELCO_CSV.read_bytes().split(b"\n")[:201]) + b"\n"
+        with pytest.raises(grpc.RpcError) as caught:
+            client.stub.PredictCsv(inference_pb2.PredictCsvRequest(csv=csv(body)[1].csv, explain_top_k=19),
+                                   metadata=client.metadata(), timeout=60)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, caught.value.details()
+        assert "explain_top_k" in caught.value.details() and inference.outbox.backlog() == 0
+        reply = client.stub.PredictCsv(inference_pb2.PredictCsvRequest(csv=csv(body)[1].csv),
+                                       metadata=client.metadata(), timeout=60)
+        assert len(reply.predictions) == 200 and inference.outbox.backlog() == 200
+    finally:
+        client.close()
+        inference.stop(1)
