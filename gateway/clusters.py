@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import urllib.parse
 
-from gateway.names import (AUTH_CLUSTER, HEALTH_INTERVAL, HEALTH_TIMEOUT, JWKS_CLUSTER, METADATA_NS,
+from gateway.names import (AUTH_CLUSTER, HEALTH_INTERVAL, HEALTH_TIMEOUT, HEALTHZ_CLUSTER, JWKS_CLUSTER, METADATA_NS,
                            MONITORING_CLUSTER, PRODUCTION_CLUSTER, STAGING_CLUSTER, STAGING_HOSTS_CLUSTER, typed)
 from services.common.settings import Settings
 
@@ -22,6 +22,23 @@ def _retry_budget(percent: float) -> dict:
     calls fail unretried. A budget bounds retries by the active requests instead (no retry storm either)."""
     return {"thresholds": [{"priority": "DEFAULT", "retry_budget": {"budget_percent": {"value": percent},
                                                                     "min_retry_concurrency": 32}}]}
+
+
+def _outlier_detection() -> dict:
+    """Eject a host only for failures of its own: errors it answered (gRPC INTERNAL/UNAVAILABLE/... map to 5xx)
+    counted apart from local-origin events (connect failures, resets, timeouts: `split_external_local_origin_errors`).
+    Caller mistakes never reach a host (the transcoder answers unmappable requests, services answer 4xx), so they
+    count for nothing. A dead host is also caught by the active health checks."""
+    return {
+        "split_external_local_origin_errors": True,
+        "consecutive_5xx": 5,
+        "consecutive_gateway_failure": 3,
+        "enforcing_consecutive_gateway_failure": 100,
+        "consecutive_local_origin_failure": 5,
+        "interval": "5s",
+        "base_ejection_time": "10s",
+        "max_ejection_percent": 100,
+    }
 
 
 def _grpc_cluster(settings: Settings, name: str, host: str, port: int, health_service: str,
@@ -46,15 +63,13 @@ def _grpc_cluster(settings: Settings, name: str, host: str, port: int, health_se
             "grpc_health_check": {"service_name": health_service},
         }],
         "circuit_breakers": _retry_budget(25.0),
-        "outlier_detection": {
-            "consecutive_5xx": 5,
-            "consecutive_gateway_failure": 3,
-            "enforcing_consecutive_gateway_failure": 100,
-            "interval": "5s",
-            "base_ejection_time": "10s",
-            "max_ejection_percent": 100,
-        },
+        "outlier_detection": _outlier_detection(),
     }
+
+
+def _http_cluster(name: str, host: str, port: int) -> dict:
+    return {"name": name, "type": "STRICT_DNS", "dns_lookup_family": "V4_PREFERRED", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [_endpoint(host, port)]}]}}
 
 
 def clusters(settings: Settings) -> list[dict]:
@@ -82,6 +97,7 @@ def clusters(settings: Settings) -> list[dict]:
                 "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig",
                 clusters=[STAGING_HOSTS_CLUSTER, PRODUCTION_CLUSTER])},
         },
+        _http_cluster(HEALTHZ_CLUSTER, settings.monitoring_host, settings.monitoring_http_port),
         {
             "name": JWKS_CLUSTER,
             "type": "STRICT_DNS",

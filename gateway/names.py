@@ -4,6 +4,7 @@ configs, shared by the route, cluster and bootstrap renderers. Nothing here is a
 from __future__ import annotations
 
 from services.common import canary_runtime
+from services.common.health import HEALTHZ_PATH  # noqa: F401 - re-exported: the gateway routes it
 from services.common.settings import ROOT
 
 DESCRIPTOR_SET = ROOT / "gen" / "churn.pb"
@@ -22,7 +23,6 @@ JWT_PROVIDER = "churn_auth"
 JWT_CLOCK_SKEW_SECONDS = 5
 METADATA_NS = "churn"  # endpoint metadata namespace (the alias an inference host serves)
 JWT_REQUIREMENT = "token"
-HEALTHZ_PATH = "/healthz"
 REFLECTION_SERVICES = ("grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection")
 
 # Clients of the api_key_auth filter (the names, never the keys, show in Envoy's logs and dumps).
@@ -39,6 +39,11 @@ STAGING_HOSTS_CLUSTER = "inference_staging_hosts"
 ALIAS_CLUSTERS = {"production": PRODUCTION_CLUSTER, "staging": STAGING_HOSTS_CLUSTER}
 # The backend that answers reflection for every churn.v1 service at the gateway (start_server(reflect=...)).
 REFLECTION_CLUSTER = AUTH_CLUSTER
+# grpc.health.v1 through the gateway names no upstream in its path: monitoring answers it for every service from
+# Envoy's own health view (services/common/health.py), and serves /healthz on its HTTP side port.
+HEALTH_GRPC_PREFIX = "/grpc.health.v1.Health/"
+HEALTH_CLUSTER = MONITORING_CLUSTER
+HEALTHZ_CLUSTER = "monitoring_http"
 
 SERVICE_CLUSTERS = {
     "churn.v1.AuthService": AUTH_CLUSTER,

@@ -22,6 +22,7 @@ from gateway.names import (API_KEY_HEADER, AUTH_CLUSTER, CLIENT, DESCRIPTOR_SET,
                            SUB_HEADER, T, typed)
 from gateway.routes import build_routes, transcoded_services
 from services.common import canary_runtime
+from services.common.direct_calls import GATEWAY_HEADER
 from services.common.settings import Settings
 
 
@@ -55,7 +56,6 @@ def _http_filters(settings: Settings, descriptor: pathlib.Path) -> list[dict]:
         raise ValueError("API_KEY and OPS_API_KEY must be set (run tools/init_secrets.py); no default key works")
     if settings.api_key == settings.ops_api_key:
         raise ValueError("API_KEY and OPS_API_KEY must differ")
-    health_clusters = [AUTH_CLUSTER, MONITORING_CLUSTER, PRODUCTION_CLUSTER]
     return [
         {"name": FILTER["header_mutation"], "typed_config": typed(
             T + "header_mutation.v3.HeaderMutation",
@@ -76,6 +76,10 @@ def _http_filters(settings: Settings, descriptor: pathlib.Path) -> list[dict]:
             proto_descriptor=str(descriptor),
             services=transcoded_services(),
             match_incoming_request_route=True,
+            # A non-gRPC request no HTTP rule maps (wrong verb, unknown path or query parameter, JSON to a gRPC path)
+            # is answered here, never forwarded raw to a gRPC server (which resets it: a caller's mistake would
+            # look like an upstream failure).
+            request_validation_options={"reject_unknown_method": True, "reject_unknown_query_parameters": True},
             convert_grpc_status=True,
             case_insensitive_enum_parsing=True,
             # a query parameter no request field takes is the caller's 400, not a request passed through
@@ -85,11 +89,6 @@ def _http_filters(settings: Settings, descriptor: pathlib.Path) -> list[dict]:
             max_response_body_size=settings.max_message_bytes,
             print_options={"always_print_primitive_fields": True, "preserve_proto_field_names": True,
                            "add_whitespace": False, "always_print_enums_as_ints": False})},
-        {"name": FILTER["health_check"], "typed_config": typed(
-            T + "health_check.v3.HealthCheck",
-            pass_through_mode=False,
-            headers=[{"name": ":path", "string_match": {"exact": HEALTHZ_PATH}}],
-            cluster_min_healthy_percentages={name: {"value": 100.0} for name in health_clusters})},
         {"name": FILTER["router"], "typed_config": typed(T + "router.v3.Router")},
     ]
 
@@ -133,6 +132,36 @@ ACCESS_LOG_FORMAT = {
 }
 
 
+LOCAL_REPLY_MESSAGES = {  # fixed texts: Envoy's own would repeat the caller's path or field names
+    404: "no such route: the verb, path or query parameters match no method of the API",
+    400: "the request does not match the method's JSON form (unknown field or query parameter, or unparsable body)",
+}
+
+
+def _local_replies() -> dict:
+    """Every reply Envoy makes itself is JSON `{"code", "message"}`; the transcoder's 404/400 (and the catch-all
+    route's 404) get the fixed messages above instead of texts that repeat the caller's input."""
+    def body(message: str) -> dict:
+        return {"json_format": {"code": "%RESPONSE_CODE%", "message": message}}
+
+    def status(code: int) -> dict:
+        return {"status_code_filter": {"comparison": {"op": "EQ", "value": {
+            "default_value": code, "runtime_key": f"local_reply.code_{code}"}}}}
+
+    return {"mappers": [{"filter": status(code), "body_format_override": body(message)}
+                        for code, message in LOCAL_REPLY_MESSAGES.items()],
+            "body_format": body("%LOCAL_REPLY_BODY%")}
+
+
+def _gateway_stamp(settings: Settings) -> dict:
+    """Every forwarded call carries the gateway secret (a client's own value is overwritten, or removed when no
+    secret is set), so services can tell Envoy's calls from direct ones (services/common/direct_calls.py)."""
+    if not settings.gateway_secret:
+        return {"request_headers_to_remove": [GATEWAY_HEADER]}
+    return {"request_headers_to_add": [{"header": {"key": GATEWAY_HEADER, "value": settings.gateway_secret},
+                                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]}
+
+
 def _listener(settings: Settings, descriptor: pathlib.Path) -> dict:
     hcm = typed(
         "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -148,6 +177,7 @@ def _listener(settings: Settings, descriptor: pathlib.Path) -> dict:
             log_format={"json_format": ACCESS_LOG_FORMAT})}],
         route_config={
             "name": "churn",
+            **_gateway_stamp(settings),
             "virtual_hosts": [{
                 "name": "churn",
                 "domains": ["*"],
@@ -156,6 +186,7 @@ def _listener(settings: Settings, descriptor: pathlib.Path) -> dict:
             }],
         },
         http_filters=_http_filters(settings, descriptor),
+        local_reply_config=_local_replies(),
     )
     return {
         "name": "gateway",

@@ -9,7 +9,8 @@ from typing import Iterable
 
 from google.api import annotations_pb2
 
-from gateway.names import (ALIAS_CLUSTERS, FILTER, HEALTHZ_PATH, JWT_PAYLOAD_KEY, JWT_REQUIREMENT, METADATA_NS,
+from gateway.names import (ALIAS_CLUSTERS, FILTER, HEALTH_CLUSTER, HEALTH_GRPC_PREFIX, HEALTHZ_CLUSTER, HEALTHZ_PATH,
+                           JWT_PAYLOAD_KEY, JWT_REQUIREMENT, METADATA_NS,
                            NUM_RETRIES, OPS, PIN_HEADER, PIN_QUERY, PRODUCTION_CLUSTER, REFLECTION_CLUSTER,
                            REFLECTION_SERVICES, RETRY_ON_IDEMPOTENT, RETRY_ON_UNSENT, ROLE_HEADER, SERVED_BY_HEADER,
                            SERVICE_CLUSTERS, STAGING_CLUSTER, SUB_HEADER, T, disabled, seconds, typed)
@@ -258,11 +259,16 @@ def build_routes(settings: Settings) -> list[dict]:
     ambiguous = {(verb, template) for template, verbs in verbs_by_path.items() if len(verbs) > 1 for verb in verbs}
 
     routes: list[dict] = [{
-        # Answered by the health_check filter before the router; no key needed (load balancers probe it).
+        # Envoy's view of every upstream as JSON, from monitoring's side port; no key needed (load balancers probe
+        # it), plain HTTP: the transcoder stays out of it.
         "name": "healthz", "match": {"path": HEALTHZ_PATH},
-        "direct_response": {"status": 503, "body": {"inline_string": "health_check filter missing\n"}},
+        "route": {"cluster": HEALTHZ_CLUSTER, "timeout": "3s"},
         "typed_per_filter_config": {FILTER["api_key_auth"]: disabled(), FILTER["jwt_authn"]: _jwt_per_route(None),
-                                    FILTER["rbac"]: _rbac_per_route(None)},
+                                    FILTER["rbac"]: _rbac_per_route(None),
+                                    FILTER["grpc_json_transcoder"]: disabled()},
+    }, {
+        "name": "health", "match": {"prefix": HEALTH_GRPC_PREFIX}, "route": {"cluster": HEALTH_CLUSTER, "timeout": "5s"},
+        "typed_per_filter_config": {k: v for k, v in _per_filter(settings, None, "health").items() if v is not None},
     }]
     for service in REFLECTION_SERVICES:
         routes.append({"name": service.rsplit(".", 2)[-2] + "_reflection", "match": {"prefix": f"/{service}/"},

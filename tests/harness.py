@@ -28,6 +28,9 @@ def base_env(workdir: pathlib.Path) -> dict[str, str]:
         "SECRETS_DIR": str(workdir / "secrets"),
         "API_KEY": "client-" + secrets.token_hex(8),
         "OPS_API_KEY": "ops-" + secrets.token_hex(8),
+        "GATEWAY_SECRET": "gateway-" + secrets.token_hex(8),
+        "SIGNING_KEY_SECRET": "signing-" + secrets.token_hex(8),
+        "DIRECT_AUTH_RATE_PER_MINUTE": "0",  # suites log in directly many times; tests/auth/test_direct_calls.py
         "BIND_HOST": "127.0.0.1",
         "JWKS_CACHE_SECONDS": "5",
         "KEY_PROPAGATION_SECONDS": "6",

@@ -2,6 +2,8 @@
 
 Creates the git-ignored secrets folder (mode 0700; every file 0600) with
   api_key, ops_api_key     the client and ops API keys (x-api-key), unless set in the environment
+  gateway_secret           what Envoy stamps on forwarded calls (x-churn-gateway), unless set in the environment
+  signing_key_secret       encrypts auth's signing keys in the users store, unless set in the environment
   admin_password           the first admin's password (user $ADMIN_USERNAME, default "admin")
   service_token            a `service` role token for the inference outbox shipper (and internal callers)
 then creates the admin in the users store (`python -m services.auth create-admin`) when it does not exist yet and
@@ -50,7 +52,8 @@ def init_secrets(env: dict[str, str] | None = None, *, with_auth: bool = True) -
     folder.chmod(0o700)
     created: dict[str, pathlib.Path] = {}
     report = []
-    for name, variable in (("api_key", "API_KEY"), ("ops_api_key", "OPS_API_KEY")):
+    for name, variable in (("api_key", "API_KEY"), ("ops_api_key", "OPS_API_KEY"), ("gateway_secret", "GATEWAY_SECRET"),
+                           ("signing_key_secret", "SIGNING_KEY_SECRET")):
         if env.get(variable):
             report.append(f"  {name:15} from ${variable}")
             continue

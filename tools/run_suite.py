@@ -1,8 +1,13 @@
-"""`make run`: the whole suite behind Envoy, run by honcho from the Procfile, until Ctrl-C.
+"""`make run`: the whole suite behind Envoy, kept running by supervisord (PyPI `supervisor`) from the Procfile,
+until Ctrl-C.
 
-Renders and validates the Envoy config first (a bad config fails before anything starts), starts honcho, waits
-until every service answers grpc.health SERVING and Envoy's /clusters shows every upstream healthy, then prints the
-URLs. Ctrl-C (or SIGTERM) stops honcho, which stops every child; if any child dies, honcho stops the rest.
+Renders and validates the Envoy config first (a bad config fails before anything starts), writes a supervisord
+config from the Procfile (`DATA_DIR/supervisor/`), starts supervisord, waits until every service answers
+grpc.health SERVING and Envoy's /clusters shows every upstream healthy, then prints the URLs. A process that dies
+is restarted at once and logged (a crashed canary never takes production down: Envoy's fallback serves meanwhile);
+one that keeps dying while starting is retried with a growing delay (1 s, 2 s, 3 s, … `START_RETRIES` times) and
+then left FATAL. Ctrl-C (or SIGTERM) stops supervisord, which stops every process with SIGTERM and waits up to
+`STOP_WAIT_SECONDS` for it to drain.
 """
 from __future__ import annotations
 
@@ -17,9 +22,51 @@ import urllib.request
 
 from gateway import render
 from gateway.__main__ import default_config, validate
+from services.common.health import cluster_health
 from services.common.settings import ROOT, Settings
 
 READY_TIMEOUT = float(os.environ.get("READY_TIMEOUT_SECONDS", "240"))
+START_SECONDS = 3  # up this long = started; an earlier exit counts as a failed start (backoff)
+START_RETRIES = 10
+STOP_WAIT_SECONDS = 20  # a service drains in-flight calls on SIGTERM (10 s grace) before exiting
+
+
+def procfile(path: pathlib.Path = ROOT / "Procfile") -> dict[str, str]:
+    """name -> command of every `name: command` line (comments and blank lines skipped)."""
+    processes = {}
+    for line in path.read_text().splitlines():
+        name, sep, command = line.partition(":")
+        if sep and name.strip() and not name.lstrip().startswith("#"):
+            processes[name.strip()] = command.strip()
+    return processes
+
+
+def supervisor_config(folder: pathlib.Path, processes: dict[str, str]) -> pathlib.Path:
+    """supervisord.conf: in the foreground, its own log and every child's output on stdout, a private control
+    socket, and per process: restart always, start backoff, SIGTERM with time to drain."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lines = ["[supervisord]", "nodaemon=true", "logfile=/dev/stdout", "logfile_maxbytes=0", "loglevel=info",
+             f"pidfile={folder / 'supervisord.pid'}", f"childlogdir={folder}", "",
+             "[unix_http_server]", f"file={folder / 'supervisor.sock'}", "chmod=0700", "",
+             "[rpcinterface:supervisor]",
+             "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",
+             "[supervisorctl]", f"serverurl=unix://{folder / 'supervisor.sock'}", ""]
+    for name, command in processes.items():
+        lines += [f"[program:{name}]", f"command={command}", f"directory={ROOT}", "autostart=true",
+                  "autorestart=true", f"startsecs={START_SECONDS}", f"startretries={START_RETRIES}",
+                  "stopsignal=TERM", f"stopwaitsecs={STOP_WAIT_SECONDS}", "stopasgroup=true", "killasgroup=true",
+                  "redirect_stderr=true", "stdout_logfile=/dev/stdout", "stdout_logfile_maxbytes=0", ""]
+    path = folder / "supervisord.conf"
+    path.write_text("\n".join(lines))
+    path.chmod(0o600)
+    return path
+
+
+def process_states(config: pathlib.Path) -> dict[str, str]:
+    """name -> supervisor state (RUNNING, STARTING, BACKOFF, FATAL, …) from `supervisorctl status`."""
+    done = subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", str(config), "status"],
+                          capture_output=True, text=True, timeout=10)
+    return dict(line.split()[:2] for line in done.stdout.splitlines() if len(line.split()) >= 2)
 
 
 def grpc_serving(address: str) -> bool:
@@ -35,23 +82,16 @@ def grpc_serving(address: str) -> bool:
 
 
 def envoy_unhealthy(admin: str) -> list[str] | None:
-    """Hosts Envoy does not consider healthy (None while the admin endpoint is not up)."""
+    """Clusters Envoy does not consider healthy (None while the admin endpoint is not up)."""
     try:
         with urllib.request.urlopen(f"{admin}/clusters?format=json", timeout=2) as response:
             clusters = json.loads(response.read())
     except OSError:
         return None
-    bad = []
-    for cluster in clusters.get("cluster_statuses", []):
-        for host in cluster.get("host_statuses", []):
-            statuses = host.get("health_status", {})
-            if statuses.get("eds_health_status") not in (None, "HEALTHY") or any(
-                    value is True for key, value in statuses.items() if key.startswith("failed")):
-                bad.append(cluster["name"])
-    return bad
+    return [name for name, healthy in cluster_health(clusters).items() if not healthy]
 
 
-def wait_ready(settings: Settings, honcho: subprocess.Popen) -> None:
+def wait_ready(settings: Settings, supervisord: subprocess.Popen, config: pathlib.Path) -> None:
     services = {
         "auth": f"{settings.auth_host}:{settings.auth_port}",
         "monitoring": f"{settings.monitoring_host}:{settings.monitoring_port}",
@@ -62,8 +102,11 @@ def wait_ready(settings: Settings, honcho: subprocess.Popen) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     waiting: list[str] = []
     while time.monotonic() < deadline:
-        if honcho.poll() is not None:
-            raise SystemExit(f"a process exited before the suite was ready (honcho exit {honcho.returncode})")
+        if supervisord.poll() is not None:
+            raise SystemExit(f"supervisord exited before the suite was ready (exit {supervisord.returncode})")
+        fatal = [name for name, state in process_states(config).items() if state == "FATAL"]
+        if fatal:
+            raise SystemExit(f"gave up starting {', '.join(fatal)} (see the log above)")
         waiting = [name for name, address in services.items() if not grpc_serving(address)]
         unhealthy = envoy_unhealthy(admin)
         if unhealthy is None:
@@ -98,13 +141,14 @@ def banner(settings: Settings) -> str:
 
 
 def load_dotenv(path: pathlib.Path = ROOT / ".env") -> None:
-    """`.env` as honcho reads it for the Procfile, so this process (render, readiness) sees the same settings;
-    the real environment wins."""
+    """`.env` into this process's environment (the real environment wins); supervisord and every process it
+    starts inherit it, so render, readiness and the services see the same settings."""
     if path.exists():
-        from honcho.environ import parse
+        from dotenv import dotenv_values
 
-        for key, value in parse(path.read_text()).items():
-            os.environ.setdefault(key, value)
+        for key, value in dotenv_values(path).items():
+            if value is not None:
+                os.environ.setdefault(key, value)
 
 
 def main() -> int:
@@ -119,33 +163,33 @@ def main() -> int:
     env["PATH"] = os.pathsep.join([str(pathlib.Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "gen"), env.get("PYTHONPATH")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
-    honcho = subprocess.Popen([sys.executable, "-m", "honcho", "-d", str(ROOT), "-f", str(ROOT / "Procfile"),
-                               "start"], cwd=ROOT, env=env)
+    conf = supervisor_config(settings.data_dir / "supervisor", procfile())
+    supervisord = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)], cwd=ROOT,
+                                   env=env)
     stopping = []
 
     def stop(*_):
         stopping.append(True)
-        honcho.send_signal(signal.SIGTERM)
+        supervisord.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        wait_ready(settings, honcho)
+        wait_ready(settings, supervisord, conf)
         print(banner(settings), flush=True)
-        code = honcho.wait()
-        # honcho exits 143 after a requested stop; anything else means a process died on its own
-        return 0 if stopping and code in (0, 130, 143) else code
-    except KeyboardInterrupt:  # Ctrl-C: the terminal signalled honcho too, which stops its children
+        code = supervisord.wait()
+        return 0 if stopping and code == 0 else code or 1
+    except KeyboardInterrupt:  # Ctrl-C: the terminal signalled supervisord too, which stops its children
         try:
-            code = honcho.wait(timeout=2)
-        except subprocess.TimeoutExpired:  # the SIGINT reached only this process (kill -INT <pid>): pass it on
-            stop()
-            code = honcho.wait()
-        return 0 if code in (0, 130, 143) else code
+            code = supervisord.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            stop()  # the SIGINT reached only this process (kill -INT <pid>): pass it on
+        code = supervisord.wait()
+        return code
     except (TimeoutError, SystemExit) as error:
         print(f"run_suite: {error}", file=sys.stderr)
-        if honcho.poll() is None:
-            honcho.send_signal(signal.SIGTERM)
-        honcho.wait()
+        if supervisord.poll() is None:
+            supervisord.send_signal(signal.SIGTERM)
+        supervisord.wait()
         return 1
 
 

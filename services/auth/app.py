@@ -64,7 +64,8 @@ def build(settings: Settings, *, bootstrap: bool = True) -> AuthApp:
                                                                   "jwks_cache": settings.jwks_cache_seconds}})
     store = UserStore(settings.users_database_url)
     version = _migrate_with_retry(store)
-    keys = KeyRing(store, settings.key_propagation_seconds, settings.access_token_ttl_seconds)
+    keys = KeyRing(store, settings.key_propagation_seconds, settings.access_token_ttl_seconds,
+                   secret=settings.signing_key_secret)
     keys.ensure()
     issuer = TokenIssuer(keys, settings.jwt_issuer, settings.jwt_audience)
     hasher = PasswordHasher(settings.argon2_time_cost, settings.argon2_memory_kib)
@@ -94,7 +95,7 @@ def _bootstrap_admin(app: AuthApp) -> None:
 
 def start(app: AuthApp, *, port: int | None = None, http_port: int | None = None) -> ServiceHost:
     settings = app.settings
-    interceptor = ServiceInterceptor(app.verifier(), settings.api_key, settings.ops_api_key)
+    interceptor = ServiceInterceptor.from_settings(app.verifier(), settings)
     servicer = AuthServicer(app.accounts, settings.secure_cookie)
     routes = {JWKS_PATH: lambda: ("200 OK", "application/json", app.keys.jwks_bytes())}
     host = start_server(

@@ -7,6 +7,10 @@ token it signed has expired: access tokens live `access_ttl` seconds after the r
 tracked one by one in the store. Keys no longer published are pruned.
 
 The key ring is also auth's own `KeySource` for the shared TokenVerifier: it reads the store, never the HTTP JWKS.
+
+Private keys are stored encrypted (PKCS#8, the best encryption `cryptography` offers) with `SIGNING_KEY_SECRET`,
+which lives in the secrets folder or the environment, never in the store: a copied users database alone signs
+nothing. Keys written by an older version in clear are re-encrypted at start.
 """
 from __future__ import annotations
 
@@ -38,20 +42,44 @@ class KeyStatus:
     published_kids: list[str]
 
 
-def new_key(signs_from: float, now: float) -> KeyRecord:
+class KeySecretError(RuntimeError):
+    """The signing keys cannot be used: no SIGNING_KEY_SECRET, or not the one they were encrypted with."""
+
+
+def _encrypt(private, secret: str) -> str:
+    return private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.BestAvailableEncryption(secret.encode())).decode()
+
+
+def _decrypt(pem: str, secret: str, kid: str):
+    try:
+        return serialization.load_pem_private_key(pem.encode(), secret.encode())
+    except (TypeError, ValueError):
+        raise KeySecretError(f"signing key {kid} cannot be decrypted with SIGNING_KEY_SECRET (wrong secret, or "
+                             "the store was copied without it)") from None
+
+
+def is_encrypted(pem: str) -> bool:
+    return "ENCRYPTED PRIVATE KEY" in pem
+
+
+def new_key(signs_from: float, now: float, secret: str) -> KeyRecord:
     private = ec.generate_private_key(ec.SECP256R1())
     kid = f"{time.strftime('%Y%m%d', time.gmtime(now))}-{uuid.uuid4().hex[:12]}"
     jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key()))
     jwk.update({"kid": kid, "alg": ALGORITHM, "use": "sig"})
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    return KeyRecord(kid=kid, algorithm=ALGORITHM, private_pem=pem, public_jwk=json.dumps(jwk, sort_keys=True),
+    return KeyRecord(kid=kid, algorithm=ALGORITHM, private_pem=_encrypt(private, secret),
+                     public_jwk=json.dumps(jwk, sort_keys=True),
                      created_at=now, signs_from=signs_from)
 
 
 class KeyRing:
-    def __init__(self, store: UserStore, propagation_seconds: float, access_ttl_seconds: float,
+    def __init__(self, store: UserStore, propagation_seconds: float, access_ttl_seconds: float, *, secret: str,
                  refresh_seconds: float = 2.0, clock: Callable[[], float] = time.time):
+        if not secret:
+            raise KeySecretError("SIGNING_KEY_SECRET is not set (env or secrets/signing_key_secret; `make secrets` "
+                                 "creates it): signing keys are never stored in clear")
+        self._secret = secret
         self._store = store
         self._propagation = propagation_seconds
         self._access_ttl = access_ttl_seconds
@@ -89,16 +117,25 @@ class KeyRing:
         return signer, pending, retired
 
     def ensure(self) -> None:
-        """On start: create the first key (signing at once: no cache can hold an older JWKS yet)."""
-        if not self._load(force=True):
+        """On start: create the first key (signing at once: no cache can hold an older JWKS yet); encrypt keys an
+        older version stored in clear; check the secret opens the keys (fail at start, not at the first login)."""
+        keys = self._load(force=True)
+        if not keys:
             now = self._clock()
-            self._store.add_key(new_key(signs_from=now, now=now))
-            self._load(force=True)
+            self._store.add_key(new_key(signs_from=now, now=now, secret=self._secret))
+            keys = self._load(force=True)
+        for key in keys:
+            if is_encrypted(key.private_pem):
+                _decrypt(key.private_pem, self._secret, key.kid)
+            else:
+                private = serialization.load_pem_private_key(key.private_pem.encode(), None)
+                self._store.set_key_pem(key.kid, _encrypt(private, self._secret))
+        self._load(force=True)
 
     def rotate(self) -> KeyStatus:
         """Publish a new key now; it signs after the propagation delay. Prunes keys no longer published."""
         now = self._clock()
-        self._store.add_key(new_key(signs_from=now + self._propagation, now=now))
+        self._store.add_key(new_key(signs_from=now + self._propagation, now=now, secret=self._secret))
         keys = self._load(force=True)
         signer, pending, retired = self._classify(keys, now)
         keep = {k.kid for k in [*pending, *retired]} | ({signer.kid} if signer else set())
@@ -126,7 +163,7 @@ class KeyRing:
         if signer is None:
             raise RuntimeError("no signing key is active (the key ring was not initialised)")
         if signer.kid not in self._private:
-            self._private[signer.kid] = serialization.load_pem_private_key(signer.private_pem.encode(), None)
+            self._private[signer.kid] = _decrypt(signer.private_pem, self._secret, signer.kid)
         return signer.kid, self._private[signer.kid]
 
     def jwks(self) -> dict:

@@ -207,6 +207,10 @@ class UserStore:
                                                                         signing_keys.c.created_at))
             return [KeyRecord(**row._mapping) for row in rows]
 
+    def set_key_pem(self, kid: str, private_pem: str) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(signing_keys.update().where(signing_keys.c.kid == kid).values(private_pem=private_pem))
+
     def delete_keys(self, kids: list[str]) -> None:
         if kids:
             with self.engine.begin() as connection:

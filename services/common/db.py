@@ -2,13 +2,33 @@
 
 SQLite gets WAL (readers never block the writer), synchronous=NORMAL, a busy timeout (a CLI and the server may share
 the file), foreign keys on, and its folder created; PostgreSQL gets a pool pre-ping so a restarted server is
-survived.
+survived. Store files are private: 0600 (SQLite gives its -wal/-shm files the database file's mode) in folders
+created 0700, and the data folder itself is kept 0700 (`private_folder`).
 """
 from __future__ import annotations
 
+import os
 import pathlib
 
 import sqlalchemy as sa
+
+
+def private_folder(path: pathlib.Path) -> pathlib.Path:
+    """Create `path` if needed and make it 0700 (only for folders this suite owns, e.g. DATA_DIR)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def private_file(path: pathlib.Path) -> pathlib.Path:
+    """Create a store file 0600 before any library opens it (a new folder 0700); tighten an existing one."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+        if (path.parent / name).exists():
+            (path.parent / name).chmod(0o600)
+    return path
 
 
 def make_engine(url: str) -> sa.Engine:
@@ -16,7 +36,7 @@ def make_engine(url: str) -> sa.Engine:
     if parsed.get_backend_name() != "sqlite":
         return sa.create_engine(url, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:":
-        pathlib.Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        private_file(pathlib.Path(parsed.database))
     engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
     @sa.event.listens_for(engine, "connect")

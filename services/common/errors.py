@@ -49,3 +49,15 @@ class PermissionDenied(DomainError):
 
 class ResourceExhausted(DomainError):
     """Too much in one request (rows, bytes): the caller must send less, not retry."""
+
+
+MAX_ECHO_CHARS = 40  # a caller's value is quoted in an error message only up to this many characters
+
+
+def shown(value: object) -> str:
+    """A caller's value as an error message may quote it: its repr, cut to MAX_ECHO_CHARS characters (a 30 KB
+    value must not come back in a status message, which travels in a size-limited header)."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= MAX_ECHO_CHARS:
+        return repr(value)
+    return f"{text[:MAX_ECHO_CHARS]!r}… ({len(text)} characters)"

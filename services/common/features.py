@@ -18,10 +18,18 @@ import numpy as np
 import pandas as pd
 from churn.v1 import common_pb2
 
-from services.common.errors import InvalidInput
+from services.common.errors import InvalidInput, shown
 
 CATEGORICAL, BOOLEAN, NUMERIC = "categorical", "boolean", "numeric"
 MAX_VIOLATIONS = 100  # bounds the error message of a bad 10k-row batch; the first ones are the useful ones
+# The input domain: generous but finite, so nothing absurd reaches a model (float32 matrices turn 1e39 into inf,
+# which scikit-learn refuses and xgboost scores silently). The Telco data has tenure <= 72 months, MonthlyCharges
+# <= 118.75 and TotalCharges <= 8,684.8; the bounds allow 100 years and ~840x the largest monthly bill.
+MAX_TENURE_MONTHS = 1200
+MAX_MONTHLY_CHARGES = 100_000.0
+MAX_TOTAL_CHARGES = MAX_TENURE_MONTHS * MAX_MONTHLY_CHARGES
+NUMERIC_MAX = {"tenure": MAX_TENURE_MONTHS, "monthly_charges": MAX_MONTHLY_CHARGES,
+               "total_charges": MAX_TOTAL_CHARGES}
 
 # Telco header spelling of each Customer field (the proto uses snake_case).
 CSV_COLUMN = {
@@ -130,6 +138,7 @@ _DIRECT_DST = _OFFSETS[_DIRECT]
 _NUM = [i for i, f in enumerate(FEATURES) if f.kind == NUMERIC]
 _TOTAL = FEATURE_NAMES.index("total_charges")
 _TENURE = FEATURE_NAMES.index("tenure")
+_NUM_MAX = np.array([NUMERIC_MAX[FEATURES[i].name] for i in _NUM], dtype=np.float64)
 _OPTIONAL = [(i, f.name) for i, f in enumerate(FEATURES) if f.kind != CATEGORICAL]  # proto3 `optional` fields
 # Per categorical: enum number -> destination column, -1 for UNSPECIFIED/unknown; the last slot catches every
 # out-of-range number (negatives wrap to huge as uint64, then np.minimum clips them onto it).
@@ -166,16 +175,18 @@ def _raise(cells: list[tuple[int, int, str]], where: Callable[[int, int], str]) 
 
 
 def _check_numeric(values: np.ndarray, missing: np.ndarray, cells: list[tuple[int, int, str]]) -> None:
-    """Finite and non-negative numerics; tenure a whole number. Appends (row, feature, reason) per bad cell."""
-    for i in _NUM:
+    """Finite numerics within [0, NUMERIC_MAX]; tenure a whole number. Appends (row, feature, reason) per bad
+    cell."""
+    for i, top in zip(_NUM, _NUM_MAX):
         col = values[:, i]
-        bad = ~missing[:, i] & ~((col >= 0) & (col < np.inf))
+        bad = ~missing[:, i] & ~((col >= 0) & (col <= top))
         if i == _TENURE:
             bad |= ~missing[:, i] & np.isfinite(col) & (col != np.floor(col))
         for r in np.flatnonzero(bad)[:MAX_VIOLATIONS]:
             v = float(col[r])
             reason = ("must be finite" if not math.isfinite(v) else
-                      "must not be negative" if v < 0 else "must be a whole number")
+                      "must not be negative" if v < 0 else f"must be at most {top:g}" if v > top else
+                      "must be a whole number")
             cells.append((int(r), i, f"{reason}, got {v!r}"))
 
 
@@ -185,8 +196,8 @@ def encode_customers(customers: Sequence[common_pb2.Customer],
 
     Bad fields raise InvalidInput naming them as `<label>[i].<field>` (label a str prefix) or `<label(i)>.<field>`
     (label a function: single Predict passes `lambda i: "customer"`); all violations are collected. A field is bad
-    when an enum is UNSPECIFIED/unknown, a boolean/tenure/monthly_charges is absent, or a number is NaN, infinite
-    or negative. An absent total_charges follows `fill_blank_total_charges`.
+    when an enum is UNSPECIFIED/unknown, a boolean/tenure/monthly_charges is absent, or a number is NaN, infinite,
+    negative or above its `NUMERIC_MAX`. An absent total_charges follows `fill_blank_total_charges`.
     """
     rows, missing_cells = [], []
     for r, c in enumerate(customers):
@@ -201,7 +212,7 @@ def encode_customers(customers: Sequence[common_pb2.Customer],
     cat_cols = _ENUM_LUT[_CAT_RANGE, enums]
     nums = values[:, _NUM_IDX]
     required = [(r, i) for r, i in missing_cells if i != _TOTAL]
-    if required or (n and cat_cols.min() < 0) or not ((nums >= 0) & (nums < np.inf)).all():
+    if required or (n and cat_cols.min() < 0) or not ((nums >= 0) & (nums <= _NUM_MAX)).all():
         row_label = _label_fn(label)
         cells: list[tuple[int, int, str]] = [(r, i, "is required") for r, i in required]
         for r, k in zip(*np.nonzero(cat_cols < 0)):
@@ -239,7 +250,7 @@ def encode_frame(df: pd.DataFrame, line_of: Callable[[int], str] | None = None) 
             nums = nums.to_numpy(dtype=np.float64)
             unparsed = np.isnan(nums) & ~blank & ~col.isna().to_numpy()
             for r in np.flatnonzero(unparsed)[:MAX_VIOLATIONS]:
-                cells.append((int(r), i, f"not a number: {col.iloc[r]!r}"))
+                cells.append((int(r), i, f"not a number: {shown(col.iloc[r])}"))
             missing[:, i] = np.isnan(nums) & ~unparsed
             unreadable[:, i] = unparsed
             values[:, i] = nums
@@ -247,7 +258,7 @@ def encode_frame(df: pd.DataFrame, line_of: Callable[[int], str] | None = None) 
         codes = col.astype(str).str.strip().map({s: k for k, s in enumerate(f.categories)})
         unknown = codes.isna().to_numpy()
         for r in np.flatnonzero(unknown)[:MAX_VIOLATIONS]:
-            cells.append((int(r), i, f"unknown value {col.iloc[r]!r}, expected one of {list(f.categories)}"))
+            cells.append((int(r), i, f"unknown value {shown(col.iloc[r])}, expected one of {list(f.categories)}"))
         codes = codes.fillna(0).to_numpy(dtype=np.intp)
         if f.kind == BOOLEAN:
             values[:, i] = codes

@@ -17,8 +17,9 @@ import urllib.request
 from typing import Callable, Mapping, Protocol
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from services.common.errors import NotReady, PermissionDenied, Unauthenticated
+from services.common.errors import MAX_ECHO_CHARS, NotReady, PermissionDenied, Unauthenticated, shown
 
 ALLOWED_ALGORITHMS = ("ES256", "RS256")
 ROLES = ("agent", "admin", "service")
@@ -47,6 +48,16 @@ def set_current_caller(caller: Caller | None) -> contextvars.Token:
 
 def reset_current_caller(token: contextvars.Token) -> None:
     _caller_var.reset(token)
+
+
+def algorithm_of(key) -> str | None:
+    """The one algorithm a published public key verifies: ES256 for a P-256 key, RS256 for an RSA key. A token
+    is checked only with its key's own algorithm, whatever its header claims."""
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+        return "ES256"
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RS256"
+    return None
 
 
 class KeySource(Protocol):
@@ -120,17 +131,20 @@ class TokenVerifier:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
-            raise Unauthenticated(f"malformed token: {exc}") from exc
-        if header.get("alg") not in ALLOWED_ALGORITHMS:
-            raise Unauthenticated(f"token algorithm {header.get('alg')!r} is not accepted (only ES256, RS256)")
+            raise Unauthenticated(f"malformed token: {str(exc)[:MAX_ECHO_CHARS * 3]}") from exc
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
+            raise Unauthenticated(f"token algorithm {shown(alg)} is not accepted (only ES256, RS256)")
         kid = header.get("kid")
-        if not kid:
+        if not kid or not isinstance(kid, str):
             raise Unauthenticated("token has no key id (kid)")
         key = self._keys.key_for(kid)
         if key is None:
-            raise Unauthenticated(f"token signed by an unknown key (kid {kid!r})")
+            raise Unauthenticated(f"token signed by an unknown key (kid {shown(kid)})")
+        if algorithm_of(key) != alg:  # e.g. RS256 named with an ES256 key: PyJWT would raise TypeError
+            raise Unauthenticated(f"token algorithm {alg} does not match its key (kid {shown(kid)})")
         try:
-            claims = jwt.decode(token, key, algorithms=list(ALLOWED_ALGORITHMS), audience=self._audience,
+            claims = jwt.decode(token, key, algorithms=[alg], audience=self._audience,
                                 issuer=self._issuer, options={"require": ["exp", "iat", "sub", "iss", "aud", "jti"]})
         except jwt.ExpiredSignatureError as exc:
             raise Unauthenticated("token has expired") from exc
@@ -139,12 +153,16 @@ class TokenVerifier:
         except jwt.InvalidIssuerError as exc:
             raise Unauthenticated("token issuer is not trusted") from exc
         except jwt.InvalidTokenError as exc:
-            raise Unauthenticated(f"invalid token: {exc}") from exc
+            raise Unauthenticated(f"invalid token: {str(exc)[:MAX_ECHO_CHARS * 3]}") from exc
+        except (TypeError, ValueError) as exc:  # whatever else a crafted header or key makes PyJWT raise
+            raise Unauthenticated("invalid token: cannot be verified with its key") from exc
         role = claims.get("role")
-        if role not in ROLES:
-            raise Unauthenticated(f"token role {role!r} is not a known role")
-        return Caller(subject=claims["sub"], role=role, token_id=claims["jti"], expires_at=int(claims["exp"]),
-                      token=token)
+        if not isinstance(role, str) or role not in ROLES:
+            raise Unauthenticated(f"token role {shown(role)} is not a known role")
+        subject, token_id = claims["sub"], claims["jti"]
+        if not isinstance(subject, str) or not isinstance(token_id, str):
+            raise Unauthenticated("token sub and jti must be strings")
+        return Caller(subject=subject, role=role, token_id=token_id, expires_at=int(claims["exp"]), token=token)
 
 
 class CachedSessionCheck:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 
 import grpc
 from google.protobuf import any_pb2, descriptor_pool
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from services.common import identity
+from services.common import direct_calls, identity
 from services.common.access import MethodAccess, access_table
 from services.common.errors import (AlreadyExists, DomainError, FailedPrecondition, InvalidInput, NotFound, NotReady,
                                     PermissionDenied, ResourceExhausted, Unauthenticated)
@@ -49,6 +48,30 @@ def status_code_for(error: DomainError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+# A status travels in HTTP/2 trailers (grpc-message, grpc-status-details-bin), which gRPC clients cap at 8 KiB and
+# Envoy answers 502 beyond its header limits: whatever a domain error says, what leaves is bounded here.
+MAX_STATUS_MESSAGE_CHARS = 1000
+MAX_VIOLATION_CHARS = 200
+MAX_DETAILS_BYTES = 4000
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _bad_request(violations: list[tuple[str, str]]) -> error_details_pb2.BadRequest:
+    """The first violations that fit in MAX_DETAILS_BYTES, each field and reason cut to MAX_VIOLATION_CHARS."""
+    details, size = error_details_pb2.BadRequest(), 0
+    for field, reason in violations:
+        violation = error_details_pb2.BadRequest.FieldViolation(field=_cut(field, MAX_VIOLATION_CHARS),
+                                                                description=_cut(reason, MAX_VIOLATION_CHARS))
+        size += violation.ByteSize() + 4
+        if size > MAX_DETAILS_BYTES and details.field_violations:
+            break
+        details.field_violations.append(violation)
+    return details
+
+
 def _internal_status() -> status_pb2.Status:
     return status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error (request id {request_id_var.get()})")
 
@@ -60,23 +83,31 @@ def status_for(error: DomainError) -> status_pb2.Status:
     if code == grpc.StatusCode.INTERNAL:
         log.error("unmapped domain error %s", type(error).__name__, exc_info=error)
         return _internal_status()
-    status = status_pb2.Status(code=code.value[0], message=error.message)
+    status = status_pb2.Status(code=code.value[0], message=_cut(error.message, MAX_STATUS_MESSAGE_CHARS))
     if isinstance(error, InvalidInput):
-        details = error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=field, description=reason)
-            for field, reason in error.violations])
         packed = any_pb2.Any()
-        packed.Pack(details)
+        packed.Pack(_bad_request(error.violations))
         status.details.append(packed)
     return status
 
 
 class ServiceInterceptor(grpc.ServerInterceptor):
-    def __init__(self, verifier: identity.TokenVerifier, api_key: str, ops_api_key: str):
+    def __init__(self, verifier: identity.TokenVerifier, api_key: str, ops_api_key: str, *,
+                 gateway_secret: str = "", direct_auth_rate_per_minute: int = 0):
+        """`gateway_secret` tells calls forwarded by Envoy from direct ones; `direct_auth_rate_per_minute` (0 =
+        off) limits the `auth` rate class per peer for direct calls (see services.common.direct_calls)."""
         self._verifier = verifier
         self._all_keys = (api_key, ops_api_key)
         self._ops_keys = (ops_api_key,)
         self._table = access_table()
+        self._gateway_secret = gateway_secret
+        self._direct_limit = (direct_calls.PeerRateLimit(direct_auth_rate_per_minute)
+                              if direct_auth_rate_per_minute > 0 else None)
+
+    @classmethod
+    def from_settings(cls, verifier: identity.TokenVerifier, settings) -> "ServiceInterceptor":
+        return cls(verifier, settings.api_key, settings.ops_api_key, gateway_secret=settings.gateway_secret,
+                   direct_auth_rate_per_minute=settings.direct_auth_rate_per_minute)
 
     def _authenticate(self, entry: MethodAccess, metadata: dict[str, str]) -> identity.Caller | None:
         route_keys = self._ops_keys if entry.ops_key_only else self._all_keys
@@ -109,8 +140,11 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
     def _begin(self, entry: MethodAccess, context) -> tuple:
         metadata = {key: value for key, value in context.invocation_metadata() if isinstance(value, str)}
-        request_id = metadata.get("x-request-id") or uuid.uuid4().hex
+        through_gateway = direct_calls.via_gateway(metadata, self._gateway_secret)
+        request_id = direct_calls.request_id(metadata.get("x-request-id"), through_gateway)
         tokens = (request_id_var.set(request_id), identity.set_current_caller(None))
+        if self._direct_limit is not None and entry.rate == "auth" and not through_gateway:
+            self._direct_limit.check(context.peer())
         identity.set_current_caller(self._authenticate(entry, metadata))
         return tokens
 
@@ -121,7 +155,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             log.error("%s failed", entry.method, exc_info=error)
             return _internal_status()
         if not isinstance(error, InvalidInput):
-            log.info("%s rejected: %s %s", entry.method, code.name, error.message)
+            log.info("%s rejected: %s %s", entry.method, code.name, _cut(error.message, MAX_STATUS_MESSAGE_CHARS))
         return status_for(error)
 
     def _finish(self, entry: MethodAccess, started: float, tokens, status: status_pb2.Status | None) -> None:
@@ -185,8 +219,11 @@ def _tolerant(entry: MethodAccess, deserializer):
 
 
 def _checked(entry: MethodAccess, request):
+    """A unary request that did not parse raises its InvalidInput. In a client stream an unparsable message
+    arrives as its InvalidInput instance instead of a message, so the servicer answers that message alone and the
+    stream goes on (raising here would end the whole stream)."""
     if entry.client_streaming:
-        return (_checked_one(message) for message in request)
+        return (message.error if isinstance(message, _Undecodable) else message for message in request)
     return _checked_one(request)
 
 

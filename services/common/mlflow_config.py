@@ -11,6 +11,7 @@ import logging
 import os
 import pathlib
 
+from services.common.db import private_file, private_folder
 from services.common.settings import Settings
 
 
@@ -27,8 +28,8 @@ def tracking_uri(settings: Settings) -> str:
     """`settings.mlflow_tracking_uri` if set, else `sqlite:///<data_dir>/mlflow.db` (the folder is created)."""
     if settings.mlflow_tracking_uri:
         return settings.mlflow_tracking_uri
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{settings.data_dir / 'mlflow.db'}"
+    private_folder(settings.data_dir)
+    return f"sqlite:///{private_file(settings.data_dir / 'mlflow.db')}"
 
 
 def artifact_root(settings: Settings) -> pathlib.Path:

@@ -25,16 +25,21 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import tempfile
 from typing import Any, Protocol
 
 import numpy as np
 
 from services.common import features as F
-from services.common.errors import FailedPrecondition, NotFound, NotReady
+from services.common.errors import FailedPrecondition, NotFound, NotReady, shown
 
 ALIAS_PRODUCTION, ALIAS_STAGING = "production", "staging"
 FLAVORS = ("xgboost", "sklearn")
+# A version as MLflow numbers them; ASCII only (str.isdigit accepts "²") and short enough for the registry's
+# 64-bit integer column (20 digits overflow SQLite, which MLflow reports as a server error).
+MAX_VERSION_DIGITS = 18
+VERSION_PATTERN = re.compile(rf"[0-9]{{1,{MAX_VERSION_DIGITS}}}")
 TAG_FLAVOR, TAG_FINGERPRINT = "flavor", "training_fingerprint"
 
 ARTIFACTS_DIR = "artifacts"
@@ -209,8 +214,9 @@ class ModelRegistry:
         return str(found.version)  # MLflow may hand back an int; versions are strings everywhere else
 
     def get(self, version: str) -> VersionInfo:
-        if not str(version).isdigit():
-            raise NotFound(f"model version {version!r} of {self.name!r} not found (versions are numbers)")
+        if not VERSION_PATTERN.fullmatch(str(version)):
+            raise NotFound(f"model version {shown(str(version))} of {self.name!r} not found (versions are numbers "
+                           f"of at most {MAX_VERSION_DIGITS} ASCII digits)")
         return self._info(self._call(f"model {self.name!r} version {version}", self.client.get_model_version,
                                      self.name, str(version)))
 

@@ -16,9 +16,11 @@ from concurrent import futures
 from typing import Callable, Iterable
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.db import private_folder
+from services.common.health import EnvoyView, Health
 from services.common.interceptor import ServiceInterceptor
 from services.common.metrics import HttpRoute, SideHttpServer
 from services.common.settings import Settings
@@ -31,7 +33,7 @@ class ServiceHost:
     server: grpc.Server
     port: int
     http: SideHttpServer | None  # None in a worker process: its parent serves /metrics for all workers
-    health: health.HealthServicer
+    health: Health
     service_names: list[str]
 
     @property
@@ -63,14 +65,17 @@ def start_server(
     http_routes: dict[str, HttpRoute] | None = None,
     serving: bool = True,
     max_workers: int = 32,
+    health_view: EnvoyView | None = None,
 ) -> ServiceHost:
     """Build, bind and start a server. `register` adds the servicers; `reflect` adds extra service names to
-    reflection (the gateway's designated backend reflects every churn.v1 service)."""
+    reflection (the gateway's designated backend reflects every churn.v1 service); `health_view` makes this the
+    gateway's health backend (services.common.health)."""
+    private_folder(settings.data_dir)  # stores, outboxes and the registry live below it
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
                          interceptors=[interceptor], options=settings.grpc_options())
     register(server)
     names = list(service_names)
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_servicer = Health(health_view)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflected = dict.fromkeys([*names, *reflect, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                                reflection.SERVICE_NAME])

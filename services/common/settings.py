@@ -83,6 +83,10 @@ class Settings:
     secure_cookie: bool
     api_key: str
     ops_api_key: str
+    # Envoy stamps forwarded calls with it (x-churn-gateway); services trust request ids only from such calls.
+    gateway_secret: str = dataclasses.field(repr=False)
+    # Encrypts auth's private signing keys in the users store (the store alone never signs).
+    signing_key_secret: str = dataclasses.field(repr=False)
     users_database_url: str
     # Models.
     model_name: str
@@ -95,6 +99,8 @@ class Settings:
     auth_rate_per_minute: int
     predict_rate_per_minute: int
     service_predict_rate_per_minute: int
+    # Login/register per peer address on a service port called directly (not through Envoy); 0 = off.
+    direct_auth_rate_per_minute: int
     # Gateway: browser origins allowed by CORS (comma-separated in CORS_ALLOWED_ORIGINS; empty = no cross-origin).
     cors_allowed_origins: tuple[str, ...] = ()
     # Auth: argon2 cost (0 = pwdlib/argon2-cffi defaults; tests lower them) and the first admin on first start.
@@ -163,6 +169,8 @@ class Settings:
             secure_cookie=env.get("SECURE_COOKIE", "false").lower() in ("1", "true", "yes"),
             api_key=_secret(env, "API_KEY", secrets_dir),
             ops_api_key=_secret(env, "OPS_API_KEY", secrets_dir),
+            gateway_secret=_secret(env, "GATEWAY_SECRET", secrets_dir),
+            signing_key_secret=_secret(env, "SIGNING_KEY_SECRET", secrets_dir),
             users_database_url=env.get("USERS_DATABASE_URL") or f"sqlite:///{data_dir / 'users.db'}",
             model_name=env.get("MODEL_NAME", "churn-model"),
             model_alias=env.get("MODEL_ALIAS", "production"),
@@ -170,6 +178,7 @@ class Settings:
             metrics_update_seconds=_int(env, "METRICS_UPDATE_SECONDS", 300),
             canary_percent=_int(env, "CANARY_PERCENT", 10),
             auth_rate_per_minute=_int(env, "AUTH_RATE_PER_MINUTE", 5),
+            direct_auth_rate_per_minute=_int(env, "DIRECT_AUTH_RATE_PER_MINUTE", _int(env, "AUTH_RATE_PER_MINUTE", 5)),
             predict_rate_per_minute=_int(env, "PREDICT_RATE_PER_MINUTE", 10),
             service_predict_rate_per_minute=_int(env, "SERVICE_PREDICT_RATE_PER_MINUTE", 60000),
             cors_allowed_origins=tuple(o.strip() for o in env.get("CORS_ALLOWED_ORIGINS", "http://localhost:3000")

@@ -116,7 +116,7 @@ def start(settings: Settings, verifier: identity.TokenVerifier, parts: Inference
         register=lambda server: inference_pb2_grpc.add_InferenceServiceServicer_to_server(
             InferenceServicer(predictor, RetentionAdvisor(holder, parts.retention)), server),
         service_names=[SERVICE_NAME],
-        interceptor=ServiceInterceptor(verifier, settings.api_key, settings.ops_api_key),
+        interceptor=ServiceInterceptor.from_settings(verifier, settings),
         serving=False)
     shipper = Shipper(outbox, parts.sink, **parts.shipper_options).start() if parts.sink is not None else None
     stop_loading = threading.Event()

@@ -20,7 +20,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from services.common import compiled_trees
-from services.common.errors import FailedPrecondition, NotReady
+from services.common.errors import FailedPrecondition, NotReady, shown
 from services.common.logs import fields
 from services.common.model_registry import LoadedVersion, NativeModel, SklearnModel
 from services.inference import explain, metrics
@@ -107,7 +107,7 @@ class ModelHolder:
     def check_alias(self, alias: str) -> None:
         """An alias-bound RPC naming another alias reached the wrong instance: refuse, never answer for it."""
         if alias and alias != self.alias:
-            raise FailedPrecondition(f"alias: this instance serves {self.alias!r}, not {alias!r}")
+            raise FailedPrecondition(f"alias: this instance serves {self.alias!r}, not {shown(alias)}")
 
     def reload(self) -> ReloadResult:
         """Load the alias's current version (unless already served) and swap it in."""

@@ -18,6 +18,7 @@ import threading
 import time
 from typing import Iterable, Sequence
 
+from services.common.db import private_file
 from services.common.errors import NotReady
 from services.inference import metrics
 
@@ -49,7 +50,7 @@ class _Ticket:
 class Outbox:
     def __init__(self, path: str | pathlib.Path, busy_timeout_ms: int = 10_000):
         self.path = pathlib.Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)
         self._busy_timeout_ms = busy_timeout_ms
         self._writer = self._connect()
         self._writer.execute(_SCHEMA)

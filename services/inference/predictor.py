@@ -2,7 +2,8 @@
 calling thread → optional reasons → commit the outbox rows → answer.
 
 Prediction ids are `<request id>-<row>`: Envoy gives every request an `x-request-id` and keeps it on retries, so a
-retried request produces the same ids and monitoring drops the duplicate.
+retried request produces the same ids and monitoring drops the duplicate. A direct caller's own id gets a server
+nonce first (services/common/direct_calls.py), so a repeated id never drops a prediction.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from churn.v1 import common_pb2, inference_pb2, monitoring_pb2
 from google.protobuf import timestamp_pb2
 
 from services.common import features as F
-from services.common import telco_csv
+from services.common import prediction_record, telco_csv
 from services.common.errors import InvalidInput, ResourceExhausted
 from services.inference import explain, metrics
 from services.inference.model import LoadedModel, ModelHolder
@@ -31,10 +32,12 @@ class Limits:
     max_batch_rows: int
     max_csv_bytes: int
     max_csv_rows: int
+    max_reply_bytes: int = 16 * 1024 * 1024  # the one message size (MAX_MESSAGE_MB): a reply must fit it too
 
     @classmethod
     def from_settings(cls, settings) -> "Limits":
-        return cls(settings.max_batch_rows, settings.max_message_bytes, settings.max_csv_rows)
+        return cls(settings.max_batch_rows, settings.max_message_bytes, settings.max_csv_rows,
+                   settings.max_message_bytes)
 
 
 @dataclasses.dataclass
@@ -76,6 +79,9 @@ class Predictor:
         """Score typed customers. `label` names fields in errors (`customers[3].tenure`, or `customer.tenure`)."""
         started = time.perf_counter()
         self._check_rows(len(customers), label if isinstance(label, str) else label(0))
+        row_label = label if callable(label) else (lambda i: f"{label}[{i}]")
+        prediction_record.check_customer_ids([c.customer_id for c in customers],
+                                             lambda i: f"{row_label(i)}.customer_id")
         X = F.encode_customers(customers, label=label)
         return self._score(X, customers, [c.customer_id for c in customers], request_id=request_id,
                            explain_top_k=explain_top_k, method=method, started=started, first_index=first_index)
@@ -84,6 +90,7 @@ class Predictor:
         """Score a Telco CSV; with a Churn column, also the accuracy against it (rows with a blank label skipped)."""
         started = time.perf_counter()
         parsed = telco_csv.parse_telco_csv(data, self.limits.max_csv_bytes, self.limits.max_csv_rows)
+        prediction_record.check_customer_ids(parsed.customer_ids, lambda i: f"csv line {parsed.lines[i]}: customerID")
         scored = self._score(parsed.encoded, parsed.customers(), parsed.customer_ids, request_id=request_id,
                              explain_top_k=explain_top_k, method="PredictCsv", started=started)
         accuracy = None
@@ -112,6 +119,7 @@ class Predictor:
                 prediction.reasons.extend(inference_pb2.Reason(feature=f, value=v, contribution=x)
                                           for f, v, x in reasons[i])
             predictions.append(prediction)
+        self._check_reply_size(predictions, explain_top_k)
         latency_ms = (time.perf_counter() - started) * 1000.0
         self._log(predictions, customers, request_id, latency_ms)
         n_churn = int(churn.sum())
@@ -122,6 +130,17 @@ class Predictor:
         metrics.BATCH_ROWS.labels(method).observe(len(predictions))
         return Scored(predictions, model)
 
+    def _check_reply_size(self, predictions: list[inference_pb2.Prediction], explain_top_k: int) -> None:
+        """A reply over the message size would fail after the fact (the caller gets nothing, yet every row would be
+        logged): refuse it before anything is logged. Exact sizes are summed only when a generous bound per row
+        (ids of 128 characters, reasons of long values) does not already show it fits: not on the hot path."""
+        if len(predictions) * (600 + 300 * explain_top_k) <= self.limits.max_reply_bytes:
+            return
+        size = sum(p.ByteSize() + 5 for p in predictions)  # + the repeated field's tag and length per row
+        if size > self.limits.max_reply_bytes:
+            raise ResourceExhausted(f"the reply would be {size} bytes, the limit is {self.limits.max_reply_bytes}: "
+                                    f"send fewer rows{' or a smaller explain_top_k' if explain_top_k else ''}")
+
     def _log(self, predictions: list[inference_pb2.Prediction], customers: Sequence[common_pb2.Customer],
              request_id: str, latency_ms: float) -> None:
         """Commit one outbox row per prediction; the answer goes out only after this returns."""
@@ -130,7 +149,8 @@ class Predictor:
         self._outbox.append([(prediction.prediction_id, monitoring_pb2.PredictionRecord(
             prediction_id=prediction.prediction_id, customer=customer, churn=prediction.churn,
             probability=prediction.probability, model=prediction.model, latency_ms=latency_ms, predicted_at=now,
-            request_id=request_id).SerializeToString()) for prediction, customer in zip(predictions, customers)])
+            request_id=prediction_record.bounded_request_id(request_id)).SerializeToString())
+            for prediction, customer in zip(predictions, customers)])
 
     def explain(self, customers: Sequence[common_pb2.Customer]) -> tuple[list[inference_pb2.Explanation], LoadedModel]:
         """Full TreeSHAP per customer field; base + Σ shap_value == margin (log-odds for both flavours)."""

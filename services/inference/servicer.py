@@ -42,9 +42,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                                                 accuracy=accuracy)
 
     def StreamPredict(self, request_iterator, context):
-        """One answer per message, in order; a bad message gets its own google.rpc.Status and the stream goes on."""
+        """One answer per message, in order; a bad message (an unparsable one arrives as its InvalidInput) gets its
+        own google.rpc.Status and the stream goes on."""
         request_id = request_id_var.get()
         for index, message in enumerate(request_iterator):
+            if isinstance(message, InvalidInput):
+                yield inference_pb2.StreamPredictResponse(error=status_for(message))
+                continue
             try:
                 if not message.HasField("customer"):
                     raise InvalidInput("customer", "is required")

@@ -8,6 +8,7 @@ import logging
 from churn.v1 import monitoring_pb2, monitoring_pb2_grpc
 
 from services.common import identity, mlflow_config
+from services.common.health import HEALTHZ_PATH, EnvoyView
 from services.common.model_registry import ModelRegistry
 from services.common.interceptor import ServiceInterceptor
 from services.common.server import ServiceHost, start_server
@@ -73,13 +74,16 @@ def start(settings: Settings, verifier: identity.TokenVerifier, *, parts: Monito
           reconcile_seconds: float = 5.0) -> MonitoringApp:
     """Build (unless given), serve, and schedule the metrics refresh and the canary reconcile."""
     parts = parts or build_parts(settings)
+    # The gateway's health backend: Health/Check for every churn.v1 service and /healthz, from Envoy's own view.
+    view = EnvoyView(parts.canary.admin.url)
     host = start_server(
         settings, port=settings.monitoring_port if port is None else port,
         http_port=settings.monitoring_http_port if http_port is None else http_port,
         register=lambda server: monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(
             MonitoringServicer(parts), server),
         service_names=[SERVICE_NAME],
-        interceptor=ServiceInterceptor(verifier, settings.api_key, settings.ops_api_key))
+        interceptor=ServiceInterceptor.from_settings(verifier, settings),
+        health_view=view, http_routes={HEALTHZ_PATH: view.healthz})
     jobs = [Periodic("metrics-update", metrics_seconds or settings.metrics_update_seconds, parts.updater.update,
                      first_delay=1.0).start()]
     if reconcile_seconds > 0:

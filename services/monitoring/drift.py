@@ -16,7 +16,7 @@ from typing import Protocol
 import pandas as pd
 
 from services.common import features as F
-from services.common.errors import FailedPrecondition, InvalidInput, NotFound
+from services.common.errors import FailedPrecondition, InvalidInput, NotFound, shown
 from services.monitoring.store import MonitoringStore
 
 DEFAULT_WINDOW, MAX_WINDOW, MIN_ROWS = 500, 100_000, 50
@@ -65,7 +65,7 @@ def check_request(window: int | None, fmt: str) -> tuple[int, str]:
                                      f"got {window}")
     fmt = (fmt or "html").strip().lower()
     if fmt not in FORMATS:
-        raise InvalidInput("format", f"must be one of {sorted(FORMATS)}, got {fmt!r}")
+        raise InvalidInput("format", f"must be one of {sorted(FORMATS)}, got {shown(fmt)}")
     return window, fmt
 
 
@@ -84,7 +84,7 @@ class DriftAnalyzer:
         if reference_id:
             found = self._store.load_reference(reference_id)
             if found is None:
-                raise NotFound(f"reference set {reference_id!r} not found (see UploadTrainingData)")
+                raise NotFound(f"reference set {shown(reference_id)} not found (see UploadTrainingData)")
             return found[1], f"dataset {reference_id}"
         version = model_version or self._references.alias_version()
         return self._references.training_reference(version), f"model version {version} training data"

@@ -29,6 +29,9 @@ DRIFTED_COLUMNS = Gauge("churn_monitoring_drifted_columns", "Feature columns Evi
 DATASET_DRIFT = Gauge("churn_monitoring_dataset_drift", "1 when Evidently reports dataset drift.", VERSION)
 CANARY_PERCENT = Gauge("churn_monitoring_canary_percent", "Share of prediction traffic Envoy sends to staging.")
 RECORDS = Counter("churn_monitoring_records_total", "Prediction records received, by outcome.", ["outcome"])
+DEAD_LETTERS = Counter("churn_monitoring_dead_letters_total",
+                       "Prediction records refused into the dead-letter table, by the field that broke a rule.",
+                       ["field"])
 LAST_UPDATE = Gauge("churn_monitoring_metrics_updated_timestamp_seconds", "When the gauges were last recomputed.")
 UPDATE_SECONDS = Gauge("churn_monitoring_metrics_update_seconds", "How long the last recomputation took.")
 

@@ -1,4 +1,5 @@
-"""RecordPredictions: validate the outbox's records and store them idempotently by prediction id.
+"""RecordPredictions: check the outbox's records by the shared rules, store the valid ones idempotently by
+prediction id and dead-letter the rest.
 
 Inputs are stored in CSV spelling through the feature module's own conversion (`customer_to_csv_row`), so the
 prediction log, the training reference and uploaded sets all read back as the same Telco frame.
@@ -7,25 +8,30 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 
 from churn.v1 import monitoring_pb2
 
 from services.common import features as F
+from services.common import prediction_record
 from services.common.errors import InvalidInput, ResourceExhausted
+from services.common.logs import fields
 from services.common.telco_csv import customer_to_csv_row
-from services.monitoring.store import MonitoringStore, PredictionRow, utcnow
+from services.monitoring import metrics as M
+from services.monitoring.store import DeadLetter, MonitoringStore, PredictionRow, RowsRefused, utcnow
 
-MAX_ID_LENGTH = 128
+log = logging.getLogger("churn.monitoring.predictions")
 
 
 @dataclasses.dataclass(frozen=True)
 class RecordResult:
     received: int
     inserted: int
+    dead_lettered: int = 0
 
     @property
     def duplicates(self) -> int:
-        return self.received - self.inserted
+        return self.received - self.inserted - self.dead_lettered
 
 
 def to_row(record: monitoring_pb2.PredictionRecord) -> PredictionRow:
@@ -43,22 +49,8 @@ def to_row(record: monitoring_pb2.PredictionRecord) -> PredictionRow:
         predicted_at=predicted_at, request_id=record.request_id)
 
 
-def _problems(i: int, record: monitoring_pb2.PredictionRecord) -> list[tuple[str, str]]:
-    where = f"records[{i}]"
-    found = []
-    if not record.prediction_id:
-        found.append((f"{where}.prediction_id", "is required"))
-    elif len(record.prediction_id) > MAX_ID_LENGTH:
-        found.append((f"{where}.prediction_id", f"longer than {MAX_ID_LENGTH} characters"))
-    if len(record.customer.customer_id) > MAX_ID_LENGTH:
-        found.append((f"{where}.customer.customer_id", f"longer than {MAX_ID_LENGTH} characters"))
-    if not record.model.name:
-        found.append((f"{where}.model.name", "is required"))
-    if not record.model.version:
-        found.append((f"{where}.model.version", "is required"))
-    if not 0.0 <= record.probability <= 1.0:
-        found.append((f"{where}.probability", f"must be within [0, 1], got {record.probability!r}"))
-    return found
+def _letter(record: monitoring_pb2.PredictionRecord, field: str, reason: str) -> DeadLetter:
+    return DeadLetter(record.prediction_id, field, reason, record.SerializeToString())
 
 
 class PredictionLog:
@@ -67,14 +59,44 @@ class PredictionLog:
         self._max_rows = max_rows
 
     def record(self, records: list[monitoring_pb2.PredictionRecord]) -> RecordResult:
-        """All-or-nothing per batch: one bad record rejects the batch (the shipper must not lose the good ones
-        silently, and a retry of a fixed batch is harmless because inserts are idempotent)."""
+        """Store the valid records idempotently; a record that breaks the shared rules (or that the database
+        refuses) goes to the dead-letter table with its reason, so one poison record never blocks its batch. The
+        whole batch is refused only when it is empty or too large (the sender's mistake, not a record's)."""
         if not records:
             raise InvalidInput("records", "no records in the batch")
         if len(records) > self._max_rows:
             raise ResourceExhausted(f"batch has {len(records)} records, the limit is {self._max_rows}")
-        violations = [v for i, r in enumerate(records) for v in _problems(i, r)]
-        if violations:
-            raise InvalidInput(*violations[0], violations=violations[:F.MAX_VIOLATIONS])
-        inserted = self._store.record_predictions([to_row(r) for r in records])
-        return RecordResult(received=len(records), inserted=inserted)
+        good, letters = [], []
+        for i, record in enumerate(records):
+            found = prediction_record.problems(record, f"records[{i}]")
+            if found:
+                letters.append(_letter(record, *found[0]))
+            else:
+                good.append(record)
+        inserted = self._insert(good, letters)
+        if letters:
+            self._store.dead_letter(letters)
+            for letter in letters:
+                M.DEAD_LETTERS.labels(_field_class(letter.field)).inc()
+            log.warning("prediction records dead-lettered", extra=fields(
+                count=len(letters), first_field=letters[0].field, first_reason=letters[0].reason))
+        return RecordResult(received=len(records), inserted=inserted, dead_lettered=len(letters))
+
+    def _insert(self, records: list[monitoring_pb2.PredictionRecord], letters: list[DeadLetter]) -> int:
+        """Insert; when the database refuses the batch for its data, split it in halves until the refused rows
+        are alone, and dead-letter those."""
+        if not records:
+            return 0
+        try:
+            return self._store.record_predictions([to_row(r) for r in records])
+        except RowsRefused as refused:
+            if len(records) == 1:
+                letters.append(_letter(records[0], "record", f"refused by the store: {refused}"))
+                return 0
+            middle = len(records) // 2
+            return self._insert(records[:middle], letters) + self._insert(records[middle:], letters)
+
+
+def _field_class(field: str) -> str:
+    """`records[3].customer.tenure` -> `customer.tenure`: a metric label with a bounded set of values."""
+    return field.partition(".")[2] or field

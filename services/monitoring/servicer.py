@@ -60,6 +60,7 @@ class MonitoringServicer(monitoring_pb2_grpc.MonitoringServiceServicer):
         result = self._p.predictions.record(list(request.records))
         M.RECORDS.labels("inserted").inc(result.inserted)
         M.RECORDS.labels("duplicate").inc(result.duplicates)
+        M.RECORDS.labels("dead_letter").inc(result.dead_lettered)
         return monitoring_pb2.RecordPredictionsResponse(received=result.received, inserted=result.inserted,
                                                         duplicates=result.duplicates)
 

@@ -63,6 +63,24 @@ reference_sets = sa.Table(
     sa.Column("csv_gzip", sa.LargeBinary, nullable=False),  # the cleaned frame + Churn as gzip'd CSV
 )
 
+# Records the log refused (by the shared rules in services/common/prediction_record.py, or by the database itself):
+# kept whole, with why, so one poison record never blocks the rows around it and nothing is silently dropped.
+dead_letters = sa.Table(
+    "dead_letters", metadata,
+    sa.Column("seq", _ID, primary_key=True, autoincrement=True),
+    sa.Column("prediction_id", sa.String(128), nullable=False, default=""),  # cut to fit; may repeat
+    sa.Column("field", sa.String(256), nullable=False),
+    sa.Column("reason", sa.String(512), nullable=False),
+    sa.Column("record", sa.LargeBinary, nullable=False),  # the serialized PredictionRecord as received
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+class RowsRefused(Exception):
+    """The database refused a batch for its data (a value too long, a constraint): some row in it is bad, the
+    connection is fine. Any other database error is left to propagate (the sender retries the whole batch)."""
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -89,6 +107,14 @@ class PredictionRow:
     latency_ms: float
     predicted_at: dt.datetime
     request_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadLetter:
+    prediction_id: str
+    field: str
+    reason: str
+    record: bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,10 +165,33 @@ class MonitoringStore:
         statement = (self._insert(predictions).on_conflict_do_nothing(index_elements=["prediction_id"])
                      .returning(predictions.c.prediction_id))  # RETURNING names only the rows really inserted
         inserted = 0
-        with self.engine.begin() as connection:
-            for start in range(0, len(values), 500):
-                inserted += len(connection.execute(statement, values[start:start + 500]).all())
+        try:
+            with self.engine.begin() as connection:
+                for start in range(0, len(values), 500):
+                    inserted += len(connection.execute(statement, values[start:start + 500]).all())
+        except (sa.exc.DataError, sa.exc.IntegrityError) as exc:
+            raise RowsRefused(type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__) from exc
         return inserted
+
+    def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
+        if not letters:
+            return
+        now = utcnow()
+        with self.engine.begin() as connection:
+            connection.execute(dead_letters.insert(), [
+                {"prediction_id": d.prediction_id[:128], "field": d.field[:256], "reason": d.reason[:512],
+                 "record": d.record, "received_at": now} for d in letters])
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The most recent dead letters, newest first."""
+        query = sa.select(dead_letters).order_by(dead_letters.c.seq.desc()).limit(limit)
+        with self.engine.connect() as connection:
+            return [DeadLetter(r.prediction_id, r.field, r.reason, bytes(r.record))
+                    for r in connection.execute(query)]
+
+    def count_dead_letters(self) -> int:
+        with self.engine.connect() as connection:
+            return int(connection.execute(sa.select(sa.func.count()).select_from(dead_letters)).scalar_one())
 
     def count_predictions(self, model_version: str = "") -> int:
         query = sa.select(sa.func.count()).select_from(predictions)

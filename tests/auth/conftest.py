@@ -20,12 +20,15 @@ from services.common.settings import Settings
 
 CHEAP_ARGON2 = {"ARGON2_TIME_COST": "1", "ARGON2_MEMORY_KIB": "1024"}
 PASSWORD = "Correct-Horse-42"
+SIGNING_KEY_SECRET = "signing-" + secrets.token_hex(8)  # one per run: auth replicas on one store share it
 
 
 def auth_settings(workdir, database_url: str, **extra: str) -> Settings:
     env = {"DATA_DIR": str(workdir), "SECRETS_DIR": str(workdir / "secrets"), "BIND_HOST": "127.0.0.1",
            "API_KEY": "client-" + secrets.token_hex(8), "OPS_API_KEY": "ops-" + secrets.token_hex(8),
            "USERS_DATABASE_URL": database_url, "KEY_PROPAGATION_SECONDS": "1", "ACCESS_TOKEN_TTL_SECONDS": "300",
+           "SIGNING_KEY_SECRET": SIGNING_KEY_SECRET,
+           "DIRECT_AUTH_RATE_PER_MINUTE": "0",  # these tests log in directly many times; test_direct_calls.py
            "SESSION_CHECK_SECONDS": "1", "JWKS_CACHE_SECONDS": "1", **CHEAP_ARGON2, **extra}
     return Settings.from_env(env)
 

@@ -60,7 +60,8 @@ def ring(fresh_database_url):
     store = UserStore(fresh_database_url)
     store.migrate()
     clock = Clock()
-    yield KeyRing(store, propagation_seconds=10, access_ttl_seconds=100, refresh_seconds=0, clock=clock), clock, store
+    yield KeyRing(store, propagation_seconds=10, access_ttl_seconds=100, secret="test-secret", refresh_seconds=0,
+                  clock=clock), clock, store
     store.close()
 
 

@@ -169,7 +169,8 @@ def suite(trained_registry, suite_workdir) -> Suite:
         started["auth"] = ServiceProcess("auth", "services.auth", env, workdir, args=("serve",)).wait_ready()
         env.update(AUTH_PORT=str(started["auth"].port), AUTH_HTTP_PORT=str(started["auth"].http_port))
         started["monitoring"] = ServiceProcess("monitoring", "services.monitoring", env, workdir).wait_ready(120)
-        env.update(MONITORING_PORT=str(started["monitoring"].port))
+        env.update(MONITORING_PORT=str(started["monitoring"].port),
+                   MONITORING_HTTP_PORT=str(started["monitoring"].http_port))
         for alias in ("production", "staging"):
             started[alias] = ServiceProcess(f"inference_{alias}", "services.inference", dict(env, MODEL_ALIAS=alias),
                                             workdir)

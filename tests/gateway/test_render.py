@@ -52,6 +52,7 @@ def live(tmp_path_factory):
     envoy.stop()
 
 
+
 @pytest.fixture(scope="module")
 def live_config(live) -> dict:
     return yaml.safe_load((live.admin_path.parent / "envoy.yaml").read_text())
@@ -206,7 +207,7 @@ def test_settings_flow_into_the_config(config, settings):
     ports = {name: c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
              ["port_value"] for name, c in clusters.items() if "load_assignment" in c}
     assert ports == {"auth": 41001, "auth_jwks": 41002, "monitoring": 41003, "inference_production": 41004,
-                     "inference_staging_hosts": 41005}
+                     "inference_staging_hosts": 41005, "monitoring_http": settings.monitoring_http_port}
     for name in ("auth", "monitoring", "inference_production", "inference_staging_hosts"):
         assert clusters[name]["health_checks"][0]["grpc_health_check"]["service_name"].startswith("churn.v1.")
         assert "outlier_detection" in clusters[name]
@@ -214,8 +215,9 @@ def test_settings_flow_into_the_config(config, settings):
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     assert hcm["use_remote_address"] is True and hcm["codec_type"] == "AUTO"
     filter_names = [f["name"] for f in hcm["http_filters"]]
+    # /healthz is routed to monitoring's side port (Envoy's view as JSON), past the transcoder
     assert filter_names == [F[n] for n in ("header_mutation", "cors", "api_key_auth", "jwt_authn", "rbac", "local_ratelimit",
-                                    "grpc_json_transcoder", "health_check", "router")]
+                                    "grpc_json_transcoder", "router")]
     filters = {f["name"]: f["typed_config"] for f in hcm["http_filters"]}
     transcoder = filters[F["grpc_json_transcoder"]]
     assert transcoder["max_request_body_size"] == transcoder["max_response_body_size"] == 9 * 1024 * 1024

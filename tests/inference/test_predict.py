@@ -175,10 +175,13 @@ def test_model_info_and_alias_checks(servers):
         assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "alias" in error.value.details()
 
 
-def test_retried_request_id_gives_the_same_prediction_ids(production, customers):
+def test_retried_request_id_gives_the_same_prediction_ids(production, customers, settings):
+    """Through the gateway (its stamp on the call) a retry reuses Envoy's request id; a direct caller's repeated id
+    does not (tests/inference/test_direct_calls.py)."""
     request = inference_pb2.PredictBatchRequest(customers=customers[:3])
-    first = production.stub.PredictBatch(request, metadata=production.metadata(request_id="req-retry-1"))
-    again = production.stub.PredictBatch(request, metadata=production.metadata(request_id="req-retry-1"))
+    via_envoy = [*production.metadata(request_id="req-retry-1"), ("x-churn-gateway", settings.gateway_secret)]
+    first = production.stub.PredictBatch(request, metadata=via_envoy)
+    again = production.stub.PredictBatch(request, metadata=via_envoy)
     ids = [p.prediction_id for p in first.predictions]
     assert ids == [p.prediction_id for p in again.predictions] == ["req-retry-1-0", "req-retry-1-1", "req-retry-1-2"]
     other = production.stub.PredictBatch(request, metadata=production.metadata())

@@ -1,0 +1,88 @@
+"""Issue 13 item 12: `make run` keeps serving when a process dies. Under tools/run_suite.py (supervisord), a
+kill -9 of the canary is logged and the canary restarted; predictions through the gateway keep succeeding
+meanwhile (the canary's share falls back to production); Ctrl-C still stops everything cleanly."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import pytest
+from churn.v1 import inference_pb2, inference_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.settings import Settings
+from tests.e2e.envoy_process import free_port
+from tests.e2e.test_make_run import PORTS, PROCESSES
+from tests.harness import ROOT, base_env
+
+pytestmark = pytest.mark.integration
+
+
+def serving(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1
+        except grpc.RpcError:
+            return False
+
+
+def test_a_killed_canary_is_restarted_while_the_gateway_keeps_serving(trained_registry, tmp_path, customers):
+    env = base_env(tmp_path)
+    env.update({name: str(free_port()) for name in PORTS})
+    env.update(ARGON2_TIME_COST="1", ARGON2_MEMORY_KIB="1024", READY_TIMEOUT_SECONDS="180", CANARY_PERCENT="50",
+               SERVICE_PREDICT_RATE_PER_MINUTE="1000000")
+    shutil.copy(os.path.join(trained_registry["DATA_DIR"], "mlflow.db"), tmp_path / "var" / "mlflow.db")
+    done = subprocess.run([sys.executable, "tools/init_secrets.py"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    settings = Settings.from_env(env)
+    runner = subprocess.Popen([sys.executable, "-m", "tools.run_suite"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(runner.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 200
+        while not any("churn suite is up" in line for line in lines):
+            assert time.monotonic() < deadline and runner.poll() is None, "".join(lines[-60:])
+            time.sleep(0.5)
+        token = (settings.secrets_dir / "service_token").read_text().strip()
+        channel = grpc.insecure_channel(f"127.0.0.1:{settings.gateway_port}")
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        metadata = (("x-api-key", settings.api_key), ("authorization", f"Bearer {token}"))
+        staging = f"127.0.0.1:{settings.inference_staging_port}"
+        pid = int(subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c",
+                                  str(settings.data_dir / "supervisor" / "supervisord.conf"), "pid",
+                                  "inference_staging"], capture_output=True, text=True, timeout=10).stdout)
+        os.kill(pid, signal.SIGKILL)
+        killed_at, failed, served, back_at = time.monotonic(), 0, 0, None
+        while time.monotonic() - killed_at < 60 and back_at is None:
+            for _ in range(20):
+                try:
+                    stub.Predict(inference_pb2.PredictRequest(customer=customers[served % 50]), metadata=metadata,
+                                 timeout=10)
+                    served += 1
+                except grpc.RpcError:
+                    failed += 1
+            if serving(staging):
+                back_at = time.monotonic()
+        assert back_at is not None and back_at - killed_at < 30, "staging was not serving again within 30 s"
+        assert failed == 0 and served > 0, (failed, served)
+        text = "".join(lines)
+        assert "exited: inference_staging (terminated by SIGKILL" in text and "spawned: 'inference_staging'" in text
+        assert all(serving(f"127.0.0.1:{settings.inference_port(alias)}") for alias in ("production", "staging"))
+        channel.close()
+    finally:
+        os.killpg(runner.pid, signal.SIGINT)
+        runner.wait(timeout=90)
+        reader.join(5)
+    text = "".join(lines)
+    assert runner.returncode == 0, text[-3000:]
+    for name in PROCESSES:
+        assert f"stopped: {name} (exit status 0)" in text, text[-3000:]
