@@ -101,6 +101,8 @@ class Settings:
     # MLflow: a server or database URL (empty = sqlite under data_dir, see mlflow_config) and the experiment.
     mlflow_tracking_uri: str = ""
     mlflow_experiment_name: str = "churn"
+    # Retrain: the shipped Telco data a candidate may include.
+    training_data_path: pathlib.Path = ROOT / "data" / "telco_churn.csv"
     # Process: where a server writes its bound ports as JSON (tests, the runner); the stdlib logging level.
     port_file: str = ""
     log_level: str = "INFO"
@@ -166,6 +168,7 @@ class Settings:
             service_token=env.get("SERVICE_TOKEN", ""),
             mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", ""),
             mlflow_experiment_name=env.get("MLFLOW_EXPERIMENT_NAME") or "churn",
+            training_data_path=pathlib.Path(env.get("TRAINING_DATA_PATH") or ROOT / "data" / "telco_churn.csv"),
             port_file=env.get("PORT_FILE", ""),
             log_level=env.get("LOG_LEVEL", "INFO"),
         )

@@ -16,7 +16,11 @@ from services.monitoring import metrics as M
 from services.monitoring.canary import CanaryControl, EnvoyAdmin
 from services.monitoring.drift import DriftAnalyzer
 from services.monitoring.feedback import FeedbackService
+from services.monitoring.lifecycle import Lifecycle
+from services.monitoring.lifecycle_store import LifecycleStore
 from services.monitoring.predictions import PredictionLog
+from services.monitoring.reloader import InferenceReloader
+from services.monitoring.retrain import Trainer
 from services.monitoring.scheduler import Periodic
 from services.monitoring.servicer import MonitoringParts, MonitoringServicer
 from services.monitoring.store import MonitoringStore
@@ -32,20 +36,25 @@ def envoy_admin_url(settings: Settings) -> str:
 
 
 def build_parts(settings: Settings, *, envoy_admin: str | None = None, database_url: str | None = None,
-                runtime_data_dir=None) -> MonitoringParts:
+                runtime_data_dir=None, reload=None) -> MonitoringParts:
     """The domain objects; imports MLflow and Evidently now (seconds), never while serving a call.
-    `runtime_data_dir` (default DATA_DIR) holds Envoy's disk runtime layer; tests give each Envoy its own."""
+    `runtime_data_dir` (default DATA_DIR) holds Envoy's disk runtime layer; tests give each Envoy its own.
+    `reload(alias, token)` tells an inference instance to reload (default: its ReloadModel at the Settings address)."""
     store = MonitoringStore(database_url or settings.monitoring_database_url)
     mlflow_config.quiet()
     registry = ModelRegistry(mlflow_config.tracking_uri(settings), settings.model_name)
     drift = DriftAnalyzer(store, References(registry))
     canary = CanaryControl(EnvoyAdmin(envoy_admin or envoy_admin_url(settings)), runtime_data_dir or settings.data_dir,
                            on_weight=M.CANARY_PERCENT.set)
+    runs = LifecycleStore(store.engine)
+    reload = reload or InferenceReloader(settings).reload
     return MonitoringParts(
         settings=settings, store=store,
         predictions=PredictionLog(store, max_rows=settings.max_csv_rows),
         feedback=FeedbackService(store, max_bytes=settings.max_message_bytes, max_rows=settings.max_csv_rows),
-        drift=drift, registry=registry, updater=M.MetricsUpdater(store, drift), canary=canary)
+        drift=drift, registry=registry, updater=M.MetricsUpdater(store, drift), canary=canary, runs=runs,
+        lifecycle=Lifecycle(registry, runs, reload, canary.set),
+        trainer=Trainer(settings, store, runs, registry, reload))
 
 
 @dataclasses.dataclass
@@ -65,6 +74,7 @@ class MonitoringApp:
     def close(self) -> None:
         for job in self.jobs:
             job.stop()
+        self.parts.trainer.close()
         self.parts.store.close()
 
 
@@ -73,6 +83,7 @@ def start(settings: Settings, verifier: identity.TokenVerifier, *, parts: Monito
           reconcile_seconds: float = 5.0) -> MonitoringApp:
     """Build (unless given), serve, and schedule the metrics refresh and the canary reconcile."""
     parts = parts or build_parts(settings)
+    parts.trainer.resume()
     host = start_server(
         settings, port=settings.monitoring_port if port is None else port,
         http_port=settings.monitoring_http_port if http_port is None else http_port,

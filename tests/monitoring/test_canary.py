@@ -14,10 +14,11 @@ import urllib.request
 import pytest
 from churn.v1 import monitoring_pb2
 
+from gateway.__main__ import envoy_binary
 from services.common import canary_runtime as CR
 from tests.monitoring.conftest import start_monitoring
 
-ENVOY = pathlib.Path(__file__).resolve().parents[2] / ".venv" / "bin" / "envoy"
+ENVOY = envoy_binary()  # beside the interpreter (the project's virtualenv), else on PATH
 DEFAULT_PERCENT = 10
 
 
