@@ -23,6 +23,14 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={raw!r} is not an integer") from exc
 
 
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "")
+    try:
+        return float(raw) if raw.strip() else default
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={raw!r} is not a number") from exc
+
+
 def data_dir_from(env: Mapping[str, str]) -> pathlib.Path:
     """DATA_DIR, default <repo>/var: every store, the registry, outboxes and Envoy's runtime layer live below it."""
     return pathlib.Path(env.get("DATA_DIR") or ROOT / "var").resolve()
@@ -103,6 +111,14 @@ class Settings:
     mlflow_experiment_name: str = "churn"
     # Retrain: the shipped Telco data a candidate may include.
     training_data_path: pathlib.Path = ROOT / "data" / "telco_churn.csv"
+    # Canary analysis (AnalyzeCanary): the window and the thresholds of its verdict.
+    canary_window_minutes: int = 60
+    canary_min_predictions: int = 100
+    canary_min_labelled: int = 50
+    canary_max_error_rate_increase: float = 0.01
+    canary_max_latency_p99_ms: float = 50.0
+    canary_max_jensen_shannon: float = 0.1
+    canary_max_roc_auc_drop: float = 0.02
     # Process: where a server writes its bound ports as JSON (tests, the runner); the stdlib logging level.
     port_file: str = ""
     log_level: str = "INFO"
@@ -169,6 +185,13 @@ class Settings:
             mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", ""),
             mlflow_experiment_name=env.get("MLFLOW_EXPERIMENT_NAME") or "churn",
             training_data_path=pathlib.Path(env.get("TRAINING_DATA_PATH") or ROOT / "data" / "telco_churn.csv"),
+            canary_window_minutes=_int(env, "CANARY_WINDOW_MINUTES", 60),
+            canary_min_predictions=_int(env, "CANARY_MIN_PREDICTIONS", 100),
+            canary_min_labelled=_int(env, "CANARY_MIN_LABELLED", 50),
+            canary_max_error_rate_increase=_float(env, "CANARY_MAX_ERROR_RATE_INCREASE", 0.01),
+            canary_max_latency_p99_ms=_float(env, "CANARY_MAX_LATENCY_P99_MS", 50.0),
+            canary_max_jensen_shannon=_float(env, "CANARY_MAX_JENSEN_SHANNON", 0.1),
+            canary_max_roc_auc_drop=_float(env, "CANARY_MAX_ROC_AUC_DROP", 0.02),
             port_file=env.get("PORT_FILE", ""),
             log_level=env.get("LOG_LEVEL", "INFO"),
         )

@@ -14,6 +14,7 @@ from services.common.server import ServiceHost, start_server
 from services.common.settings import Settings
 from services.monitoring import metrics as M
 from services.monitoring.canary import CanaryControl, EnvoyAdmin
+from services.monitoring.canary_analysis import CanaryAnalyzer, instance_error_rate
 from services.monitoring.drift import DriftAnalyzer
 from services.monitoring.feedback import FeedbackService
 from services.monitoring.lifecycle import Lifecycle
@@ -54,7 +55,8 @@ def build_parts(settings: Settings, *, envoy_admin: str | None = None, database_
         feedback=FeedbackService(store, max_bytes=settings.max_message_bytes, max_rows=settings.max_csv_rows),
         drift=drift, registry=registry, updater=M.MetricsUpdater(store, drift), canary=canary, runs=runs,
         lifecycle=Lifecycle(registry, runs, reload, canary.set),
-        trainer=Trainer(settings, store, runs, registry, reload))
+        trainer=Trainer(settings, store, runs, registry, reload),
+        analyzer=CanaryAnalyzer(store, registry, settings, instance_error_rate(settings)))
 
 
 @dataclasses.dataclass

@@ -14,6 +14,7 @@ from services.common.model_registry import ModelRegistry
 from services.common.settings import Settings
 from services.monitoring import metrics as M
 from services.monitoring.canary import CanaryControl
+from services.monitoring.canary_analysis import CanaryAnalyzer, Side
 from services.monitoring.drift import DriftAnalyzer, DriftResult
 from services.monitoring import listing
 from services.monitoring.feedback import FeedbackService, upload_training_data
@@ -50,6 +51,14 @@ def _run(run: TrainingRun) -> monitoring_pb2.TrainingRun:
         rows=run.rows, flavor=run.flavor, metrics=run.metrics, error=run.error)
 
 
+def _side(side: Side, name: str) -> monitoring_pb2.CanarySide:
+    return monitoring_pb2.CanarySide(
+        model=common_pb2.ModelRef(name=name, version=side.version, alias=side.alias), predictions=side.predictions,
+        error_rate=side.error_rate, latency_p50_ms=side.latency_p50_ms, latency_p99_ms=side.latency_p99_ms,
+        mean_probability=side.mean_probability, labelled=side.labelled, accuracy=side.accuracy,
+        roc_auc=side.roc_auc)
+
+
 def drift_summary(result: DriftResult | None) -> monitoring_pb2.DriftSummary | None:
     if result is None:
         return None
@@ -76,6 +85,7 @@ class MonitoringParts:
     runs: LifecycleStore
     lifecycle: Lifecycle
     trainer: Trainer
+    analyzer: CanaryAnalyzer
 
 
 class MonitoringServicer(monitoring_pb2_grpc.MonitoringServiceServicer):
@@ -179,3 +189,12 @@ class MonitoringServicer(monitoring_pb2_grpc.MonitoringServiceServicer):
                 model=common_pb2.ModelRef(name=r.row.model_name, version=r.row.model_version,
                                           alias=r.row.model_alias)), actual_churn=r.actual_churn)
             for r, customer in zip(rows, listing.customers(rows))])
+
+    def AnalyzeCanary(self, request, context):
+        a = self._p.analyzer.analyze(request.window_minutes)
+        return monitoring_pb2.AnalyzeCanaryResponse(
+            production=_side(a.production, self._p.settings.model_name),
+            staging=_side(a.staging, self._p.settings.model_name), jensen_shannon=a.jensen_shannon, psi=a.psi,
+            verdict=monitoring_pb2.CanaryVerdict.Value(f"CANARY_VERDICT_{a.verdict.upper()}"), reasons=a.reasons,
+            thresholds=monitoring_pb2.CanaryThresholds(**dataclasses.asdict(a.thresholds)),
+            window_start=_ts(a.window_start))

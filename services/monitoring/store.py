@@ -216,6 +216,17 @@ class MonitoringStore:
             predicted_at=_aware(r["predicted_at"]), request_id=r["request_id"], shadow=bool(r["shadow"])),
             None if r["actual_churn"] is None else bool(r["actual_churn"])) for r in found]
 
+    def scores_since(self, alias: str, model_version: str, since: dt.datetime) -> pd.DataFrame:
+        """One alias+version's predictions since `since` (shadow included): probability, latency_ms and
+        actual_churn (None without feedback) — what a canary analysis compares."""
+        p = predictions.c
+        query = (sa.select(p.probability, p.latency_ms, feedback.c.actual_churn)
+                 .join(feedback, feedback.c.prediction_id == p.prediction_id, isouter=True)
+                 .where(p.model_alias == alias, p.model_version == model_version, p.predicted_at >= since))
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        return pd.DataFrame(rows, columns=["probability", "latency_ms", "actual_churn"])
+
     def labelled_inputs(self) -> tuple[pd.DataFrame, pd.Series]:
         """Every served (not shadow) prediction that has a feedback label: its inputs as a Telco frame and the
         true label — training data that the platform collected itself."""

@@ -161,10 +161,12 @@ def suite(trained_registry, suite_workdir) -> Suite:
     try:
         started["auth"] = ServiceProcess("auth", "services.auth", env, workdir, args=("serve",)).wait_ready()
         env.update(AUTH_PORT=str(started["auth"].port), AUTH_HTTP_PORT=str(started["auth"].http_port))
-        # monitoring reloads the inference instances (Promote, Retrain) at the addresses Settings gives: reserve
+        # monitoring reloads the inference instances (Promote, Retrain) and reads their metrics at the addresses
+        # Settings gives: reserve
         # their ports before it starts, as a deployment fixes them
         for alias in ("production", "staging"):
             env[f"INFERENCE_{alias.upper()}_PORT"] = str(free_port())
+            env[f"INFERENCE_{alias.upper()}_HTTP_PORT"] = str(free_port())  # AnalyzeCanary reads their error rate
         started["monitoring"] = ServiceProcess("monitoring", "services.monitoring", env, workdir).wait_ready(120)
         env.update(MONITORING_PORT=str(started["monitoring"].port))
         for alias in ("production", "staging"):

@@ -1,5 +1,6 @@
 """The model lifecycle through Envoy, REST and gRPC: upload a shifted training CSV → Retrain (a child process) →
-version 3 registered as `staging` with its lineage, the staging instance serving it → Promote → production answers
+version 3 registered as `staging` with its lineage, the staging instance serving it → 400 predictions at weight 50
+with their true labels → AnalyzeCanary shows both versions' figures → Promote → production answers
 with version 3 and `previous` is 1 → Rollback → version 1 again; every step in ListModelEvents with the admin's
 name; the logged predictions with their inputs in ListPredictions; bad input → 400 / INVALID_ARGUMENT naming the
 field. The registry's aliases are put back afterwards, so the other tests see the suite as they expect."""
@@ -10,6 +11,7 @@ import time
 
 import grpc
 import pytest
+from google.api import httpbody_pb2
 
 from churn.v1 import common_pb2, inference_pb2, monitoring_pb2
 from services.common import mlflow_config
@@ -45,6 +47,30 @@ def predict_version(suite, customer) -> str:
     return reply.prediction.model.version
 
 
+def canary_with_labels(suite, customers, ops) -> monitoring_pb2.AnalyzeCanaryResponse:
+    """400 predictions at weight 50, each customer's true label as feedback, then the analysis (once every
+    prediction and label has reached monitoring)."""
+    _, inference, monitoring = suite.stubs()
+    monitoring.SetCanaryWeight(monitoring_pb2.SetCanaryWeightRequest(percent=50), metadata=ops, timeout=5)
+    for customer in customers[:400]:
+        inference.Predict(inference_pb2.PredictRequest(customer=customer), metadata=suite.md(suite.service_token),
+                          timeout=10)
+    monitoring.SetCanaryWeight(monitoring_pb2.SetCanaryWeightRequest(percent=0), metadata=ops, timeout=5)
+    labels = parse_telco_csv(TELCO_CSV.read_bytes(), None, 10**6).churn
+    csv = "customerID,Churn\n" + "".join(f"{c.customer_id},{'Yes' if labels[i] else 'No'}\n"
+                                         for i, c in enumerate(customers[:400]))
+    deadline = time.monotonic() + 30
+    while True:
+        fed = monitoring.SubmitFeedback(monitoring_pb2.SubmitFeedbackRequest(
+            csv=httpbody_pb2.HttpBody(content_type="text/csv", data=csv.encode())), metadata=ops, timeout=30)
+        analysis = monitoring.AnalyzeCanary(monitoring_pb2.AnalyzeCanaryRequest(window_minutes=30), metadata=ops,
+                                            timeout=30)
+        sides = (analysis.production, analysis.staging)
+        if fed.matched == 400 and sum(s.labelled for s in sides) >= 400 or time.monotonic() > deadline:
+            return analysis
+        time.sleep(1)
+
+
 def wait_for_run(suite, admin: str, run_id: str, timeout: float = 300) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -73,6 +99,8 @@ def test_bad_lifecycle_requests_name_the_field(suite):
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in bad.value.details()
     assert suite.rest("GET", "/v1/models/events?page_size=5000", token=admin, key="ops").status == 400
     assert suite.rest("GET", "/v1/models/training-runs/unknown", token=admin, key="ops").status == 404
+    bad_window = suite.rest("GET", "/v1/canary/analysis?window_minutes=-1", token=admin, key="ops")
+    assert bad_window.status == 400 and b"window_minutes" in bad_window.body, bad_window.body
     # admin only, ops key only
     _, _, agent = suite.approved_agent("lifecycle")
     assert suite.rest("POST", "/v1/models:promote", {}, token=agent, key="ops").status == 403
@@ -118,6 +146,14 @@ def test_retrain_promote_rollback(suite, customers):
         assert tags["lineage.code_version"] and tags["flavor"] == "xgboost"
         assert serving(suite, admin, "staging") == "3"  # the staging instance was told to reload
 
+        analysis = canary_with_labels(suite, customers, ops)
+        assert analysis.production.model.version == "1" and analysis.staging.model.version == "3"
+        for side in (analysis.production, analysis.staging):
+            assert side.predictions >= 100 and side.labelled >= 100 and side.HasField("roc_auc"), analysis
+            assert side.HasField("error_rate") and side.error_rate == 0.0 and side.latency_p99_ms > 0
+        assert analysis.verdict != monitoring_pb2.CANARY_VERDICT_UNSPECIFIED and analysis.reasons
+        assert analysis.thresholds.min_predictions == suite.settings.canary_min_predictions
+
         promoted = monitoring.Promote(monitoring_pb2.PromoteRequest(version="3"), metadata=ops, timeout=120)
         assert (promoted.production_version, promoted.previous_version, promoted.changed,
                 promoted.canary_percent) == ("3", "1", True, 0)
@@ -135,8 +171,8 @@ def test_retrain_promote_rollback(suite, customers):
         events = suite.rest("GET", "/v1/models/events?page_size=50", token=admin, key="ops").json()["events"]
         trail = [(e["kind"].removeprefix("MODEL_EVENT_KIND_"), e["model_version"], e["actor"])
                  for e in reversed(events) if int(e["event_id"]) > since]
-        assert trail == [("RETRAIN_STARTED", "", ADMIN), ("RETRAIN_FINISHED", "3", ADMIN), ("PROMOTE", "3", ADMIN),
-                         ("ROLLBACK", "1", ADMIN)], trail
+        assert trail == [("RETRAIN_STARTED", "", ADMIN), ("RETRAIN_FINISHED", "3", ADMIN), ("CANARY_WEIGHT", "", ADMIN),
+                         ("CANARY_WEIGHT", "", ADMIN), ("PROMOTE", "3", ADMIN), ("ROLLBACK", "1", ADMIN)], trail
 
         # the prediction production made with version 3, with its inputs, once the outbox has shipped it
         deadline = time.monotonic() + 30
