@@ -116,7 +116,7 @@ class Settings:
     canary_min_predictions: int = 100
     canary_min_labelled: int = 50
     canary_max_error_rate_increase: float = 0.01
-    canary_max_latency_p99_ms: float = 50.0
+    canary_max_latency_p99_ms: float = 500.0
     canary_max_jensen_shannon: float = 0.1
     canary_max_roc_auc_drop: float = 0.02
     # Process: where a server writes its bound ports as JSON (tests, the runner); the stdlib logging level.
@@ -189,7 +189,7 @@ class Settings:
             canary_min_predictions=_int(env, "CANARY_MIN_PREDICTIONS", 100),
             canary_min_labelled=_int(env, "CANARY_MIN_LABELLED", 50),
             canary_max_error_rate_increase=_float(env, "CANARY_MAX_ERROR_RATE_INCREASE", 0.01),
-            canary_max_latency_p99_ms=_float(env, "CANARY_MAX_LATENCY_P99_MS", 50.0),
+            canary_max_latency_p99_ms=_float(env, "CANARY_MAX_LATENCY_P99_MS", 500.0),
             canary_max_jensen_shannon=_float(env, "CANARY_MAX_JENSEN_SHANNON", 0.1),
             canary_max_roc_auc_drop=_float(env, "CANARY_MAX_ROC_AUC_DROP", 0.02),
             port_file=env.get("PORT_FILE", ""),
