@@ -10,7 +10,7 @@ PROTOS := $(wildcard protos/churn/v1/*.proto)
 PYTEST_ARGS ?=
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: setup gen model secrets run test test-fast lint-protos clean
+.PHONY: setup gen model secrets run test test-fast lint-protos promtool clean
 
 setup: $(INSTALLED) $(GENERATED) $(BUF)
 
@@ -36,6 +36,10 @@ $(BUF):
 lint-protos: setup
 	$(BUF) lint
 	$(BUF) breaking --against '.git#branch=main'
+
+# promtool (Debian's prometheus package) checks deploy/prometheus.yml and the alert rules (tests use it when present).
+promtool:
+	command -v promtool >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus)
 
 # Trains and registers the models only when the registry has no `production` version yet.
 model: setup

@@ -119,6 +119,9 @@ class Settings:
     canary_max_latency_p99_ms: float = 500.0
     canary_max_jensen_shannon: float = 0.1
     canary_max_roc_auc_drop: float = 0.02
+    # Drift → retrain: start a Retrain when the production drift share stays >= this (0 = off) for N updates.
+    drift_retrain_share: float = 0.0
+    drift_retrain_after: int = 3
     # Process: where a server writes its bound ports as JSON (tests, the runner); the stdlib logging level.
     port_file: str = ""
     log_level: str = "INFO"
@@ -192,6 +195,8 @@ class Settings:
             canary_max_latency_p99_ms=_float(env, "CANARY_MAX_LATENCY_P99_MS", 500.0),
             canary_max_jensen_shannon=_float(env, "CANARY_MAX_JENSEN_SHANNON", 0.1),
             canary_max_roc_auc_drop=_float(env, "CANARY_MAX_ROC_AUC_DROP", 0.02),
+            drift_retrain_share=_float(env, "DRIFT_RETRAIN_SHARE", 0.0),
+            drift_retrain_after=_int(env, "DRIFT_RETRAIN_AFTER", 3),
             port_file=env.get("PORT_FILE", ""),
             log_level=env.get("LOG_LEVEL", "INFO"),
         )

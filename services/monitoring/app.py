@@ -16,6 +16,7 @@ from services.monitoring import metrics as M
 from services.monitoring.canary import CanaryControl, EnvoyAdmin
 from services.monitoring.canary_analysis import CanaryAnalyzer, instance_error_rate
 from services.monitoring.drift import DriftAnalyzer
+from services.monitoring.drift_retrain import DriftRetrain
 from services.monitoring.feedback import FeedbackService
 from services.monitoring.lifecycle import Lifecycle
 from services.monitoring.lifecycle_store import LifecycleStore
@@ -49,14 +50,15 @@ def build_parts(settings: Settings, *, envoy_admin: str | None = None, database_
                            on_weight=M.CANARY_PERCENT.set)
     runs = LifecycleStore(store.engine)
     reload = reload or InferenceReloader(settings).reload
+    trainer = Trainer(settings, store, runs, registry, reload)
     return MonitoringParts(
         settings=settings, store=store,
         predictions=PredictionLog(store, max_rows=settings.max_csv_rows),
         feedback=FeedbackService(store, max_bytes=settings.max_message_bytes, max_rows=settings.max_csv_rows),
         drift=drift, registry=registry, updater=M.MetricsUpdater(store, drift), canary=canary, runs=runs,
         lifecycle=Lifecycle(registry, runs, reload, canary.set),
-        trainer=Trainer(settings, store, runs, registry, reload),
-        analyzer=CanaryAnalyzer(store, registry, settings, instance_error_rate(settings)))
+        trainer=trainer, analyzer=CanaryAnalyzer(store, registry, settings, instance_error_rate(settings)),
+        drift_retrain=DriftRetrain(trainer, registry, store, settings.drift_retrain_share, settings.drift_retrain_after))
 
 
 @dataclasses.dataclass
@@ -93,8 +95,8 @@ def start(settings: Settings, verifier: identity.TokenVerifier, *, parts: Monito
             MonitoringServicer(parts), server),
         service_names=[SERVICE_NAME],
         interceptor=ServiceInterceptor(verifier, settings.api_key, settings.ops_api_key))
-    jobs = [Periodic("metrics-update", metrics_seconds or settings.metrics_update_seconds, parts.updater.update,
-                     first_delay=1.0).start()]
+    jobs = [Periodic("metrics-update", metrics_seconds or settings.metrics_update_seconds,
+                     lambda: parts.drift_retrain.observe(parts.updater.update()), first_delay=1.0).start()]
     if reconcile_seconds > 0:
         jobs.append(Periodic("canary-reconcile", reconcile_seconds, parts.canary.reconcile, first_delay=0.5).start())
     return MonitoringApp(host, parts, jobs)

@@ -249,8 +249,8 @@ class Trainer:
             return
         version, error = str(result["version"]), ""
         if not token:
-            error = ("the staging instance was not told to reload: monitoring restarted during the run and keeps "
-                     "no admin token; call ReloadModel on staging")
+            error = ("the staging instance was not told to reload: no admin token (monitoring started the run "
+                     "itself, or restarted during it, and keeps none); call ReloadModel on staging")
         else:
             try:
                 self._reload(R.ALIAS_STAGING, token)

@@ -16,6 +16,7 @@ from services.monitoring import metrics as M
 from services.monitoring.canary import CanaryControl
 from services.monitoring.canary_analysis import CanaryAnalyzer, Side
 from services.monitoring.drift import DriftAnalyzer, DriftResult
+from services.monitoring.drift_retrain import DriftRetrain
 from services.monitoring import listing
 from services.monitoring.feedback import FeedbackService, upload_training_data
 from services.monitoring.lifecycle import Actor, Lifecycle
@@ -86,6 +87,7 @@ class MonitoringParts:
     lifecycle: Lifecycle
     trainer: Trainer
     analyzer: CanaryAnalyzer
+    drift_retrain: DriftRetrain
 
 
 class MonitoringServicer(monitoring_pb2_grpc.MonitoringServiceServicer):

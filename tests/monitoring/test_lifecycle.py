@@ -174,10 +174,47 @@ def test_a_run_is_a_child_process_one_at_a_time_and_survives_a_monitoring_restar
     assert done.state == LS.SUCCEEDED, done.error or done.log_tail
     assert done.progress == 1.0 and done.model_version == "1" and done.metrics["roc_auc"] > 0.6
     assert any("[ 20%]" in line for line in done.log_tail)
-    assert "monitoring restarted" in done.error and recorder.reloads == []  # no admin token survived the restart
+    assert "restarted during it" in done.error and recorder.reloads == []  # no admin token survived the restart
     assert registry.version_for(R.ALIAS_STAGING) == "1"
     tags = registry.get("1").tags
     assert json.loads(tags["lineage.datasets"])[0]["rows"] == 800 and tags["lineage.rows"] == "800"
     assert tags["lineage.parent_version"] == "" and tags["lineage.code_version"]
     kinds = [(e.kind, e.actor, e.model_version) for e in reversed(runs.events(10))]
     assert kinds == [(LS.RETRAIN_STARTED, "admin-ann", ""), (LS.RETRAIN_FINISHED, "admin-ann", "1")]
+
+
+def test_persistent_drift_of_production_starts_one_retrain(registry, store):
+    import types
+
+    from services.monitoring.drift import DriftResult
+    from services.monitoring.drift_retrain import DriftRetrain
+    from services.monitoring.metrics import VersionMetrics
+
+    class Starts:
+        def __init__(self):
+            self.specs, self.busy = [], False
+
+        def start(self, spec, actor):
+            if self.busy:
+                raise FailedPrecondition("a run is going")
+            self.specs.append((spec, actor.subject))
+            return types.SimpleNamespace(run_id=f"run-{len(self.specs)}")
+
+    def update(share_of: dict[str, float]) -> list[VersionMetrics]:
+        return [VersionMetrics("m", v, 600, 0, {}, DriftResult(share > 0.5, share, int(share * 19), 19, (), 5000, 500,
+                                                                 v, "training data")) for v, share in share_of.items()]
+
+    versions(registry, 2)
+    registry.set_alias(R.ALIAS_PRODUCTION, "1")
+    starts = Starts()
+    off = DriftRetrain(starts, registry, store, share=0.0, after=2)
+    assert [off.observe(update({"1": 0.9})) for _ in range(5)] == [None] * 5
+    auto = DriftRetrain(starts, registry, store, share=0.5, after=3)
+    # staging drifting does not count; a calm update resets the streak
+    observed = [auto.observe(update(u)) for u in ({"1": 0.6}, {"1": 0.6}, {"1": 0.1}, {"1": 0.2, "2": 0.9},
+                                                  {"1": 0.7}, {"1": 0.5}, {"1": 0.8})]
+    assert observed == [None] * 6 + ["run-1"]
+    spec, actor = starts.specs[0]
+    assert actor == "monitoring:drift" and spec.include_shipped_data and not spec.include_feedback
+    starts.busy = True  # a run still going: nothing new, and counting starts again
+    assert [auto.observe(update({"1": 0.9})) for _ in range(3)] == [None] * 3 and auto.streak == 0
