@@ -31,6 +31,20 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ValueError(f"environment variable {name}={raw!r} is not a number") from exc
 
 
+def _steps(env: Mapping[str, str], name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    """Comma-separated weights, strictly rising within 1-100."""
+    raw = env.get(name, "")
+    if not raw.strip():
+        return default
+    try:
+        steps = tuple(int(part) for part in raw.split(","))
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={raw!r} is not a comma-separated list of integers") from exc
+    if not steps or any(not 0 < s <= 100 for s in steps) or list(steps) != sorted(set(steps)):
+        raise ValueError(f"environment variable {name}={raw!r} must rise strictly within 1-100")
+    return steps
+
+
 def data_dir_from(env: Mapping[str, str]) -> pathlib.Path:
     """DATA_DIR, default <repo>/var: every store, the registry, outboxes and Envoy's runtime layer live below it."""
     return pathlib.Path(env.get("DATA_DIR") or ROOT / "var").resolve()
@@ -119,6 +133,10 @@ class Settings:
     canary_max_latency_p99_ms: float = 500.0
     canary_max_jensen_shannon: float = 0.1
     canary_max_roc_auc_drop: float = 0.02
+    # The automatic canary (off by default): weight steps, and how long each step runs before it is judged.
+    canary_auto: bool = False
+    canary_auto_steps: tuple[int, ...] = (10, 25, 50, 100)
+    canary_auto_interval_seconds: int = 60
     # Drift → retrain: start a Retrain when the production drift share stays >= this (0 = off) for N updates.
     drift_retrain_share: float = 0.0
     drift_retrain_after: int = 3
@@ -195,6 +213,9 @@ class Settings:
             canary_max_latency_p99_ms=_float(env, "CANARY_MAX_LATENCY_P99_MS", 500.0),
             canary_max_jensen_shannon=_float(env, "CANARY_MAX_JENSEN_SHANNON", 0.1),
             canary_max_roc_auc_drop=_float(env, "CANARY_MAX_ROC_AUC_DROP", 0.02),
+            canary_auto=env.get("CANARY_AUTO", "false").lower() in ("1", "true", "yes"),
+            canary_auto_steps=_steps(env, "CANARY_AUTO_STEPS", (10, 25, 50, 100)),
+            canary_auto_interval_seconds=_int(env, "CANARY_AUTO_INTERVAL_SECONDS", 60),
             drift_retrain_share=_float(env, "DRIFT_RETRAIN_SHARE", 0.0),
             drift_retrain_after=_int(env, "DRIFT_RETRAIN_AFTER", 3),
             port_file=env.get("PORT_FILE", ""),

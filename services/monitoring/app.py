@@ -13,6 +13,7 @@ from services.common.interceptor import ServiceInterceptor
 from services.common.server import ServiceHost, start_server
 from services.common.settings import Settings
 from services.monitoring import metrics as M
+from services.monitoring.auto_canary import AutoCanary
 from services.monitoring.canary import CanaryControl, EnvoyAdmin
 from services.monitoring.canary_analysis import CanaryAnalyzer, instance_error_rate
 from services.monitoring.drift import DriftAnalyzer
@@ -51,13 +52,15 @@ def build_parts(settings: Settings, *, envoy_admin: str | None = None, database_
     runs = LifecycleStore(store.engine)
     reload = reload or InferenceReloader(settings).reload
     trainer = Trainer(settings, store, runs, registry, reload)
+    lifecycle = Lifecycle(registry, runs, reload, canary.set)
+    analyzer = CanaryAnalyzer(store, registry, settings, instance_error_rate(settings))
     return MonitoringParts(
         settings=settings, store=store,
         predictions=PredictionLog(store, max_rows=settings.max_csv_rows),
         feedback=FeedbackService(store, max_bytes=settings.max_message_bytes, max_rows=settings.max_csv_rows),
         drift=drift, registry=registry, updater=M.MetricsUpdater(store, drift), canary=canary, runs=runs,
-        lifecycle=Lifecycle(registry, runs, reload, canary.set),
-        trainer=trainer, analyzer=CanaryAnalyzer(store, registry, settings, instance_error_rate(settings)),
+        lifecycle=lifecycle, trainer=trainer, analyzer=analyzer,
+        auto_canary=AutoCanary(analyzer, registry, lifecycle, settings.canary_auto_steps),
         drift_retrain=DriftRetrain(trainer, registry, store, settings.drift_retrain_share, settings.drift_retrain_after))
 
 
@@ -97,6 +100,9 @@ def start(settings: Settings, verifier: identity.TokenVerifier, *, parts: Monito
         interceptor=ServiceInterceptor(verifier, settings.api_key, settings.ops_api_key))
     jobs = [Periodic("metrics-update", metrics_seconds or settings.metrics_update_seconds,
                      lambda: parts.drift_retrain.observe(parts.updater.update()), first_delay=1.0).start()]
+    if settings.canary_auto:
+        jobs.append(Periodic("auto-canary", settings.canary_auto_interval_seconds, parts.auto_canary.tick,
+                             first_delay=settings.canary_auto_interval_seconds).start())
     if reconcile_seconds > 0:
         jobs.append(Periodic("canary-reconcile", reconcile_seconds, parts.canary.reconcile, first_delay=0.5).start())
     return MonitoringApp(host, parts, jobs)

@@ -173,7 +173,10 @@ class CanaryAnalyzer:
         if not 0 <= window_minutes <= MAX_WINDOW_MINUTES:
             raise InvalidInput("window_minutes", f"must be between 1 and {MAX_WINDOW_MINUTES} (0 = "
                                                  f"{self._settings.canary_window_minutes}), got {window_minutes}")
-        since = utcnow() - dt.timedelta(minutes=window_minutes or self._settings.canary_window_minutes)
+        return self.analyze_since(utcnow() - dt.timedelta(minutes=window_minutes or
+                                                          self._settings.canary_window_minutes))
+
+    def analyze_since(self, since: dt.datetime) -> Analysis:
         sides, scores = {}, {}
         for alias in (R.ALIAS_PRODUCTION, R.ALIAS_STAGING):
             version = self._registry.alias_or_none(alias)

@@ -44,12 +44,12 @@ class Lifecycle:
         self._set_weight = set_weight
         self._lock = threading.Lock()  # one alias change at a time in this process
 
-    def set_weight(self, percent: int, actor: Actor) -> tuple[int, int]:
+    def set_weight(self, percent: int, actor: Actor, detail: str = "") -> tuple[int, int]:
         """The canary weight, recorded when it changes."""
         percent, previous = self._set_weight(percent)
         if percent != previous:
             self._events.add_event(LS.CANARY_WEIGHT, actor.subject, canary_percent=percent,
-                                   detail=f"staging share {previous}% -> {percent}%")
+                                   detail=detail or f"staging share {previous}% -> {percent}%")
         return percent, previous
 
     def _settle(self, actor: Actor) -> int:

@@ -13,6 +13,7 @@ from services.common import identity
 from services.common.model_registry import ModelRegistry
 from services.common.settings import Settings
 from services.monitoring import metrics as M
+from services.monitoring.auto_canary import AutoCanary
 from services.monitoring.canary import CanaryControl
 from services.monitoring.canary_analysis import CanaryAnalyzer, Side
 from services.monitoring.drift import DriftAnalyzer, DriftResult
@@ -88,6 +89,7 @@ class MonitoringParts:
     trainer: Trainer
     analyzer: CanaryAnalyzer
     drift_retrain: DriftRetrain
+    auto_canary: AutoCanary
 
 
 class MonitoringServicer(monitoring_pb2_grpc.MonitoringServiceServicer):

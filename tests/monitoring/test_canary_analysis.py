@@ -93,3 +93,75 @@ def test_both_sides_figures_from_the_log(tmp_path):
     assert analysis.verdict == CA.ROLLBACK
     assert any(r.startswith("failed: live ROC AUC") for r in analysis.reasons)
     store.close()
+
+
+def test_auto_canary_steps_a_good_candidate_to_100_and_rolls_a_bad_one_back_at_once(tmp_path):
+    from services.monitoring import lifecycle_store as LS
+    from services.monitoring.auto_canary import AutoCanary
+    from services.monitoring.lifecycle import Lifecycle
+
+    settings = Settings.from_env({"DATA_DIR": str(tmp_path / "var"), "MODEL_NAME": "auto-test",
+                                  "CANARY_MIN_PREDICTIONS": "50", "CANARY_MIN_LABELLED": "50"})
+    registry = R.ModelRegistry(mlflow_config.tracking_uri(settings), settings.model_name)
+    store = MonitoringStore(f"sqlite:///{tmp_path / 'monitoring.db'}")
+    events = LS.LifecycleStore(store.engine)
+    weights = [0]
+
+    def set_weight(percent):
+        weights.append(percent)
+        return percent, weights[-2]
+
+    lifecycle = Lifecycle(registry, events, reload=lambda alias, token: "", set_weight=set_weight)
+    auto = AutoCanary(CA.CanaryAnalyzer(store, registry, settings, error_rate=lambda alias: 0.0), registry, lifecycle,
+                      steps=(10, 50, 100))
+    registry.client.create_registered_model(registry.name)
+    for _ in range(3):
+        registry.client.create_model_version(registry.name, source="file:///nowhere")
+    registry.set_alias(R.ALIAS_PRODUCTION, "1")
+    registry.set_alias(R.ALIAS_STAGING, "1")
+    assert auto.tick() is None and weights == [0]  # staging = production: nothing to roll out
+
+    rng = np.random.default_rng(3)
+    counter = iter(range(10**6))
+
+    def traffic(version: str, good: bool) -> None:
+        """60 labelled predictions per side, made after the step began."""
+        y = rng.random(60) < 0.3
+        skilled = np.clip(np.where(y, 0.75, 0.25) + rng.normal(0, 0.1, 60), 0, 1)
+        batch = {"production": ("1", skilled), "staging": (version, skilled if good else rng.random(60))}
+        records, labels = [], {}
+        for alias, (v, p) in batch.items():
+            for value, label in zip(p, y):
+                pid = f"{alias}-{next(counter)}"
+                records.append(PredictionRow(pid, pid, {f.name: None for f in F.FEATURES}, bool(value >= 0.5),
+                                             float(value), "m", v, alias, 3.0, utcnow(), "r"))
+                labels[pid] = bool(label)
+        store.record_predictions(records)
+        store.save_feedback(labels)
+
+    registry.set_alias(R.ALIAS_STAGING, "2")
+    assert auto.tick() == "started version 2 at 10%"
+    assert auto.tick() is None  # no traffic in this step yet: HOLD
+    for expected in ("version 2 at 50%", "version 2 at 100%", "version 2 holds at 100%"):
+        traffic("2", good=True)
+        assert auto.tick() == expected
+    assert auto.tick() is None and weights == [0, 10, 50, 100]
+
+    registry.set_alias(R.ALIAS_STAGING, "3")  # a candidate that learnt nothing
+    assert auto.tick() == "started version 3 at 10%"
+    traffic("3", good=False)
+    assert auto.tick() == "rolled back version 3"
+    assert weights[-1] == 0 and auto.tick() is None and weights[-1] == 0
+    last = events.events(1)[0]
+    assert last.actor == "monitoring:canary" and last.canary_percent == 0 and "failed: live ROC AUC" in last.detail
+    store.close()
+
+
+def test_auto_canary_settings(tmp_path):
+    base = {"DATA_DIR": str(tmp_path)}
+    assert Settings.from_env(base).canary_auto is False
+    tuned = Settings.from_env(dict(base, CANARY_AUTO="true", CANARY_AUTO_STEPS="5, 20,100"))
+    assert tuned.canary_auto and tuned.canary_auto_steps == (5, 20, 100)
+    for raw in ("50,10", "0,10", "10,10", "ten", "10,101"):
+        with pytest.raises(ValueError, match="CANARY_AUTO_STEPS"):
+            Settings.from_env(dict(base, CANARY_AUTO_STEPS=raw))
