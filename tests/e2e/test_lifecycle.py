@@ -3,10 +3,13 @@ version 3 registered as `staging` with its lineage, the staging instance serving
 with their true labels → AnalyzeCanary shows both versions' figures → Promote → production answers
 with version 3 and `previous` is 1 → Rollback → version 1 again; every step in ListModelEvents with the admin's
 name; the logged predictions with their inputs in ListPredictions; bad input → 400 / INVALID_ARGUMENT naming the
-field. The registry's aliases are put back afterwards, so the other tests see the suite as they expect."""
+field; a load generator running through Promote and Rollback sees no failed prediction. The registry's aliases
+are put back afterwards, so the other tests see the suite as they expect."""
 from __future__ import annotations
 
+import collections
 import json
+import threading
 import time
 
 import grpc
@@ -30,6 +33,30 @@ def shifted_csv() -> bytes:
     frame.insert(0, "customerID", data.customer_ids)
     frame["Churn"] = data.churn.map({True: "Yes", False: "No"}).to_numpy()
     return frame.to_csv(index=False).encode()
+
+
+class Load(threading.Thread):
+    """Predictions in a loop with a service token, counted by the version that answered and by failure."""
+
+    def __init__(self, suite, customers):
+        super().__init__(daemon=True)
+        self.suite, self.customers = suite, customers
+        self.versions: collections.Counter = collections.Counter()
+        self.failures: list[str] = []
+        self.done = threading.Event()
+
+    def run(self):
+        _, inference, _ = self.suite.stubs()
+        metadata = self.suite.md(self.suite.service_token)
+        i = 0
+        while not self.done.is_set():
+            try:
+                reply = inference.Predict(inference_pb2.PredictRequest(customer=self.customers[i % 1000]),
+                                          metadata=metadata, timeout=10)
+                self.versions[reply.prediction.model.version] += 1
+            except grpc.RpcError as error:
+                self.failures.append(f"{error.code().name}: {error.details()}")
+            i += 1
 
 
 def serving(suite, admin: str, alias: str) -> str:
@@ -154,6 +181,8 @@ def test_retrain_promote_rollback(suite, customers):
         assert analysis.verdict != monitoring_pb2.CANARY_VERDICT_UNSPECIFIED and analysis.reasons
         assert analysis.thresholds.min_predictions == suite.settings.canary_min_predictions
 
+        load = Load(suite, customers)  # an external generator: nothing may fail while production reloads
+        load.start()
         promoted = monitoring.Promote(monitoring_pb2.PromoteRequest(version="3"), metadata=ops, timeout=120)
         assert (promoted.production_version, promoted.previous_version, promoted.changed,
                 promoted.canary_percent) == ("3", "1", True, 0)
@@ -167,6 +196,11 @@ def test_retrain_promote_rollback(suite, customers):
         assert (rolled.json()["production_version"], rolled.json()["rolled_back_version"]) == ("1", "3")
         assert predict_version(suite, customers[1]) == "1"
         assert suite.rest("POST", "/v1/models:rollback", {}, token=admin, key="ops").json()["changed"] is False
+        time.sleep(0.5)
+        load.done.set()
+        load.join(timeout=30)
+        assert load.versions["1"] > 0 and load.versions["3"] > 0, load.versions
+        assert load.failures == [], (sum(load.versions.values()), load.failures[:5])
 
         events = suite.rest("GET", "/v1/models/events?page_size=50", token=admin, key="ops").json()["events"]
         trail = [(e["kind"].removeprefix("MODEL_EVENT_KIND_"), e["model_version"], e["actor"])
