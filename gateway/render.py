@@ -82,9 +82,6 @@ def _http_filters(settings: Settings, descriptor: pathlib.Path) -> list[dict]:
             request_validation_options={"reject_unknown_method": True, "reject_unknown_query_parameters": True},
             convert_grpc_status=True,
             case_insensitive_enum_parsing=True,
-            # a query parameter no request field takes is the caller's 400, not a request passed through
-            # untranscoded to a gRPC server that resets it (a 503; tests/e2e/test_caller_mistakes.py)
-            request_validation_options={"reject_unknown_query_parameters": True},
             max_request_body_size=settings.max_message_bytes,
             max_response_body_size=settings.max_message_bytes,
             print_options={"always_print_primitive_fields": True, "preserve_proto_field_names": True,

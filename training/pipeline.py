@@ -43,6 +43,11 @@ def say(message: str) -> None:
     print(f"training: {message}", flush=True)
 
 
+def progress(percent: int, message: str) -> None:
+    """A progress line; monitoring's Retrain reads `[NN%]` from the child's output (GetTrainingRun.progress)."""
+    say(f"[{percent:3d}%] {message}")
+
+
 @dataclass
 class Split:
     data: TelcoCsv
@@ -159,7 +164,9 @@ def _code_paths(staging: pathlib.Path) -> list[str]:
     return [str(staging / "services"), str(staging / "churn")]
 
 
-def log_and_register(flavor: str, model, split: Split, fp: str, name: str, experiment_id: str):
+def log_and_register(flavor: str, model, split: Split, fp: str, name: str, experiment_id: str,
+                     lineage: dict[str, str] | None = None):
+    """`lineage` (candidates from Retrain): tags on the run and the version, and params on the run."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -191,11 +198,14 @@ def log_and_register(flavor: str, model, split: Split, fp: str, name: str, exper
                                   f"scikit-learn=={sklearn.__version__}", f"pandas=={pd.__version__}",
                                   f"numpy=={np.__version__}", "protobuf", "joblib"])
         mlflow.log_metrics(scores, model_id=info.model_id)
-        mlflow.set_tags({R.TAG_FLAVOR: flavor, R.TAG_FINGERPRINT: fp})
+        tags = {R.TAG_FLAVOR: flavor, R.TAG_FINGERPRINT: fp, **(lineage or {})}
+        mlflow.set_tags(tags)
+        if lineage:
+            mlflow.log_params({key.replace("lineage.", "lineage_"): value[:500] for key, value in lineage.items()})
     with contextlib.redirect_stderr(io.StringIO()):  # register_model eprints "Successfully registered …"
-        version = mlflow.register_model(info.model_uri, name, tags={R.TAG_FLAVOR: flavor, R.TAG_FINGERPRINT: fp})
+        version = mlflow.register_model(info.model_uri, name, tags=tags)
     say(f"registered {name} version {version.version} ({flavor}, run {run.info.run_id}, model {info.model_id})")
-    return version
+    return version, scores
 
 
 def run(data_path: pathlib.Path = DEFAULT_DATA, name: str | None = None, production_flavor: str = "xgboost",
@@ -226,8 +236,50 @@ def run(data_path: pathlib.Path = DEFAULT_DATA, name: str | None = None, product
             continue
         split = split or load_split(data_path)
         say(f"fitting {flavor}")
-        versions[flavor] = str(log_and_register(flavor, fit(flavor, split), split, fp, name, experiment_id).version)
+        version, _ = log_and_register(flavor, fit(flavor, split), split, fp, name, experiment_id)
+        versions[flavor] = str(version.version)
     for alias, flavor in wanted.items():
         registry.client.set_registered_model_alias(name, alias, versions[flavor])
         say(f"alias {name}@{alias} -> version {versions[flavor]} ({flavor})")
     return {alias: versions[flavor] for alias, flavor in wanted.items()}
+
+
+def code_version() -> str:
+    """The git commit training ran from (`+dirty` with uncommitted changes), or "unknown" outside a checkout."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def run_candidate(data_path: pathlib.Path, flavor: str, alias: str, lineage: dict, result_file: pathlib.Path | None,
+                  name: str | None = None) -> str:
+    """One new version from a prepared CSV (Retrain): fitted, registered with its metrics and lineage (data sets
+    and row counts, parent version, code version) and aliased `alias`; always a new version (no fingerprint reuse).
+    Writes {"version", "metrics"} to `result_file`."""
+    settings = Settings.from_env()
+    name = name or settings.model_name
+    mlflow_config.quiet()
+    progress(5, f"candidate {flavor} from {data_path.name}")
+    registry = R.ModelRegistry(mlflow_config.configure(settings), name)
+    experiment_id = mlflow_config.ensure_experiment(settings)
+    split = load_split(data_path)
+    progress(20, f"fitting {flavor} on {len(split.train_idx)} rows")
+    model = fit(flavor, split)
+    progress(70, "logging and registering the version")
+    tags = {"lineage.datasets": json.dumps(lineage.get("datasets", []), sort_keys=True),
+            "lineage.rows": str(len(split.data)), "lineage.parent_version": str(lineage.get("parent_version", "")),
+            "lineage.code_version": code_version()}
+    version, scores = log_and_register(flavor, model, split, fingerprint(data_path.read_bytes(), flavor), name,
+                                       experiment_id, lineage=tags)
+    registry.set_alias(alias, str(version.version))
+    progress(100, f"version {version.version} registered as {name}@{alias}")
+    if result_file is not None:
+        result_file.write_text(json.dumps({"version": str(version.version), "metrics": scores}))
+    return str(version.version)

@@ -35,6 +35,7 @@ from services.common import features as F
 from services.common.errors import FailedPrecondition, NotFound, NotReady, shown
 
 ALIAS_PRODUCTION, ALIAS_STAGING = "production", "staging"
+ALIAS_PREVIOUS = "previous"  # production before the last promotion: what Rollback restores
 FLAVORS = ("xgboost", "sklearn")
 # A version as MLflow numbers them; ASCII only (str.isdigit accepts "²") and short enough for the registry's
 # 64-bit integer column (20 digits overflow SQLite, which MLflow reports as a server error).
@@ -203,7 +204,9 @@ class ModelRegistry:
         try:
             return fn(*args)
         except self._errors as exc:
-            if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            code = getattr(exc, "error_code", "")
+            # a missing alias of an existing model is INVALID_PARAMETER_VALUE "… alias X not found" in MLflow 3
+            if code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "not found" in exc.message):
                 raise NotFound(f"{what} not found in the registry") from None
             raise NotReady(f"model registry unavailable ({what}): {exc.message}") from None
 
@@ -212,6 +215,16 @@ class ModelRegistry:
         found = self._call(f"alias {alias!r} of model {self.name!r}", self.client.get_model_version_by_alias,
                            self.name, alias)
         return str(found.version)  # MLflow may hand back an int; versions are strings everywhere else
+
+    def alias_or_none(self, alias: str) -> str | None:
+        try:
+            return self.version_for(alias)
+        except NotFound:
+            return None
+
+    def set_alias(self, alias: str, version: str) -> None:
+        self._call(f"version {version} of model {self.name!r}", self.client.set_registered_model_alias, self.name,
+                   alias, str(version))
 
     def get(self, version: str) -> VersionInfo:
         if not VERSION_PATTERN.fullmatch(str(version)):

@@ -32,6 +32,28 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={raw!r} is not an integer") from exc
 
 
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "")
+    try:
+        return float(raw) if raw.strip() else default
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={raw!r} is not a number") from exc
+
+
+def _steps(env: Mapping[str, str], name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    """Comma-separated weights, strictly rising within 1-100."""
+    raw = env.get(name, "")
+    if not raw.strip():
+        return default
+    try:
+        steps = tuple(int(part) for part in raw.split(","))
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={raw!r} is not a comma-separated list of integers") from exc
+    if not steps or any(not 0 < s <= 100 for s in steps) or list(steps) != sorted(set(steps)):
+        raise ValueError(f"environment variable {name}={raw!r} must rise strictly within 1-100")
+    return steps
+
+
 def data_dir_from(env: Mapping[str, str]) -> pathlib.Path:
     """DATA_DIR, default <repo>/var: every store, the registry, outboxes and Envoy's runtime layer live below it."""
     return pathlib.Path(env.get("DATA_DIR") or ROOT / "var").resolve()
@@ -120,6 +142,23 @@ class Settings:
     # (each scores up to ~85 variants, all in one model call).
     retention_moves: tuple[str, ...] = tuple(DEFAULT_RETENTION_MOVES.split(","))
     retention_max_customers: int = 1000
+    # Retrain: the shipped Telco data a candidate may include.
+    training_data_path: pathlib.Path = ROOT / "data" / "telco_churn.csv"
+    # Canary analysis (AnalyzeCanary): the window and the thresholds of its verdict.
+    canary_window_minutes: int = 60
+    canary_min_predictions: int = 100
+    canary_min_labelled: int = 50
+    canary_max_error_rate_increase: float = 0.01
+    canary_max_latency_p99_ms: float = 500.0
+    canary_max_jensen_shannon: float = 0.1
+    canary_max_roc_auc_drop: float = 0.02
+    # The automatic canary (off by default): weight steps, and how long each step runs before it is judged.
+    canary_auto: bool = False
+    canary_auto_steps: tuple[int, ...] = (10, 25, 50, 100)
+    canary_auto_interval_seconds: int = 60
+    # Drift → retrain: start a Retrain when the production drift share stays >= this (0 = off) for N updates.
+    drift_retrain_share: float = 0.0
+    drift_retrain_after: int = 3
     # Process: where a server writes its bound ports as JSON (tests, the runner); the stdlib logging level.
     port_file: str = ""
     log_level: str = "INFO"
@@ -195,6 +234,19 @@ class Settings:
             retention_moves=tuple(m.strip() for m in (env.get("RETENTION_MOVES") or DEFAULT_RETENTION_MOVES)
                                   .split(",") if m.strip()),
             retention_max_customers=_int(env, "RETENTION_MAX_CUSTOMERS", 1000),
+            training_data_path=pathlib.Path(env.get("TRAINING_DATA_PATH") or ROOT / "data" / "telco_churn.csv"),
+            canary_window_minutes=_int(env, "CANARY_WINDOW_MINUTES", 60),
+            canary_min_predictions=_int(env, "CANARY_MIN_PREDICTIONS", 100),
+            canary_min_labelled=_int(env, "CANARY_MIN_LABELLED", 50),
+            canary_max_error_rate_increase=_float(env, "CANARY_MAX_ERROR_RATE_INCREASE", 0.01),
+            canary_max_latency_p99_ms=_float(env, "CANARY_MAX_LATENCY_P99_MS", 500.0),
+            canary_max_jensen_shannon=_float(env, "CANARY_MAX_JENSEN_SHANNON", 0.1),
+            canary_max_roc_auc_drop=_float(env, "CANARY_MAX_ROC_AUC_DROP", 0.02),
+            canary_auto=env.get("CANARY_AUTO", "false").lower() in ("1", "true", "yes"),
+            canary_auto_steps=_steps(env, "CANARY_AUTO_STEPS", (10, 25, 50, 100)),
+            canary_auto_interval_seconds=_int(env, "CANARY_AUTO_INTERVAL_SECONDS", 60),
+            drift_retrain_share=_float(env, "DRIFT_RETRAIN_SHARE", 0.0),
+            drift_retrain_after=_int(env, "DRIFT_RETRAIN_AFTER", 3),
             port_file=env.get("PORT_FILE", ""),
             log_level=env.get("LOG_LEVEL", "INFO"),
             compile_models=env.get("COMPILE_MODELS", "true").lower() in ("1", "true", "yes"),

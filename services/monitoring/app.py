@@ -14,10 +14,17 @@ from services.common.interceptor import ServiceInterceptor
 from services.common.server import ServiceHost, start_server
 from services.common.settings import Settings
 from services.monitoring import metrics as M
+from services.monitoring.auto_canary import AutoCanary
 from services.monitoring.canary import CanaryControl, EnvoyAdmin
+from services.monitoring.canary_analysis import CanaryAnalyzer, instance_error_rate
 from services.monitoring.drift import DriftAnalyzer
+from services.monitoring.drift_retrain import DriftRetrain
 from services.monitoring.feedback import FeedbackService
+from services.monitoring.lifecycle import Lifecycle
+from services.monitoring.lifecycle_store import LifecycleStore
 from services.monitoring.predictions import PredictionLog
+from services.monitoring.reloader import InferenceReloader
+from services.monitoring.retrain import Trainer
 from services.monitoring.scheduler import Periodic
 from services.monitoring.servicer import MonitoringParts, MonitoringServicer
 from services.monitoring.store import MonitoringStore
@@ -33,20 +40,29 @@ def envoy_admin_url(settings: Settings) -> str:
 
 
 def build_parts(settings: Settings, *, envoy_admin: str | None = None, database_url: str | None = None,
-                runtime_data_dir=None) -> MonitoringParts:
+                runtime_data_dir=None, reload=None) -> MonitoringParts:
     """The domain objects; imports MLflow and Evidently now (seconds), never while serving a call.
-    `runtime_data_dir` (default DATA_DIR) holds Envoy's disk runtime layer; tests give each Envoy its own."""
+    `runtime_data_dir` (default DATA_DIR) holds Envoy's disk runtime layer; tests give each Envoy its own.
+    `reload(alias, token)` tells an inference instance to reload (default: its ReloadModel at the Settings address)."""
     store = MonitoringStore(database_url or settings.monitoring_database_url)
     mlflow_config.quiet()
     registry = ModelRegistry(mlflow_config.tracking_uri(settings), settings.model_name)
     drift = DriftAnalyzer(store, References(registry))
     canary = CanaryControl(EnvoyAdmin(envoy_admin or envoy_admin_url(settings)), runtime_data_dir or settings.data_dir,
                            on_weight=M.CANARY_PERCENT.set)
+    runs = LifecycleStore(store.engine)
+    reload = reload or InferenceReloader(settings).reload
+    trainer = Trainer(settings, store, runs, registry, reload)
+    lifecycle = Lifecycle(registry, runs, reload, canary.set)
+    analyzer = CanaryAnalyzer(store, registry, settings, instance_error_rate(settings))
     return MonitoringParts(
         settings=settings, store=store,
         predictions=PredictionLog(store, max_rows=settings.max_csv_rows),
         feedback=FeedbackService(store, max_bytes=settings.max_message_bytes, max_rows=settings.max_csv_rows),
-        drift=drift, registry=registry, updater=M.MetricsUpdater(store, drift), canary=canary)
+        drift=drift, registry=registry, updater=M.MetricsUpdater(store, drift), canary=canary, runs=runs,
+        lifecycle=lifecycle, trainer=trainer, analyzer=analyzer,
+        auto_canary=AutoCanary(analyzer, registry, lifecycle, settings.canary_auto_steps),
+        drift_retrain=DriftRetrain(trainer, registry, store, settings.drift_retrain_share, settings.drift_retrain_after))
 
 
 @dataclasses.dataclass
@@ -66,6 +82,7 @@ class MonitoringApp:
     def close(self) -> None:
         for job in self.jobs:
             job.stop()
+        self.parts.trainer.close()
         self.parts.store.close()
 
 
@@ -76,6 +93,7 @@ def start(settings: Settings, verifier: identity.TokenVerifier, *, parts: Monito
     parts = parts or build_parts(settings)
     # The gateway's health backend: Health/Check for every churn.v1 service and /healthz, from Envoy's own view.
     view = EnvoyView(parts.canary.admin.url)
+    parts.trainer.resume()
     host = start_server(
         settings, port=settings.monitoring_port if port is None else port,
         http_port=settings.monitoring_http_port if http_port is None else http_port,
@@ -84,8 +102,11 @@ def start(settings: Settings, verifier: identity.TokenVerifier, *, parts: Monito
         service_names=[SERVICE_NAME],
         interceptor=ServiceInterceptor.from_settings(verifier, settings),
         health_view=view, http_routes={HEALTHZ_PATH: view.healthz})
-    jobs = [Periodic("metrics-update", metrics_seconds or settings.metrics_update_seconds, parts.updater.update,
-                     first_delay=1.0).start()]
+    jobs = [Periodic("metrics-update", metrics_seconds or settings.metrics_update_seconds,
+                     lambda: parts.drift_retrain.observe(parts.updater.update()), first_delay=1.0).start()]
+    if settings.canary_auto:
+        jobs.append(Periodic("auto-canary", settings.canary_auto_interval_seconds, parts.auto_canary.tick,
+                             first_delay=settings.canary_auto_interval_seconds).start())
     if reconcile_seconds > 0:
         jobs.append(Periodic("canary-reconcile", reconcile_seconds, parts.canary.reconcile, first_delay=0.5).start())
     return MonitoringApp(host, parts, jobs)

@@ -85,7 +85,7 @@ class DriftAnalyzer:
             found = self._store.load_reference(reference_id)
             if found is None:
                 raise NotFound(f"reference set {shown(reference_id)} not found (see UploadTrainingData)")
-            return found[1], f"dataset {reference_id}"
+            return found[1].frame, f"dataset {reference_id}"
         version = model_version or self._references.alias_version()
         return self._references.training_reference(version), f"model version {version} training data"
 

@@ -46,7 +46,7 @@ def to_row(record: monitoring_pb2.PredictionRecord) -> PredictionRow:
         prediction_id=record.prediction_id, customer_id=record.customer.customer_id, inputs=inputs,
         churn=record.churn, probability=record.probability, model_name=record.model.name,
         model_version=record.model.version, model_alias=record.model.alias, latency_ms=record.latency_ms,
-        predicted_at=predicted_at, request_id=record.request_id)
+        predicted_at=predicted_at, request_id=record.request_id, shadow=record.shadow)
 
 
 def _letter(record: monitoring_pb2.PredictionRecord, field: str, reason: str) -> DeadLetter:

@@ -9,13 +9,21 @@ from churn.v1 import common_pb2, monitoring_pb2, monitoring_pb2_grpc
 from google.api import httpbody_pb2
 from google.protobuf import timestamp_pb2
 
+from services.common import identity
 from services.common.model_registry import ModelRegistry
 from services.common.settings import Settings
 from services.monitoring import metrics as M
+from services.monitoring.auto_canary import AutoCanary
 from services.monitoring.canary import CanaryControl
+from services.monitoring.canary_analysis import CanaryAnalyzer, Side
 from services.monitoring.drift import DriftAnalyzer, DriftResult
+from services.monitoring.drift_retrain import DriftRetrain
+from services.monitoring import listing
 from services.monitoring.feedback import FeedbackService, upload_training_data
+from services.monitoring.lifecycle import Actor, Lifecycle
+from services.monitoring.lifecycle_store import LifecycleStore, TrainingRun
 from services.monitoring.predictions import PredictionLog
+from services.monitoring.retrain import RetrainSpec, Trainer
 from services.monitoring.store import MonitoringStore
 
 
@@ -25,6 +33,32 @@ def _ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(value)
     return stamp
+
+
+def _time(request, field: str) -> dt.datetime | None:
+    return getattr(request, field).ToDatetime(tzinfo=dt.timezone.utc) if request.HasField(field) else None
+
+
+def _actor() -> Actor:
+    caller = identity.current_caller()  # every lifecycle RPC needs a token, so the interceptor has set it
+    return Actor(caller.subject, caller.token)
+
+
+def _run(run: TrainingRun) -> monitoring_pb2.TrainingRun:
+    return monitoring_pb2.TrainingRun(
+        run_id=run.run_id, state=monitoring_pb2.TrainingState.Value(f"TRAINING_STATE_{run.state.upper()}"),
+        progress=run.progress, message=run.message, log_tail=run.log_tail, started_by=run.started_by,
+        started_at=_ts(run.started_at), finished_at=_ts(run.finished_at), model_version=run.model_version,
+        parent_version=run.parent_version, datasets=[monitoring_pb2.DatasetLineage(**d) for d in run.datasets],
+        rows=run.rows, flavor=run.flavor, metrics=run.metrics, error=run.error)
+
+
+def _side(side: Side, name: str) -> monitoring_pb2.CanarySide:
+    return monitoring_pb2.CanarySide(
+        model=common_pb2.ModelRef(name=name, version=side.version, alias=side.alias), predictions=side.predictions,
+        error_rate=side.error_rate, latency_p50_ms=side.latency_p50_ms, latency_p99_ms=side.latency_p99_ms,
+        mean_probability=side.mean_probability, labelled=side.labelled, accuracy=side.accuracy,
+        roc_auc=side.roc_auc)
 
 
 def drift_summary(result: DriftResult | None) -> monitoring_pb2.DriftSummary | None:
@@ -50,6 +84,12 @@ class MonitoringParts:
     registry: ModelRegistry
     updater: M.MetricsUpdater
     canary: CanaryControl
+    runs: LifecycleStore
+    lifecycle: Lifecycle
+    trainer: Trainer
+    analyzer: CanaryAnalyzer
+    drift_retrain: DriftRetrain
+    auto_canary: AutoCanary
 
 
 class MonitoringServicer(monitoring_pb2_grpc.MonitoringServiceServicer):
@@ -103,7 +143,7 @@ class MonitoringServicer(monitoring_pb2_grpc.MonitoringServiceServicer):
         return monitoring_pb2.GetCanaryWeightResponse(percent=self._p.canary.get())
 
     def SetCanaryWeight(self, request, context):
-        percent, previous = self._p.canary.set(request.percent)
+        percent, previous = self._p.lifecycle.set_weight(request.percent, _actor())
         return monitoring_pb2.SetCanaryWeightResponse(percent=percent, previous=previous)
 
     def UploadTrainingData(self, request, context):
@@ -112,3 +152,54 @@ class MonitoringServicer(monitoring_pb2_grpc.MonitoringServiceServicer):
         return monitoring_pb2.UploadTrainingDataResponse(
             dataset_id=record.dataset_id, rows=record.rows, created_at=_ts(record.created_at),
             churn_rows=record.churn_rows)
+
+    def Retrain(self, request, context):
+        run = self._p.trainer.start(RetrainSpec(request.include_shipped_data, [i.strip() for i in request.dataset_ids],
+                                                request.include_feedback, request.flavor), _actor())
+        return monitoring_pb2.RetrainResponse(run=_run(run))
+
+    def GetTrainingRun(self, request, context):
+        return monitoring_pb2.GetTrainingRunResponse(run=_run(self._p.trainer.get(request.run_id)))
+
+    def Promote(self, request, context):
+        change = self._p.lifecycle.promote(request.version.strip(), _actor())
+        return monitoring_pb2.PromoteResponse(production_version=change.production_version,
+                                              previous_version=change.other_version, changed=change.changed,
+                                              canary_percent=change.canary_percent)
+
+    def Rollback(self, request, context):
+        change = self._p.lifecycle.rollback(_actor())
+        return monitoring_pb2.RollbackResponse(production_version=change.production_version,
+                                               rolled_back_version=change.other_version, changed=change.changed,
+                                               canary_percent=change.canary_percent)
+
+    def ListModelEvents(self, request, context):
+        events, token = listing.list_events(self._p.runs, request.page_size, request.page_token)
+        return monitoring_pb2.ListModelEventsResponse(next_page_token=token, events=[monitoring_pb2.ModelEvent(
+            event_id=e.seq, kind=monitoring_pb2.ModelEventKind.Value(f"MODEL_EVENT_KIND_{e.kind.upper()}"),
+            actor=e.actor, at=_ts(e.at), model_version=e.model_version, previous_version=e.previous_version,
+            run_id=e.run_id, canary_percent=e.canary_percent or 0, detail=e.detail) for e in events])
+
+    def ListPredictions(self, request, context):
+        rows, token = listing.list_predictions(
+            self._p.store, start=_time(request, "start_time"), end=_time(request, "end_time"),
+            model_version=request.model_version.strip(), alias=request.alias.strip(),
+            customer_id=request.customer_id.strip(), shadow=request.shadow if request.HasField("shadow") else None,
+            size=request.page_size, token=request.page_token)
+        return monitoring_pb2.ListPredictionsResponse(next_page_token=token, predictions=[
+            monitoring_pb2.LoggedPrediction(record=monitoring_pb2.PredictionRecord(
+                prediction_id=r.row.prediction_id, customer=customer, churn=r.row.churn,
+                probability=r.row.probability, latency_ms=r.row.latency_ms, predicted_at=_ts(r.row.predicted_at),
+                request_id=r.row.request_id, shadow=r.row.shadow,
+                model=common_pb2.ModelRef(name=r.row.model_name, version=r.row.model_version,
+                                          alias=r.row.model_alias)), actual_churn=r.actual_churn)
+            for r, customer in zip(rows, listing.customers(rows))])
+
+    def AnalyzeCanary(self, request, context):
+        a = self._p.analyzer.analyze(request.window_minutes)
+        return monitoring_pb2.AnalyzeCanaryResponse(
+            production=_side(a.production, self._p.settings.model_name),
+            staging=_side(a.staging, self._p.settings.model_name), jensen_shannon=a.jensen_shannon, psi=a.psi,
+            verdict=monitoring_pb2.CanaryVerdict.Value(f"CANARY_VERDICT_{a.verdict.upper()}"), reasons=a.reasons,
+            thresholds=monitoring_pb2.CanaryThresholds(**dataclasses.asdict(a.thresholds)),
+            window_start=_ts(a.window_start))

@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from services.common.db import make_engine
 from services.common import features as F
-from services.common.telco_csv import parse_telco_csv, typed_frame
+from services.common.telco_csv import TelcoCsv, parse_telco_csv, typed_frame
 
 metadata = sa.MetaData()
 
@@ -42,6 +42,7 @@ predictions = sa.Table(
     sa.Column("predicted_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("request_id", sa.String(128), nullable=False, default=""),
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("shadow", sa.Boolean, nullable=False, default=False),
     sa.Index("ix_predictions_customer", "customer_id", "seq"),
     sa.Index("ix_predictions_version", "model_version", "seq"),
 )
@@ -107,6 +108,27 @@ class PredictionRow:
     latency_ms: float
     predicted_at: dt.datetime
     request_id: str
+    shadow: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictionFilter:
+    """ListPredictions' filters (empty / None = any); `before_seq` pages backwards from a previous page."""
+
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+    model_version: str = ""
+    alias: str = ""
+    customer_id: str = ""
+    shadow: bool | None = None
+    before_seq: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggedRow:
+    seq: int
+    row: PredictionRow
+    actual_churn: bool | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +167,14 @@ class MonitoringStore:
         self.engine = make_engine(url)
         self._dialect = self.engine.dialect.name
         metadata.create_all(self.engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Stores created before `predictions.shadow` existed get the column (create_all never alters a table)."""
+        present = {c["name"] for c in sa.inspect(self.engine).get_columns("predictions")}
+        if "shadow" not in present:
+            with self.engine.begin() as connection:
+                connection.execute(sa.text("ALTER TABLE predictions ADD COLUMN shadow BOOLEAN NOT NULL DEFAULT FALSE"))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -161,7 +191,7 @@ class MonitoringStore:
         values = [{"prediction_id": r.prediction_id, "customer_id": r.customer_id, **r.inputs, "churn": r.churn,
                    "probability": r.probability, "model_name": r.model_name, "model_version": r.model_version,
                    "model_alias": r.model_alias, "latency_ms": r.latency_ms, "predicted_at": r.predicted_at,
-                   "request_id": r.request_id, "recorded_at": now} for r in rows]
+                   "request_id": r.request_id, "recorded_at": now, "shadow": r.shadow} for r in rows]
         statement = (self._insert(predictions).on_conflict_do_nothing(index_elements=["prediction_id"])
                      .returning(predictions.c.prediction_id))  # RETURNING names only the rows really inserted
         inserted = 0
@@ -209,6 +239,54 @@ class MonitoringStore:
         with self.engine.connect() as connection:
             rows = connection.execute(query).all()
         return typed_frame(pd.DataFrame(rows, columns=list(F.FEATURE_COLUMNS)))
+
+    def list_predictions(self, where: PredictionFilter, limit: int) -> list[LoggedRow]:
+        """Logged predictions with their inputs and labels, newest first."""
+        p = predictions.c
+        query = (sa.select(predictions, feedback.c.actual_churn)
+                 .join(feedback, feedback.c.prediction_id == p.prediction_id, isouter=True)
+                 .order_by(p.seq.desc()).limit(limit))
+        for wanted, condition in ((where.start, lambda: p.predicted_at >= where.start),
+                                  (where.end, lambda: p.predicted_at < where.end),
+                                  (where.model_version, lambda: p.model_version == where.model_version),
+                                  (where.alias, lambda: p.model_alias == where.alias),
+                                  (where.customer_id, lambda: p.customer_id == where.customer_id),
+                                  (where.shadow is not None, lambda: p.shadow == where.shadow),
+                                  (where.before_seq is not None, lambda: p.seq < where.before_seq)):
+            if wanted:
+                query = query.where(condition())
+        with self.engine.connect() as connection:
+            found = connection.execute(query).mappings().all()
+        return [LoggedRow(r["seq"], PredictionRow(
+            prediction_id=r["prediction_id"], customer_id=r["customer_id"], inputs={f.name: r[f.name] for f in
+                                                                                     F.FEATURES},
+            churn=bool(r["churn"]), probability=float(r["probability"]), model_name=r["model_name"],
+            model_version=r["model_version"], model_alias=r["model_alias"], latency_ms=float(r["latency_ms"]),
+            predicted_at=_aware(r["predicted_at"]), request_id=r["request_id"], shadow=bool(r["shadow"])),
+            None if r["actual_churn"] is None else bool(r["actual_churn"])) for r in found]
+
+    def scores_since(self, alias: str, model_version: str, since: dt.datetime) -> pd.DataFrame:
+        """One alias+version's predictions since `since` (shadow included): probability, latency_ms and
+        actual_churn (None without feedback) — what a canary analysis compares."""
+        p = predictions.c
+        query = (sa.select(p.probability, p.latency_ms, feedback.c.actual_churn)
+                 .join(feedback, feedback.c.prediction_id == p.prediction_id, isouter=True)
+                 .where(p.model_alias == alias, p.model_version == model_version, p.predicted_at >= since))
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        return pd.DataFrame(rows, columns=["probability", "latency_ms", "actual_churn"])
+
+    def labelled_inputs(self) -> tuple[pd.DataFrame, pd.Series]:
+        """Every served (not shadow) prediction that has a feedback label: its inputs as a Telco frame and the
+        true label — training data that the platform collected itself."""
+        columns = [predictions.c[f.name] for f in F.FEATURES]
+        query = (sa.select(*columns, feedback.c.actual_churn)
+                 .join(feedback, feedback.c.prediction_id == predictions.c.prediction_id)
+                 .where(predictions.c.shadow.is_(False)).order_by(predictions.c.seq))
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        frame = pd.DataFrame([r[:-1] for r in rows], columns=list(F.FEATURE_COLUMNS))
+        return typed_frame(frame), pd.Series([bool(r[-1]) for r in rows], dtype=bool)
 
     def model_versions(self) -> list[str]:
         """Versions that have logged predictions."""
@@ -295,15 +373,16 @@ class MonitoringStore:
                 **dataclasses.asdict(record), csv_gzip=buffer.getvalue()))
         return record
 
-    def load_reference(self, dataset_id: str) -> tuple[ReferenceSet, pd.DataFrame] | None:
+    def load_reference(self, dataset_id: str) -> tuple[ReferenceSet, TelcoCsv] | None:
+        """The stored set as parsed again (`.frame`, and `.churn` for labelled uploads)."""
         with self.engine.connect() as connection:
             row = connection.execute(sa.select(reference_sets).where(
                 reference_sets.c.dataset_id == dataset_id)).mappings().first()
         if row is None:
             return None
         data = gzip.decompress(row["csv_gzip"])
-        frame = parse_telco_csv(data, None, row["rows"] + 1).frame
+        parsed = parse_telco_csv(data, None, row["rows"] + 1)
         record = ReferenceSet(row["dataset_id"], row["name"], row["rows"], row["churn_rows"],
                               _aware(row["created_at"]))
-        return record, frame
+        return record, parsed
 

@@ -141,16 +141,15 @@ def customers() -> list[common_pb2.Customer]:
     return parse_telco_csv(data, len(data) + 1, 100_000).customers()
 
 
-@pytest.fixture(scope="session")
-def suite(trained_registry, suite_workdir) -> Suite:
-    workdir = suite_workdir / "e2e"
+def start_suite(base: dict[str, str], workdir: pathlib.Path, **overrides: str) -> Suite:
+    """Every process of the suite over the registry in `base` (its DATA_DIR), with `overrides` in the environment."""
     workdir.mkdir(exist_ok=True)
-    env = dict(trained_registry, **CHEAP_ARGON2)
+    env = dict(base, **CHEAP_ARGON2)
     env.update({"ENVOY_ADMIN_PORT": str(free_port()), "GATEWAY_PORT": "0", "LOG_LEVEL": "INFO",
                 "AUTH_RATE_PER_MINUTE": "100000", "PREDICT_RATE_PER_MINUTE": "100000",
                 "SERVICE_PREDICT_RATE_PER_MINUTE": "1000000", "CANARY_PERCENT": "0",
                 # Envoy refreshes its JWKS about every JWKS_CACHE_SECONDS (5): a rotated key signs 3 s after that
-                "KEY_PROPAGATION_SECONDS": "8"})
+                "KEY_PROPAGATION_SECONDS": "8"}, **overrides)
     secrets_dir = pathlib.Path(env["SECRETS_DIR"])
     secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     password_file = secrets_dir / "admin_password"
@@ -168,6 +167,11 @@ def suite(trained_registry, suite_workdir) -> Suite:
     try:
         started["auth"] = ServiceProcess("auth", "services.auth", env, workdir, args=("serve",)).wait_ready()
         env.update(AUTH_PORT=str(started["auth"].port), AUTH_HTTP_PORT=str(started["auth"].http_port))
+        # monitoring reloads the inference instances (Promote, Retrain) and reads their metrics at the addresses
+        # Settings gives: reserve their ports before it starts, as a deployment fixes them
+        for alias in ("production", "staging"):
+            env[f"INFERENCE_{alias.upper()}_PORT"] = str(free_port())
+            env[f"INFERENCE_{alias.upper()}_HTTP_PORT"] = str(free_port())  # AnalyzeCanary reads their error rate
         started["monitoring"] = ServiceProcess("monitoring", "services.monitoring", env, workdir).wait_ready(120)
         env.update(MONITORING_PORT=str(started["monitoring"].port),
                    MONITORING_HTTP_PORT=str(started["monitoring"].http_port))
@@ -183,12 +187,14 @@ def suite(trained_registry, suite_workdir) -> Suite:
         for process in started.values():
             process.stop()
         raise
-    suite = Suite(env=env, settings=settings, workdir=workdir, gateway=gateway, services=started,
-                  admin_password=admin_password, service_token=token_file.read_text().strip(),
-                  expiring_token=expiring, expiring_token_exp=expiring_exp)
-    yield suite
-    gateway.stop()
-    for process in started.values():
+    return Suite(env=env, settings=settings, workdir=workdir, gateway=gateway, services=started,
+                 admin_password=admin_password, service_token=token_file.read_text().strip(),
+                 expiring_token=expiring, expiring_token_exp=expiring_exp)
+
+
+def stop_suite(suite: Suite) -> None:
+    suite.gateway.stop()
+    for process in suite.services.values():
         process.stop()
 
 
@@ -226,6 +232,13 @@ def production_reference(trained_registry, tmp_path_factory) -> Reference:
     version, root = natives.download(registry, "production", tmp_path_factory.mktemp("production-reference"))
     flavor, model = natives.raw_native(root)
     return Reference(str(version), float(R.read_model_info(root)["threshold"]), flavor, model)
+
+
+@pytest.fixture(scope="session")
+def suite(trained_registry, suite_workdir) -> Suite:
+    suite = start_suite(trained_registry, suite_workdir / "e2e")
+    yield suite
+    stop_suite(suite)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """The store on both backends (SQLite file and the machine's PostgreSQL): the same tests, parametrized."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import pandas as pd
@@ -86,7 +87,46 @@ def test_feedback_by_prediction_and_latest_of_a_customer(store, telco):
 def test_reference_set_round_trip(store, telco):
     record = store.save_reference(telco.frame.iloc[:500], telco.churn.iloc[:500], "first upload")
     assert record.rows == 500 and record.churn_rows == int(telco.churn.iloc[:500].sum())
-    loaded, frame = store.load_reference(record.dataset_id)
+    loaded, parsed = store.load_reference(record.dataset_id)
     assert loaded.name == "first upload" and loaded.rows == 500
-    pd.testing.assert_frame_equal(frame, telco.frame.iloc[:500].reset_index(drop=True))
+    pd.testing.assert_frame_equal(parsed.frame, telco.frame.iloc[:500].reset_index(drop=True))
+    assert parsed.churn.tolist() == telco.churn.iloc[:500].tolist()
     assert store.load_reference("unknown") is None
+
+
+def test_list_predictions_filters_pages_and_returns_inputs_with_labels(store, telco):
+    from services.monitoring.store import PredictionFilter
+
+    rows = rows_from(telco, 0, 30)
+    shadow = [dataclasses.replace(r, prediction_id=f"s{i}", model_version="3", model_alias="staging", shadow=True)
+              for i, r in enumerate(rows[:5])]
+    store.record_predictions(rows + shadow)
+    store.save_feedback({"p2": True})
+    newest = store.list_predictions(PredictionFilter(), 10)
+    assert [r.row.prediction_id for r in newest[:6]] == ["s4", "s3", "s2", "s1", "s0", "p29"]
+    assert store.list_predictions(PredictionFilter(shadow=True), 100)[0].row.shadow is True
+    assert len(store.list_predictions(PredictionFilter(shadow=False), 100)) == 30
+    assert len(store.list_predictions(PredictionFilter(model_version="3", alias="staging"), 100)) == 5
+    one = store.list_predictions(PredictionFilter(customer_id=rows[2].customer_id, shadow=False), 100)
+    assert [(r.row.prediction_id, r.actual_churn) for r in one] == [("p2", True)]
+    assert one[0].row.inputs == rows[2].inputs
+    window = PredictionFilter(start=rows[10].predicted_at, end=rows[13].predicted_at, shadow=False)
+    assert [r.row.prediction_id for r in store.list_predictions(window, 100)] == ["p12", "p11", "p10"]
+    page = store.list_predictions(PredictionFilter(shadow=False, before_seq=newest[5].seq), 3)
+    assert [r.row.prediction_id for r in page] == ["p28", "p27", "p26"]
+    frame, churn = store.labelled_inputs()
+    assert len(frame) == 1 and churn.tolist() == [True] and list(frame.columns) == list(F.FEATURE_COLUMNS)
+
+
+def test_a_store_from_before_the_shadow_column_gets_it(tmp_path, telco):
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    MonitoringStore(url).close()
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("ALTER TABLE predictions DROP COLUMN shadow"))
+    engine.dispose()
+    store = MonitoringStore(url)
+    assert store.record_predictions(rows_from(telco, 0, 3)) == 3
+    store.close()

@@ -1,0 +1,129 @@
+"""The automatic canary through a real Envoy, with no human action after each Retrain: a suite of its own with
+CANARY_AUTO on (steps 10 → 50 → 100, judged every 3 s), over a copy of the session's registry, and an external
+load generator that predicts with a service token and sends each customer's true label as feedback. A candidate
+trained on shuffled labels is rolled back to weight 0; a good one reaches 100 %. No prediction fails meanwhile."""
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from churn.v1 import inference_pb2, monitoring_pb2
+from services.common.telco_csv import parse_telco_csv
+from tests.e2e.conftest import TELCO_CSV, start_suite, stop_suite
+from tests.harness import base_env
+
+pytestmark = pytest.mark.integration
+
+AUTO = {"CANARY_AUTO": "true", "CANARY_AUTO_STEPS": "10,50,100", "CANARY_AUTO_INTERVAL_SECONDS": "3",
+        "CANARY_MIN_PREDICTIONS": "100", "CANARY_MIN_LABELLED": "100", "CANARY_MAX_ROC_AUC_DROP": "0.2",
+        "CANARY_MAX_JENSEN_SHANNON": "1"}  # judge on labels here: a good candidate's divergence never holds it
+BATCH = 20
+
+
+@pytest.fixture(scope="module")
+def auto_suite(trained_registry, suite_workdir):
+    """Its own processes and stores; the registry is a copy of the session's, so its aliases move only here."""
+    workdir = suite_workdir / "auto"
+    base = base_env(workdir)
+    shutil.copy(f"{trained_registry['DATA_DIR']}/mlflow.db", f"{base['DATA_DIR']}/mlflow.db")
+    suite = start_suite(base, workdir, **AUTO)
+    yield suite
+    stop_suite(suite)
+
+
+class Traffic(threading.Thread):
+    """Predictions in batches of 20 customers; the batch before last gets its true labels (so the predictions
+    have reached monitoring through the outbox before they are labelled)."""
+
+    def __init__(self, suite, customers, labels):
+        super().__init__(daemon=True)
+        self.suite, self.customers, self.labels = suite, customers, labels
+        self.calls = 0
+        self.failures: list[str] = []
+        self.done = threading.Event()
+
+    def run(self):
+        _, inference, monitoring = self.suite.stubs()
+        metadata = self.suite.md(self.suite.service_token)
+        sent: list[list[int]] = []
+        start = 0
+        while not self.done.is_set():
+            batch = [(start + i) % len(self.customers) for i in range(BATCH)]
+            start += BATCH
+            for i in batch:
+                try:
+                    inference.Predict(inference_pb2.PredictRequest(customer=self.customers[i]), metadata=metadata,
+                                      timeout=10)
+                except grpc.RpcError as error:
+                    self.failures.append(f"{error.code().name}: {error.details()}")
+                self.calls += 1
+            sent.append(batch)
+            if len(sent) > 2:
+                rows = [monitoring_pb2.FeedbackRow(customer_id=self.customers[i].customer_id,
+                                                   churned=bool(self.labels[i])) for i in sent.pop(0)]
+                monitoring.SubmitFeedback(monitoring_pb2.SubmitFeedbackRequest(rows=rows), metadata=metadata,
+                                          timeout=10)
+
+
+def shuffled_labels_csv() -> bytes:
+    data = parse_telco_csv(TELCO_CSV.read_bytes(), None, 10**6)
+    frame = data.frame.assign(Churn=np.random.default_rng(12).permutation(
+        data.churn.map({True: "Yes", False: "No"}).to_numpy()))
+    return frame.to_csv(index=False).encode()
+
+
+def retrain(suite, ops, request: monitoring_pb2.RetrainRequest) -> str:
+    _, _, monitoring = suite.stubs()
+    run = monitoring.Retrain(request, metadata=ops, timeout=60).run
+    deadline = time.monotonic() + 300
+    while run.state == monitoring_pb2.TRAINING_STATE_RUNNING and time.monotonic() < deadline:
+        time.sleep(1)
+        run = monitoring.GetTrainingRun(monitoring_pb2.GetTrainingRunRequest(run_id=run.run_id), metadata=ops,
+                                        timeout=10).run
+    assert run.state == monitoring_pb2.TRAINING_STATE_SUCCEEDED and not run.error, run
+    return run.model_version
+
+
+def canary_steps(suite, ops, version: str, until, timeout: float = 180) -> list[int]:
+    """The automatic weight changes for `version`, oldest first, once `until(those weights)` holds."""
+    _, _, monitoring = suite.stubs()
+    deadline = time.monotonic() + timeout
+    while True:
+        events = monitoring.ListModelEvents(monitoring_pb2.ListModelEventsRequest(page_size=200), metadata=ops,
+                                            timeout=10).events
+        steps = [e.canary_percent for e in reversed(events)
+                 if e.actor == "monitoring:canary" and f"version {version} " in e.detail]
+        if until(steps) or time.monotonic() > deadline:
+            return steps
+        time.sleep(1)
+
+
+def test_bad_candidate_rolled_back_and_good_one_reaches_100_with_no_failed_prediction(auto_suite, customers):
+    admin = auto_suite.admin_token()
+    ops = auto_suite.md(admin, key="ops")
+    _, _, monitoring = auto_suite.stubs()
+    traffic = Traffic(auto_suite, customers, parse_telco_csv(TELCO_CSV.read_bytes(), None, 10**6).churn.tolist())
+    traffic.start()
+    try:
+        upload = monitoring.UploadTrainingData(monitoring_pb2.UploadTrainingDataRequest(
+            name="shuffled labels", csv={"content_type": "text/csv", "data": shuffled_labels_csv()}),
+            metadata=ops, timeout=60)
+        bad = retrain(auto_suite, ops, monitoring_pb2.RetrainRequest(dataset_ids=[upload.dataset_id]))
+        assert canary_steps(auto_suite, ops, bad, lambda s: s[-1:] == [0]) == [10, 0]
+        good = retrain(auto_suite, ops, monitoring_pb2.RetrainRequest(include_shipped_data=True))
+        assert canary_steps(auto_suite, ops, good, lambda s: s[-1:] == [100]) == [10, 50, 100]
+        assert monitoring.GetCanaryWeight(monitoring_pb2.GetCanaryWeightRequest(), metadata=ops,
+                                          timeout=5).percent == 100
+    finally:
+        traffic.done.set()
+        traffic.join(timeout=30)
+    events = monitoring.ListModelEvents(monitoring_pb2.ListModelEventsRequest(page_size=200), metadata=ops,
+                                        timeout=10).events
+    rolled_back = next(e for e in events if e.actor == "monitoring:canary" and f"version {bad} rolled back" in e.detail)
+    assert "failed: live ROC AUC" in rolled_back.detail
+    assert traffic.calls > 1000 and traffic.failures == [], (traffic.calls, traffic.failures[:5])

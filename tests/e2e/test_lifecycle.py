@@ -1,0 +1,230 @@
+"""The model lifecycle through Envoy, REST and gRPC: upload a shifted training CSV → Retrain (a child process) →
+version 3 registered as `staging` with its lineage, the staging instance serving it → 400 predictions at weight 50
+with their true labels → AnalyzeCanary shows both versions' figures → Promote → production answers
+with version 3 and `previous` is 1 → Rollback → version 1 again; every step in ListModelEvents with the admin's
+name; the logged predictions with their inputs in ListPredictions; bad input → 400 / INVALID_ARGUMENT naming the
+field; a load generator running through Promote and Rollback sees no failed prediction. The registry's aliases
+are put back afterwards, so the other tests see the suite as they expect."""
+from __future__ import annotations
+
+import collections
+import json
+import threading
+import time
+
+import grpc
+import pytest
+from google.api import httpbody_pb2
+
+from churn.v1 import common_pb2, inference_pb2, monitoring_pb2
+from services.common import mlflow_config
+from services.common import model_registry as R
+from services.common.telco_csv import parse_telco_csv
+from tests.e2e.conftest import ADMIN, TELCO_CSV
+
+pytestmark = pytest.mark.integration
+
+
+def shifted_csv() -> bytes:
+    """The Telco data with prices 30 % up: the market moved, the labels stay."""
+    data = parse_telco_csv(TELCO_CSV.read_bytes(), None, 10**6)
+    frame = data.frame.assign(MonthlyCharges=data.frame["MonthlyCharges"] * 1.3,
+                              TotalCharges=data.frame["TotalCharges"] * 1.3)
+    frame.insert(0, "customerID", data.customer_ids)
+    frame["Churn"] = data.churn.map({True: "Yes", False: "No"}).to_numpy()
+    return frame.to_csv(index=False).encode()
+
+
+class Load(threading.Thread):
+    """Predictions in a loop with a service token, counted by the version that answered and by failure."""
+
+    def __init__(self, suite, customers):
+        super().__init__(daemon=True)
+        self.suite, self.customers = suite, customers
+        self.versions: collections.Counter = collections.Counter()
+        self.failures: list[str] = []
+        self.done = threading.Event()
+
+    def run(self):
+        _, inference, _ = self.suite.stubs()
+        metadata = self.suite.md(self.suite.service_token)
+        i = 0
+        while not self.done.is_set():
+            try:
+                reply = inference.Predict(inference_pb2.PredictRequest(customer=self.customers[i % 1000]),
+                                          metadata=metadata, timeout=10)
+                self.versions[reply.prediction.model.version] += 1
+            except grpc.RpcError as error:
+                self.failures.append(f"{error.code().name}: {error.details()}")
+            i += 1
+
+
+def serving(suite, admin: str, alias: str) -> str:
+    _, inference, _ = suite.stubs()
+    info = inference.GetModelInfo(inference_pb2.GetModelInfoRequest(), timeout=10,
+                                  metadata=suite.md(admin, x_churn_alias=alias))
+    return info.model.version
+
+
+def predict_version(suite, customer) -> str:
+    _, inference, _ = suite.stubs()
+    reply = inference.Predict(inference_pb2.PredictRequest(customer=customer), metadata=suite.md(suite.service_token),
+                              timeout=10)
+    assert reply.prediction.model.alias == "production"
+    return reply.prediction.model.version
+
+
+def canary_with_labels(suite, customers, ops) -> monitoring_pb2.AnalyzeCanaryResponse:
+    """400 predictions at weight 50, each customer's true label as feedback, then the analysis (once every
+    prediction and label has reached monitoring)."""
+    _, inference, monitoring = suite.stubs()
+    monitoring.SetCanaryWeight(monitoring_pb2.SetCanaryWeightRequest(percent=50), metadata=ops, timeout=5)
+    for customer in customers[:400]:
+        inference.Predict(inference_pb2.PredictRequest(customer=customer), metadata=suite.md(suite.service_token),
+                          timeout=10)
+    monitoring.SetCanaryWeight(monitoring_pb2.SetCanaryWeightRequest(percent=0), metadata=ops, timeout=5)
+    labels = parse_telco_csv(TELCO_CSV.read_bytes(), None, 10**6).churn
+    csv = "customerID,Churn\n" + "".join(f"{c.customer_id},{'Yes' if labels[i] else 'No'}\n"
+                                         for i, c in enumerate(customers[:400]))
+    deadline = time.monotonic() + 30
+    while True:
+        fed = monitoring.SubmitFeedback(monitoring_pb2.SubmitFeedbackRequest(
+            csv=httpbody_pb2.HttpBody(content_type="text/csv", data=csv.encode())), metadata=ops, timeout=30)
+        analysis = monitoring.AnalyzeCanary(monitoring_pb2.AnalyzeCanaryRequest(window_minutes=30), metadata=ops,
+                                            timeout=30)
+        sides = (analysis.production, analysis.staging)
+        if fed.matched == 400 and sum(s.labelled for s in sides) >= 400 or time.monotonic() > deadline:
+            return analysis
+        time.sleep(1)
+
+
+def wait_for_run(suite, admin: str, run_id: str, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reply = suite.rest("GET", f"/v1/models/training-runs/{run_id}", token=admin, key="ops")
+        assert reply.status == 200, reply.body
+        run = reply.json()["run"]
+        if run["state"] != "TRAINING_STATE_RUNNING":
+            return run
+        time.sleep(1)
+    raise TimeoutError(f"training run {run_id} still running after {timeout}s")
+
+
+def test_bad_lifecycle_requests_name_the_field(suite):
+    admin = suite.admin_token()
+    _, _, monitoring = suite.stubs()
+    for body, field in (({}, b"include_shipped_data"), ({"dataset_ids": ["nope"]}, b"dataset_ids[0]"),
+                        ({"include_shipped_data": True, "flavor": "lightgbm"}, b"flavor")):
+        reply = suite.rest("POST", "/v1/models:retrain", body, token=admin, key="ops")
+        assert reply.status == 400 and field in reply.body, reply.body
+    with pytest.raises(grpc.RpcError) as bad:
+        monitoring.Promote(monitoring_pb2.PromoteRequest(version="v3"), metadata=suite.md(admin, key="ops"), timeout=10)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "version" in bad.value.details()
+    with pytest.raises(grpc.RpcError) as bad:
+        monitoring.ListPredictions(monitoring_pb2.ListPredictionsRequest(page_token="junk"),
+                                   metadata=suite.md(admin, key="ops"), timeout=10)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in bad.value.details()
+    assert suite.rest("GET", "/v1/models/events?page_size=5000", token=admin, key="ops").status == 400
+    assert suite.rest("GET", "/v1/models/training-runs/unknown", token=admin, key="ops").status == 404
+    bad_window = suite.rest("GET", "/v1/canary/analysis?window_minutes=-1", token=admin, key="ops")
+    assert bad_window.status == 400 and b"window_minutes" in bad_window.body, bad_window.body
+    # admin only, ops key only
+    _, _, agent = suite.approved_agent("lifecycle")
+    assert suite.rest("POST", "/v1/models:promote", {}, token=agent, key="ops").status == 403
+    assert suite.rest("POST", "/v1/models:rollback", {}, token=admin, key="client").status == 403
+
+
+def test_retrain_promote_rollback(suite, customers):
+    admin = suite.admin_token()
+    _, _, monitoring = suite.stubs()
+    ops = suite.md(admin, key="ops")
+    registry = R.ModelRegistry(mlflow_config.tracking_uri(suite.settings), suite.settings.model_name)
+    before = {alias: registry.version_for(alias) for alias in (R.ALIAS_PRODUCTION, R.ALIAS_STAGING)}
+    assert before == {"production": "1", "staging": "2"}
+    first_event = monitoring.ListModelEvents(monitoring_pb2.ListModelEventsRequest(page_size=1), metadata=ops,
+                                             timeout=10).events
+    since = first_event[0].event_id if first_event else 0
+    try:
+        upload = suite.rest("POST", "/v1/data/training?name=prices-up-30", shifted_csv(), token=admin, key="ops",
+                            headers={"content-type": "text/csv"})
+        assert upload.status == 200, upload.body
+        dataset_id = upload.json()["dataset_id"]
+
+        started = suite.rest("POST", "/v1/models:retrain", {"dataset_ids": [dataset_id], "flavor": "xgboost"},
+                             token=admin, key="ops")
+        assert started.status == 200, started.body
+        run = started.json()["run"]
+        assert run["state"] == "TRAINING_STATE_RUNNING" and run["started_by"] == ADMIN
+        with pytest.raises(grpc.RpcError) as busy:
+            monitoring.Retrain(monitoring_pb2.RetrainRequest(include_shipped_data=True), metadata=ops, timeout=10)
+        assert busy.value.code() == grpc.StatusCode.FAILED_PRECONDITION and run["run_id"] in busy.value.details()
+
+        done = wait_for_run(suite, admin, run["run_id"])
+        assert done["state"] == "TRAINING_STATE_SUCCEEDED", done
+        assert done["model_version"] == "3" and done["parent_version"] == "1" and done["error"] == ""
+        assert done["progress"] == 1 and any("[ 20%]" in line for line in done["log_tail"])
+        assert done["datasets"] == [{"source": "upload", "dataset_id": dataset_id, "name": "prices-up-30",
+                                     "rows": 7043}]
+        assert done["metrics"]["roc_auc"] > 0.8
+        assert registry.version_for(R.ALIAS_STAGING) == "3"
+        tags = registry.get("3").tags
+        assert json.loads(tags["lineage.datasets"])[0]["dataset_id"] == dataset_id
+        assert tags["lineage.parent_version"] == "1" and tags["lineage.rows"] == "7043"
+        assert tags["lineage.code_version"] and tags["flavor"] == "xgboost"
+        assert serving(suite, admin, "staging") == "3"  # the staging instance was told to reload
+
+        analysis = canary_with_labels(suite, customers, ops)
+        assert analysis.production.model.version == "1" and analysis.staging.model.version == "3"
+        for side in (analysis.production, analysis.staging):
+            assert side.predictions >= 100 and side.labelled >= 100 and side.HasField("roc_auc"), analysis
+            assert side.HasField("error_rate") and side.error_rate == 0.0 and side.latency_p99_ms > 0
+        assert analysis.verdict != monitoring_pb2.CANARY_VERDICT_UNSPECIFIED and analysis.reasons
+        assert analysis.thresholds.min_predictions == suite.settings.canary_min_predictions
+
+        load = Load(suite, customers)  # an external generator: nothing may fail while production reloads
+        load.start()
+        promoted = monitoring.Promote(monitoring_pb2.PromoteRequest(version="3"), metadata=ops, timeout=120)
+        assert (promoted.production_version, promoted.previous_version, promoted.changed,
+                promoted.canary_percent) == ("3", "1", True, 0)
+        assert registry.version_for(R.ALIAS_PREVIOUS) == "1"
+        assert predict_version(suite, customers[0]) == "3"
+        again = suite.rest("POST", "/v1/models:promote", {}, token=admin, key="ops")
+        assert again.status == 200 and again.json()["changed"] is False, again.body
+
+        rolled = suite.rest("POST", "/v1/models:rollback", {}, token=admin, key="ops")
+        assert rolled.status == 200, rolled.body
+        assert (rolled.json()["production_version"], rolled.json()["rolled_back_version"]) == ("1", "3")
+        assert predict_version(suite, customers[1]) == "1"
+        assert suite.rest("POST", "/v1/models:rollback", {}, token=admin, key="ops").json()["changed"] is False
+        time.sleep(0.5)
+        load.done.set()
+        load.join(timeout=30)
+        assert load.versions["1"] > 0 and load.versions["3"] > 0, load.versions
+        assert load.failures == [], (sum(load.versions.values()), load.failures[:5])
+
+        events = suite.rest("GET", "/v1/models/events?page_size=50", token=admin, key="ops").json()["events"]
+        trail = [(e["kind"].removeprefix("MODEL_EVENT_KIND_"), e["model_version"], e["actor"])
+                 for e in reversed(events) if int(e["event_id"]) > since]
+        assert trail == [("RETRAIN_STARTED", "", ADMIN), ("RETRAIN_FINISHED", "3", ADMIN), ("CANARY_WEIGHT", "", ADMIN),
+                         ("CANARY_WEIGHT", "", ADMIN), ("PROMOTE", "3", ADMIN), ("ROLLBACK", "1", ADMIN)], trail
+
+        # the prediction production made with version 3, with its inputs, once the outbox has shipped it
+        deadline = time.monotonic() + 30
+        while True:
+            logged = suite.rest("GET", "/v1/predictions?model_version=3&alias=production&customer_id="
+                                f"{customers[0].customer_id}&shadow=false&page_size=5", token=admin, key="ops")
+            assert logged.status == 200, logged.body
+            if logged.json()["predictions"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        record = logged.json()["predictions"][0]["record"]
+        assert record["customer"]["customer_id"] == customers[0].customer_id
+        assert record["customer"]["contract"] == common_pb2.Contract.Name(customers[0].contract)
+        assert record["customer"]["tenure"] == customers[0].tenure and record["shadow"] is False
+    finally:
+        for alias, version in before.items():
+            registry.set_alias(alias, version)
+        for alias in before:
+            reloaded = suite.rest("POST", "/v1/model:reload", {"alias": alias}, token=admin, key="ops",
+                                  headers={"x-churn-alias": alias})
+            assert reloaded.status == 200, reloaded.body
