@@ -41,8 +41,9 @@ def test_quality_matches_scikit_learn_and_skips_auc_with_one_class():
     values = quality(rows)
     assert values["accuracy"] == skm.accuracy_score(actual, probability >= 0.5)
     assert values["roc_auc"] == skm.roc_auc_score(actual, probability)
+    assert values["f1"] == skm.f1_score(actual, probability >= 0.5)
     one_class = [LabelledRow("x", "", True, 0.9, True, "m", "1", "", now, now)]
-    assert quality(one_class) == {"accuracy": 1.0, "precision": 1.0, "recall": 1.0}
+    assert quality(one_class) == {"accuracy": 1.0, "precision": 1.0, "recall": 1.0, "f1": 1.0}
     assert quality([]) == {}
 
 

@@ -68,13 +68,15 @@ def test_feedback_on_500_predictions_gives_sklearn_accuracy(monitoring, versions
                                             timeout=120)
     mine = next(m for m in updated.models if m.model_version == staging.number)
     expected = {"accuracy": skm.accuracy_score(actual, predicted), "precision": skm.precision_score(actual, predicted),
-                "recall": skm.recall_score(actual, predicted), "roc_auc": skm.roc_auc_score(actual, probability)}
+                "recall": skm.recall_score(actual, predicted), "f1": skm.f1_score(actual, predicted),
+                "roc_auc": skm.roc_auc_score(actual, probability)}
     assert mine.labelled == 500 and mine.predictions == 500
     assert mine.metrics["accuracy"] == expected["accuracy"]
     assert dict(mine.metrics) == pytest.approx(expected, rel=1e-12)
     assert mine.HasField("drift") and mine.drift.current_rows == 500 and not mine.drift.dataset_drift
     scraped = _scrape(monitoring.http_port)
     assert _gauge(scraped, "churn_monitoring_accuracy", staging.number) == expected["accuracy"]
+    assert _gauge(scraped, "churn_monitoring_f1", staging.number) == pytest.approx(expected["f1"], rel=1e-12)
     assert _gauge(scraped, "churn_monitoring_roc_auc", staging.number) == pytest.approx(expected["roc_auc"], rel=1e-12)
     assert _gauge(scraped, "churn_monitoring_labelled_predictions", staging.number) == 500
     assert _gauge(scraped, "churn_monitoring_drift_share", staging.number) == mine.drift.drift_share
