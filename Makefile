@@ -12,6 +12,7 @@ BUF := .tools/node_modules/.bin/buf
 
 .PHONY: setup gen model secrets run test test-fast lint-protos clean
 
+# The virtualenv, the generated stubs and buf: everything the other targets need.
 setup: $(INSTALLED) $(GENERATED) $(BUF)
 
 # The virtualenv with every runtime and test dependency; a .pth puts the repo and gen/ on its path.
@@ -27,12 +28,14 @@ $(INSTALLED): pyproject.toml
 $(GENERATED): $(INSTALLED) $(PROTOS) tools/codegen.py
 	$(PY) tools/codegen.py
 
+# Regenerate gen/ from protos/.
 gen: $(GENERATED)
 
 # buf (npm @bufbuild/buf ships the binary) lints the contracts and checks breaking changes against main.
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@1.75.0
 
+# buf lint and buf breaking against main.
 lint-protos: setup
 	$(BUF) lint
 	$(BUF) breaking --against '.git#branch=main'
@@ -41,12 +44,15 @@ lint-protos: setup
 model: setup
 	$(PY) -m training --if-missing
 
+# First-run secrets (keys, admin and database passwords, service token) into secrets/ (mode 0600).
 secrets: setup
 	$(PY) tools/init_secrets.py
 
+# Start the whole suite behind Envoy (trains a model first when none is registered).
 run: setup model secrets
 	$(PY) -m tools.run_suite
 
+# Every test (PYTEST_ARGS passes options to pytest).
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -54,5 +60,20 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+# Remove generated code and tool caches (not the data under var/ nor secrets/).
 clean:
 	rm -rf gen .tools .pytest_cache
+
+# ---------------------------------------------------------------- for the people who call and run it (issue 14)
+
+# promtool (Debian's prometheus): `promtool test rules` for deploy/prometheus and the Prometheus the integration
+# test runs against the suite. apt-get only when it is missing.
+observability-tools:
+	@command -v promtool >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus)
+
+# Lists every target with the comment above it.
+help:
+	@awk '/^# / { text = text (text ? " " : "") substr($$0, 3); next } \
+	     /^[a-z][a-z0-9-]*:/ { split($$0, t, ":"); printf "  %-20s %s\n", t[1], text } { text = "" }' $(MAKEFILE_LIST)
+
+.PHONY: observability-tools help
