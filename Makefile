@@ -76,4 +76,22 @@ help:
 	@awk '/^# / { text = text (text ? " " : "") substr($$0, 3); next } \
 	     /^[a-z][a-z0-9-]*:/ { split($$0, t, ":"); printf "  %-20s %s\n", t[1], text } { text = "" }' $(MAKEFILE_LIST)
 
-.PHONY: observability-tools help
+# protoc-gen-swagger (Debian's golang-grpc-gateway) and Swagger UI (npm swagger-ui-dist) for the API docs.
+docs-tools:
+	@command -v protoc-gen-swagger >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-grpc-gateway)
+	@test -f .tools/node_modules/swagger-ui-dist/swagger-ui-bundle.js || npm install --silent --no-audit --no-fund --prefix .tools swagger-ui-dist@5.35.0
+
+gen/openapi/churn.swagger.json: $(GENERATED) tools/openapi.py | docs-tools
+	$(PY) tools/openapi.py
+
+# The OpenAPI document from the protos' google.api.http rules and the Swagger UI page Envoy serves at GET /docs.
+docs: gen/openapi/churn.swagger.json
+
+# Debian's Chromium: the docs page is tested in it, headless.
+browser-tools:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+# The tools above are part of setting up (tests use them; `make run` serves the docs).
+setup: docs observability-tools browser-tools
+
+.PHONY: observability-tools help docs-tools docs browser-tools
