@@ -34,6 +34,7 @@ $(INSTALLED): pyproject.toml
 $(GENERATED): $(INSTALLED) $(PROTOS) tools/codegen.py
 	$(PY) tools/codegen.py
 
+# Regenerate gen/ from protos/.
 gen: $(GENERATED)
 
 # buf (npm @bufbuild/buf ships the binary) lints the contracts and checks breaking changes against the commit
@@ -41,6 +42,7 @@ gen: $(GENERATED)
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@1.75.0
 
+# buf lint and buf breaking against main.
 lint-protos: setup
 	$(BUF) lint
 	against=$$($(PY) tools/buf_against.py) && $(BUF) breaking --against "$$against"
@@ -49,9 +51,11 @@ lint-protos: setup
 model: setup
 	$(PY) -m training --if-missing
 
+# First-run secrets (keys, admin and database passwords, service token) into secrets/ (mode 0600).
 secrets: setup
 	$(PY) tools/init_secrets.py
 
+# Start the whole suite behind Envoy (trains a model first when none is registered).
 run: setup model secrets
 	$(PY) -m tools.run_suite
 
@@ -97,5 +101,36 @@ bench: setup bench-deps
 bench-short: setup bench-tools
 	$(PY) -m bench.run --short $(BENCH_ARGS)
 
+# Remove generated code and tool caches (not the data under var/ nor secrets/).
 clean:
 	rm -rf gen .tools .pytest_cache
+
+# ---------------------------------------------------------------- for the people who call and run it (issue 14)
+
+# promtool and Prometheus itself (Debian's prometheus): rule tests and the Prometheus the integration test runs.
+observability-tools: promtool
+
+# Lists every target with the comment above it.
+help:
+	@awk '/^# / { text = text (text ? " " : "") substr($$0, 3); next } \
+	     /^[a-z][a-z0-9-]*:/ { split($$0, t, ":"); printf "  %-20s %s\n", t[1], text } { text = "" }' $(MAKEFILE_LIST)
+
+# protoc-gen-swagger (Debian's golang-grpc-gateway) and Swagger UI (npm swagger-ui-dist) for the API docs.
+docs-tools:
+	@command -v protoc-gen-swagger >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-grpc-gateway)
+	@test -f .tools/node_modules/swagger-ui-dist/swagger-ui-bundle.js || npm install --silent --no-audit --no-fund --prefix .tools swagger-ui-dist@5.35.0
+
+gen/openapi/churn.swagger.json: $(GENERATED) tools/openapi.py | docs-tools
+	$(PY) tools/openapi.py
+
+# The OpenAPI document from the protos' google.api.http rules and the Swagger UI page Envoy serves at GET /docs.
+docs: gen/openapi/churn.swagger.json
+
+# Debian's Chromium: the docs page is tested in it, headless.
+browser-tools:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+# The tools above are part of setting up (tests use them; `make run` serves the docs).
+setup: docs observability-tools browser-tools
+
+.PHONY: observability-tools help docs-tools docs browser-tools

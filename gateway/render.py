@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import pathlib
 
+from gateway import extras
 from gateway.clusters import clusters
 from gateway.names import (API_KEY_HEADER, AUTH_CLUSTER, CLIENT, DESCRIPTOR_SET, FILTER, HEALTHZ_PATH, JWKS_CLUSTER,
                            JWT_CLOCK_SKEW_SECONDS, JWT_HEADER_PREFIX, JWT_PAYLOAD_KEY, JWT_PROVIDER, JWT_REQUIREMENT,
@@ -198,12 +199,12 @@ def _listener(settings: Settings, descriptor: pathlib.Path) -> dict:
 
 def render(settings: Settings, descriptor: pathlib.Path = DESCRIPTOR_SET) -> dict:
     """The complete Envoy bootstrap as plain data."""
-    return {
+    return extras.extend(settings, {
         "node": {"id": "churn-gateway", "cluster": "churn"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": settings.envoy_admin_port}}},
         "layered_runtime": {"layers": canary_runtime.runtime_layers(settings.data_dir, settings.canary_percent)},
         "static_resources": {"listeners": [_listener(settings, descriptor)], "clusters": clusters(settings)},
-    }
+    })
 
 
 def write(config: dict, path: pathlib.Path) -> pathlib.Path:

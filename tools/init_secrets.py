@@ -6,6 +6,8 @@ Creates the git-ignored secrets folder (mode 0700; every file 0600) with
   signing_key_secret       encrypts auth's signing keys in the users store, unless set in the environment
   admin_password           the first admin's password (user $ADMIN_USERNAME, default "admin")
   service_token            a `service` role token for the inference outbox shipper (and internal callers)
+  database_password        PostgreSQL's password for docker-compose and Kubernetes (the `churn-secrets` keys are
+                           these file names); local runs use SQLite or $*_DATABASE_URL and never read it
 then creates the admin in the users store (`python -m services.auth create-admin`) when it does not exist yet and
 mints a fresh service token (`create-service-token`, revoking the previous ones: the store may be new and its old
 signing keys gone). Idempotent: existing keys and passwords are kept. Prints where everything is.
@@ -60,6 +62,8 @@ def init_secrets(env: dict[str, str] | None = None, *, with_auth: bool = True) -
         path, new = ensure_secret(folder, name, lambda: secrets.token_urlsafe(32))
         created[name] = path
         report.append(f"  {name:15} {path}{' (new)' if new else ''}")
+    path, new = ensure_secret(folder, "database_password", lambda: secrets.token_urlsafe(24))
+    report.append(f"  {'database_password':15} {path}{' (new)' if new else ''} (compose / Kubernetes PostgreSQL)")
     password_path, new = ensure_secret(folder, "admin_password", lambda: secrets.token_urlsafe(18))
     created["admin_password"] = password_path
     username = env.get("ADMIN_USERNAME", "admin")

@@ -166,6 +166,8 @@ class Settings:
     compile_models: bool = True
     # Inference: worker processes per instance on one port (SO_REUSEPORT); default one per core.
     inference_workers: int = 1
+    # Envoy's Prometheus stats on their own listener (the admin stays on loopback); -1 = no such listener, 0 = any.
+    envoy_stats_port: int = -1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -194,6 +196,7 @@ class Settings:
             monitoring_http_port=_int(env, "MONITORING_HTTP_PORT", 9104),
             gateway_port=_int(env, "GATEWAY_PORT", 8080),
             envoy_admin_port=_int(env, "ENVOY_ADMIN_PORT", 9901),
+            envoy_stats_port=_int(env, "ENVOY_STATS_PORT", -1),
             max_message_bytes=_int(env, "MAX_MESSAGE_MB", 16) * MIB,
             max_batch_rows=_int(env, "MAX_BATCH_ROWS", 5000),
             max_csv_rows=_int(env, "MAX_CSV_ROWS", 50000),

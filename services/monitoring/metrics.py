@@ -23,7 +23,8 @@ PREDICTIONS = Gauge("churn_monitoring_predictions", "Predictions in the log.", [
 LABELLED = Gauge("churn_monitoring_labelled_predictions", "Logged predictions with a true label (feedback).", VERSION)
 QUALITY = {name: Gauge(f"churn_monitoring_{name}", f"{doc} of the predictions against feedback labels.", VERSION)
            for name, doc in (("accuracy", "Accuracy"), ("precision", "Precision (churn = positive)"),
-                             ("recall", "Recall (churn = positive)"), ("roc_auc", "ROC AUC of the probabilities"))}
+                             ("recall", "Recall (churn = positive)"), ("f1", "F1 (churn = positive)"),
+                             ("roc_auc", "ROC AUC of the probabilities"))}
 DRIFT_SHARE = Gauge("churn_monitoring_drift_share", "Share of feature columns Evidently finds drifted.", VERSION)
 DRIFTED_COLUMNS = Gauge("churn_monitoring_drifted_columns", "Feature columns Evidently finds drifted.", VERSION)
 DATASET_DRIFT = Gauge("churn_monitoring_dataset_drift", "1 when Evidently reports dataset drift.", VERSION)
@@ -47,7 +48,7 @@ class VersionMetrics:
 
 
 def quality(rows: list[LabelledRow]) -> dict[str, float]:
-    """Accuracy, precision, recall (and ROC AUC when both classes are present) of predictions vs labels."""
+    """Accuracy, precision, recall, F1 (and ROC AUC when both classes are present) of predictions vs labels."""
     if not rows:
         return {}
     actual = np.array([r.actual_churn for r in rows], dtype=bool)
@@ -56,6 +57,7 @@ def quality(rows: list[LabelledRow]) -> dict[str, float]:
         "accuracy": float(skm.accuracy_score(actual, predicted)),
         "precision": float(skm.precision_score(actual, predicted, zero_division=0)),
         "recall": float(skm.recall_score(actual, predicted, zero_division=0)),
+        "f1": float(skm.f1_score(actual, predicted, zero_division=0)),
     }
     if actual.any() and not actual.all():
         result["roc_auc"] = float(skm.roc_auc_score(actual, [r.probability for r in rows]))

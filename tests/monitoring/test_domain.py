@@ -40,11 +40,11 @@ def test_quality_of_a_labelled_set_computed_by_hand():
     rows = [LabelledRow(str(i), "", p >= 0.5, p, churned, "m", "1", "production", now, now)
             for i, (p, churned) in enumerate(LABELLED)]
     # accuracy (3 + 3) / 9; precision 3 / (3 + 2); recall 3 / (3 + 1); ROC AUC: of the 4 x 5 (churned, stayed)
-    # pairs, the churned row scores higher in 5 + 5 + 4 + 3 = 17
-    assert quality(rows) == pytest.approx({"accuracy": 6 / 9, "precision": 0.6, "recall": 0.75, "roc_auc": 0.85},
-                                          abs=1e-15)
+    # pairs, the churned row scores higher in 5 + 5 + 4 + 3 = 17; F1 = 2 * 0.6 * 0.75 / (0.6 + 0.75) = 2 / 3
+    assert quality(rows) == pytest.approx({"accuracy": 6 / 9, "precision": 0.6, "recall": 0.75, "f1": 2 / 3,
+                                           "roc_auc": 0.85}, abs=1e-15)
     one_class = [LabelledRow("x", "", True, 0.9, True, "m", "1", "", now, now)]
-    assert quality(one_class) == {"accuracy": 1.0, "precision": 1.0, "recall": 1.0}
+    assert quality(one_class) == {"accuracy": 1.0, "precision": 1.0, "recall": 1.0, "f1": 1.0}
     assert quality([]) == {}
 
 

@@ -45,8 +45,9 @@ def counted_quality(actual: np.ndarray, predicted: np.ndarray, probability: np.n
     churned, stayed = probability[actual], probability[~actual]
     pairs = churned[:, None] - stayed[None, :]
     auc = ((pairs > 0).sum() + 0.5 * (pairs == 0).sum()) / pairs.size
-    return {"accuracy": float((predicted == actual).mean()), "precision": tp / (tp + fp), "recall": tp / (tp + fn),
-            "roc_auc": float(auc)}
+    precision, recall = tp / (tp + fp), tp / (tp + fn)
+    return {"accuracy": float((predicted == actual).mean()), "precision": precision, "recall": recall,
+            "f1": 2 * precision * recall / (precision + recall), "roc_auc": float(auc)}
 
 
 def test_feedback_on_500_predictions_gives_the_counted_quality(monitoring, versions):
@@ -85,6 +86,7 @@ def test_feedback_on_500_predictions_gives_the_counted_quality(monitoring, versi
     assert mine.HasField("drift") and mine.drift.current_rows == 500 and not mine.drift.dataset_drift
     scraped = _scrape(monitoring.http_port)
     assert _gauge(scraped, "churn_monitoring_accuracy", staging.number) == expected["accuracy"]
+    assert _gauge(scraped, "churn_monitoring_f1", staging.number) == pytest.approx(expected["f1"], rel=1e-12)
     assert _gauge(scraped, "churn_monitoring_roc_auc", staging.number) == pytest.approx(expected["roc_auc"], rel=1e-12)
     assert _gauge(scraped, "churn_monitoring_labelled_predictions", staging.number) == 500
     assert _gauge(scraped, "churn_monitoring_drift_share", staging.number) == mine.drift.drift_share

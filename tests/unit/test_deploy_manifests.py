@@ -74,30 +74,7 @@ def test_dashboard_queries_only_name_metrics_the_services_export():
                  family.name + "_count"]}
     dashboard = json.loads((ROOT / "deploy" / "grafana" / "churn-dashboard.json").read_text())
     queried = {name for panel in dashboard["panels"] for target in panel["targets"]
-               for name in re.findall(r"\bchurn_[a-z_]+", target["expr"])}
+               for name in re.findall(r"\bchurn_[a-z0-9_]+", target["expr"])}
     assert queried, "the dashboard queries nothing"
     assert queried <= exported, f"not exported by any service: {sorted(queried - exported)}"
 
-
-def test_alert_rules_query_exported_metrics_and_pass_promtool():
-    """The drift and live-AUC alerts name metrics monitoring exports; promtool (`make promtool`) checks the rules
-    and runs their unit tests (deploy/alerts_test.yml: the drift alert fires after 30 minutes above 0.3, not on a
-    flapping share)."""
-    import re
-
-    from prometheus_client import REGISTRY
-
-    import services.monitoring.metrics  # noqa: F401 - importing registers the gauges
-
-    exported = {family.name for family in REGISTRY.collect()}
-    rules = yaml.safe_load((ROOT / "deploy" / "alerts.yml").read_text())
-    queried = {name for group in rules["groups"] for rule in group["rules"]
-               for name in re.findall(r"\bchurn_[a-z_]+", rule["expr"])}
-    assert queried and queried <= exported, sorted(queried - exported)
-    assert "alerts.yml" in yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())["rule_files"]
-    promtool = shutil.which("promtool")
-    if not promtool:
-        pytest.skip("promtool is not installed (make promtool)")
-    for command in (("check", "rules", "deploy/alerts.yml"), ("test", "rules", "deploy/alerts_test.yml")):
-        done = _run(promtool, *command)
-        assert done.returncode == 0, done.stdout + done.stderr

@@ -1,0 +1,3 @@
+from churnctl.cli import main
+
+main()
