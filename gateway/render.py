@@ -130,15 +130,15 @@ ACCESS_LOG_FORMAT = {
 }
 
 
-LOCAL_REPLY_MESSAGES = {  # fixed texts: Envoy's own would repeat the caller's path or field names
-    404: "no such route: the verb, path or query parameters match no method of the API",
-    400: "the request does not match the method's JSON form (unknown field or query parameter, or unparsable body)",
-}
+# A fixed text for the 404: Envoy's own repeats the caller's path. The transcoder's 400 keeps its own text, which
+# names the field or parameter at fault (a caller's mistake must name the field); it travels in the JSON body,
+# never in a header, and is no longer than the request that caused it.
+LOCAL_REPLY_MESSAGES = {404: "no such route: the verb, path or query parameters match no method of the API"}
 
 
 def _local_replies() -> dict:
-    """Every reply Envoy makes itself is JSON `{"code", "message"}`; the transcoder's 404/400 (and the catch-all
-    route's 404) get the fixed messages above instead of texts that repeat the caller's input."""
+    """Every reply Envoy makes itself is JSON `{"code", "message"}`; the transcoder's 404 (and the catch-all
+    route's) gets the fixed message above instead of a text that repeats the caller's path."""
     def body(message: str) -> dict:
         return {"json_format": {"code": "%RESPONSE_CODE%", "message": message}}
 

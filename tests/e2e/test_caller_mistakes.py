@@ -106,6 +106,23 @@ MISTAKES = [
             "percent"),
     Mistake("MonitoringService/UploadTrainingData", "a CSV without the Churn column", "POST", "/v1/data/training",
             _csv("Churn"), "Churn", content_type="text/csv"),
+    Mistake("InferenceService/SuggestRetention", "top_k over 10", "POST", "/v1/retention:suggest",
+            {"customers": [_customer()], "top_k": 11}, "top_k"),
+    Mistake("MonitoringService/Retrain", "a dataset id that was never uploaded", "POST", "/v1/models:retrain",
+            {"dataset_ids": ["nope"]}, "dataset_ids[0]"),
+    Mistake("MonitoringService/GetTrainingRun", "a query parameter the request has no field for", "GET",
+            "/v1/models/training-runs/r1?verbose=1", names="verbose", envoy_refuses=True),
+    Mistake("MonitoringService/Promote", "a version that is not a number", "POST", "/v1/models:promote",
+            {"version": "v3"}, "version"),
+    # RollbackRequest has no fields: the caller's mistake left is the client key on an ops route
+    Mistake("MonitoringService/Rollback", "the client key on an ops route", "POST", "/v1/models:rollback", {},
+            "forbidden", envoy_refuses=True, status=403, key="client"),
+    Mistake("MonitoringService/ListModelEvents", "a page over the largest page size", "GET",
+            "/v1/models/events?page_size=5000", names="page_size"),
+    Mistake("MonitoringService/ListPredictions", "a page token it never gave", "GET",
+            "/v1/predictions?page_token=junk", names="page_token"),
+    Mistake("MonitoringService/AnalyzeCanary", "a negative window", "GET", "/v1/canary/analysis?window_minutes=-1",
+            names="window_minutes"),
 ]
 # Streaming RPCs have no REST mapping: their mistakes are answered per message over gRPC (test below).
 GRPC_ONLY = {"InferenceService/StreamPredict"}

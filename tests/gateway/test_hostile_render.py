@@ -33,7 +33,7 @@ def test_local_replies_are_json_with_fixed_messages(config):
     replies = hcm(config)["local_reply_config"]
     assert replies["body_format"]["json_format"]["code"] == "%RESPONSE_CODE%"
     codes = [m["filter"]["status_code_filter"]["comparison"]["value"]["default_value"] for m in replies["mappers"]]
-    assert sorted(codes) == [400, 404]
+    assert sorted(codes) == [404]
     assert all("%" not in m["body_format_override"]["json_format"]["message"] for m in replies["mappers"])
 
 
