@@ -81,9 +81,10 @@ def main() -> int:
     inference = app.start(settings, verifier, parts)
     assert inference.wait_loaded(120), "model did not load"
     model = inference.holder.current
-    # The same booster objects the server calls, each at its best thread count (1 thread for single rows,
-    # all cores for 1,000): the bare side is the strongest in-process baseline.
-    single_booster, batch_booster = model.native._single, model.native._booster
+    # xgboost's own boosters behind the served model, each at its best thread count (1 thread for single rows,
+    # all cores for 1,000): the bare side is the strongest in-process baseline without compiled trees.
+    xgb = getattr(model.native, "native", model.native)
+    single_booster, batch_booster = xgb._single, xgb.booster
 
     frame = pd.read_csv(ROOT / "data" / "telco_churn.csv", nrows=1000)
     frame["TotalCharges"] = pd.to_numeric(frame.TotalCharges, errors="coerce")

@@ -31,6 +31,9 @@ def base_env(workdir: pathlib.Path) -> dict[str, str]:
         "KEY_PROPAGATION_SECONDS": "6",
         "SESSION_CHECK_SECONDS": "1",
         "PYTHONUNBUFFERED": "1",
+        # one process per inference instance in tests (two instances, several suites, 2 cores); the worker pool
+        # has its own test (tests/e2e/test_inference_workers.py)
+        "INFERENCE_WORKERS": "1",
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "gen")]),
     })
     for port_var in ("AUTH_PORT", "AUTH_HTTP_PORT", "MONITORING_PORT", "MONITORING_HTTP_PORT",

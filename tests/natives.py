@@ -34,3 +34,18 @@ def download(registry: R.ModelRegistry, alias: str, dst: pathlib.Path) -> tuple[
     """(version, directory) of the version an alias points at."""
     version = registry.version_for(alias)
     return version, registry.download(version, dst)
+
+
+def copy_model(registry: R.ModelRegistry, name: str) -> list[str]:
+    """A new registered model `name` whose v1 is production's artifacts (xgboost) and v2 staging's (sklearn),
+    with `production` on v1: tests that move aliases do it there, never on the suite's shared model."""
+    client = registry.client
+    client.create_registered_model(name)
+    versions = []
+    for alias in (R.ALIAS_PRODUCTION, R.ALIAS_STAGING):
+        source = client.get_model_version_by_alias(registry.name, alias)
+        location = client.get_model_version_download_uri(registry.name, source.version)  # the artifact folder
+        created = client.create_model_version(name, location, run_id=source.run_id, tags=source.tags)
+        versions.append(str(created.version))
+    client.set_registered_model_alias(name, R.ALIAS_PRODUCTION, versions[0])
+    return versions

@@ -10,7 +10,7 @@ import threading
 from typing import Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import Counter, Histogram, make_wsgi_app
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, make_wsgi_app
 
 GRPC_REQUESTS = Counter("churn_grpc_requests_total", "RPCs handled, by final status code.",
                         ["service", "method", "code"])
@@ -33,8 +33,9 @@ class _QuietHandler(WSGIRequestHandler):
 class SideHttpServer:
     """`/metrics` plus extra GET routes on one plain-HTTP port (0 = ephemeral)."""
 
-    def __init__(self, host: str, port: int, routes: dict[str, HttpRoute] | None = None):
-        metrics_app = make_wsgi_app()
+    def __init__(self, host: str, port: int, routes: dict[str, HttpRoute] | None = None,
+                 registry: CollectorRegistry = REGISTRY):
+        metrics_app = make_wsgi_app(registry)
         extra = dict(routes or {})
 
         def app(environ, start_response):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import os
 import pathlib
@@ -67,6 +68,7 @@ class XgboostModel:
     SMALL_BATCH = 64
 
     def __init__(self, booster, threads: int | None = None):
+        self.booster = booster
         self._single = booster.copy()
         self._single.set_param({"nthread": 1})
         self._booster = booster
@@ -95,22 +97,22 @@ class SklearnModel:
     flavor = "sklearn"
 
     def __init__(self, model):
-        self._model = model
+        self.estimator = model
         self._explainer = None
 
     def probability(self, X: np.ndarray) -> np.ndarray:
-        return self._model.predict_proba(X)[:, 1]
+        return self.estimator.predict_proba(X)[:, 1]
 
     def margin(self, X: np.ndarray) -> np.ndarray:
-        if hasattr(self._model, "decision_function"):
-            return np.asarray(self._model.decision_function(X), dtype=np.float64).reshape(-1)
+        if hasattr(self.estimator, "decision_function"):
+            return np.asarray(self.estimator.decision_function(X), dtype=np.float64).reshape(-1)
         return self.probability(X)  # forests: TreeExplainer explains the probability itself
 
     def explainer(self):
         if self._explainer is None:
             import shap
 
-            self._explainer = shap.TreeExplainer(self._model)
+            self._explainer = shap.TreeExplainer(self.estimator)
         return self._explainer
 
     def contributions(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -125,10 +127,11 @@ class SklearnModel:
         return values, np.full(len(values), base[-1])
 
 
-def native_model(flavor: str, model) -> NativeModel:
-    """Wrap a fitted estimator (xgboost Booster or XGBClassifier; a scikit-learn tree ensemble)."""
+def native_model(flavor: str, model, threads: int | None = None) -> NativeModel:
+    """Wrap a fitted estimator (xgboost Booster or XGBClassifier; a scikit-learn tree ensemble). `threads` caps
+    xgboost's threads for large batches (default: every core)."""
     if flavor == "xgboost":
-        return XgboostModel(model.get_booster() if hasattr(model, "get_booster") else model)
+        return XgboostModel(model.get_booster() if hasattr(model, "get_booster") else model, threads)
     if flavor == "sklearn":
         return SklearnModel(model)
     raise FailedPrecondition(f"unknown model flavour {flavor!r} (known: {', '.join(FLAVORS)})")
@@ -138,7 +141,7 @@ def read_model_info(root: str | pathlib.Path) -> dict[str, Any]:
     return json.loads((pathlib.Path(root) / MODEL_INFO).read_text())
 
 
-def load_native(root: str | pathlib.Path) -> NativeModel:
+def load_native(root: str | pathlib.Path, threads: int | None = None) -> NativeModel:
     """The native model of a downloaded version directory."""
     root = pathlib.Path(root)
     flavor = read_model_info(root)["flavor"]
@@ -148,7 +151,7 @@ def load_native(root: str | pathlib.Path) -> NativeModel:
 
         booster = xgboost.Booster()
         booster.load_model(str(path))
-        return native_model(flavor, booster)
+        return native_model(flavor, booster, threads)
     import joblib
 
     return native_model(flavor, joblib.load(path))
@@ -175,6 +178,7 @@ class LoadedVersion:
     model_info: dict[str, Any]
     features: list[dict]
     model: NativeModel
+    digest: str  # sha256 of the native model file: names what was really loaded (compiled-model cache key)
 
 
 class ModelRegistry:
@@ -182,12 +186,13 @@ class ModelRegistry:
     so two registries can live in one process). MLflow's "does not exist" is NotFound; any other MLflow failure
     means the registry is unreachable (NotReady)."""
 
-    def __init__(self, tracking_uri: str, name: str):
+    def __init__(self, tracking_uri: str, name: str, threads: int | None = None):
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
         self._errors = MlflowException
         self.name = name
+        self._threads = threads  # xgboost threads per loaded model (serving: cores / worker processes)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     def _call(self, what: str, fn, *args):
@@ -271,5 +276,6 @@ class ModelRegistry:
             if spec.get("encoded_columns") != list(F.ENCODED_COLUMNS):
                 raise FailedPrecondition(f"model {self.name} version {version} was trained on other encoded columns "
                                          "than this service's feature module produces; retrain it")
-            model = load_native(root)
-        return LoadedVersion(info, model_info, spec["features"], model)
+            model = load_native(root, self._threads)
+            digest = hashlib.sha256((root / NATIVE_MODEL[model.flavor]).read_bytes()).hexdigest()
+        return LoadedVersion(info, model_info, spec["features"], model, digest)

@@ -13,6 +13,15 @@ from typing import Mapping
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
+# SuggestRetention's allowed moves (RETENTION_MOVES, comma-separated; vocabulary and start-up validation in
+# services/inference/levers.py): contract upgrades, any other payment method, paperless billing either way, the four
+# protective add-ons switched on, and monthly discounts in percent.
+DEFAULT_RETENTION_MOVES = (
+    "contract:one_year,contract:two_year,"
+    "payment_method:electronic_check,payment_method:mailed_check,payment_method:bank_transfer_automatic,"
+    "payment_method:credit_card_automatic,paperless_billing:yes,paperless_billing:no,"
+    "online_security:yes,tech_support:yes,online_backup:yes,device_protection:yes,"
+    "discount:5,discount:10,discount:20")
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -140,9 +149,17 @@ class Settings:
     # Drift → retrain: start a Retrain when the production drift share stays >= this (0 = off) for N updates.
     drift_retrain_share: float = 0.0
     drift_retrain_after: int = 3
+    # Retention levers: the allowed moves (names, validated at start) and customers per SuggestRetention request
+    # (each scores up to ~85 variants, all in one model call).
+    retention_moves: tuple[str, ...] = tuple(DEFAULT_RETENTION_MOVES.split(","))
+    retention_max_customers: int = 1000
     # Process: where a server writes its bound ports as JSON (tests, the runner); the stdlib logging level.
     port_file: str = ""
     log_level: str = "INFO"
+    # Inference: compile the served trees to native code (Treelite + TL2cgen, cached under DATA_DIR/compiled).
+    compile_models: bool = True
+    # Inference: worker processes per instance on one port (SO_REUSEPORT); default one per core.
+    inference_workers: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -218,8 +235,13 @@ class Settings:
             canary_auto_interval_seconds=_int(env, "CANARY_AUTO_INTERVAL_SECONDS", 60),
             drift_retrain_share=_float(env, "DRIFT_RETRAIN_SHARE", 0.0),
             drift_retrain_after=_int(env, "DRIFT_RETRAIN_AFTER", 3),
+            retention_moves=tuple(m.strip() for m in (env.get("RETENTION_MOVES") or DEFAULT_RETENTION_MOVES)
+                                  .split(",") if m.strip()),
+            retention_max_customers=_int(env, "RETENTION_MAX_CUSTOMERS", 1000),
             port_file=env.get("PORT_FILE", ""),
             log_level=env.get("LOG_LEVEL", "INFO"),
+            compile_models=env.get("COMPILE_MODELS", "true").lower() in ("1", "true", "yes"),
+            inference_workers=max(1, _int(env, "INFERENCE_WORKERS", os.cpu_count() or 1)),
         )
 
     @property

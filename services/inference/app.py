@@ -4,6 +4,7 @@ port 0) with `dataclasses.replace`."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import threading
 from typing import Any, Mapping
@@ -15,46 +16,60 @@ from services.common.interceptor import ServiceInterceptor
 from services.common.model_registry import ModelRegistry
 from services.common.server import ServiceHost, start_server
 from services.common.settings import Settings
+from services.inference.levers import Policy, RetentionAdvisor
 from services.inference.model import ModelHolder, Registry
 from services.inference.outbox import Outbox
 from services.inference.predictor import Limits, Predictor
 from services.inference.servicer import InferenceServicer
+from services.inference.workers import WorkerGroup
 from services.inference.shipper import MonitoringSink, ServiceToken, Shipper, Sink
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
 
-def outbox_path(settings: Settings, alias: str) -> pathlib.Path:
-    """One outbox file per instance (instances are per alias; replicas each have their own DATA_DIR)."""
-    return settings.data_dir / f"inference-{alias}-outbox.db"
+def outbox_path(settings: Settings, alias: str, worker: int = 0) -> pathlib.Path:
+    """One outbox file per serving process: per alias, and per worker after the first (replicas on other
+    machines each have their own DATA_DIR). Worker 0 keeps the single-process name, so changing
+    INFERENCE_WORKERS from 1 to N strands no rows; lowering it leaves the higher workers' files to a later start."""
+    return settings.data_dir / (f"inference-{alias}-outbox.db" if worker == 0 else
+                                f"inference-{alias}-w{worker}-outbox.db")
 
 
 @dataclasses.dataclass(frozen=True)
 class InferenceParts:
-    """What one instance is made of: the alias it serves, where its model comes from, its limits, outbox file and
-    ports, and where committed rows ship to (`sink` None: they stay in the outbox)."""
+    """What one instance is made of: the alias it serves, where its model comes from, its limits, the retention
+    policy, outbox file and ports, and where committed rows ship to (`sink` None: they stay in the outbox)."""
 
     alias: str
     registry: Registry
     limits: Limits
+    retention: Policy
     outbox_file: pathlib.Path
     port: int
-    http_port: int
+    http_port: int | None  # None: no side port (a worker whose parent serves /metrics)
     sink: Sink | None
     shipper_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # Shipper's batch size, backoff
+    compiled_dir: pathlib.Path | None = None  # where compiled trees are cached; None serves the native model
+    group: WorkerGroup | None = None  # the sibling workers sharing the port (services.inference.workers)
 
 
 def build_parts(settings: Settings, alias: str | None = None, *, ship: bool = True) -> InferenceParts:
     """The parts `python -m services.inference` runs with, for `alias` (default MODEL_ALIAS): the MLflow
-    registry, limits, outbox and ports from settings and, with `ship`, monitoring as the sink."""
+    registry, limits, retention policy (RETENTION_MOVES validated here, at start), outbox and ports from settings
+    and, with `ship`, monitoring as the sink."""
     alias = alias or settings.model_alias
     mlflow_config.quiet()
     sink = MonitoringSink(settings.monitoring_address, ServiceToken.from_settings(settings), settings.api_key,
                           settings.grpc_options()) if ship else None
+    # N workers with OpenMP threads each must not oversubscribe the cores (measured here under load: xgboost
+    # on 2 threads took 30-150 ms for 1,000 rows, 2-12 ms on one).
+    threads = max(1, (os.cpu_count() or 1) // settings.inference_workers)
     return InferenceParts(
-        alias=alias, registry=ModelRegistry(mlflow_config.tracking_uri(settings), settings.model_name),
-        limits=Limits.from_settings(settings), outbox_file=outbox_path(settings, alias),
-        port=settings.inference_port(alias), http_port=settings.inference_http_port(alias), sink=sink)
+        alias=alias, registry=ModelRegistry(mlflow_config.tracking_uri(settings), settings.model_name, threads),
+        limits=Limits.from_settings(settings), retention=Policy.from_settings(settings),
+        outbox_file=outbox_path(settings, alias), port=settings.inference_port(alias),
+        http_port=settings.inference_http_port(alias), sink=sink,
+        compiled_dir=settings.data_dir / "compiled" if settings.compile_models else None)
 
 
 @dataclasses.dataclass
@@ -92,13 +107,14 @@ class InferenceApp:
 def start(settings: Settings, verifier: identity.TokenVerifier, parts: InferenceParts | None = None) -> InferenceApp:
     """Start serving (health NOT_SERVING); the model loads in the background and flips health to SERVING."""
     parts = parts or build_parts(settings)
-    holder = ModelHolder(parts.registry, parts.alias)
+    holder = ModelHolder(parts.registry, parts.alias, parts.compiled_dir,
+                         on_loaded=parts.group.loaded if parts.group is not None else None)
     outbox = Outbox(parts.outbox_file)
-    predictor = Predictor(holder, outbox, parts.limits)
+    predictor = Predictor(holder, outbox, parts.limits, siblings=parts.group)
     host = start_server(
         settings, port=parts.port, http_port=parts.http_port,
         register=lambda server: inference_pb2_grpc.add_InferenceServiceServicer_to_server(
-            InferenceServicer(predictor), server),
+            InferenceServicer(predictor, RetentionAdvisor(holder, parts.retention)), server),
         service_names=[SERVICE_NAME],
         interceptor=ServiceInterceptor(verifier, settings.api_key, settings.ops_api_key),
         serving=False)

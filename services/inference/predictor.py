@@ -21,6 +21,7 @@ from services.common.errors import InvalidInput, ResourceExhausted
 from services.inference import explain, metrics
 from services.inference.model import LoadedModel, ModelHolder
 from services.inference.outbox import Outbox
+from services.inference.workers import WorkerGroup
 
 MAX_REQUEST_ID_CHARS = 64
 
@@ -55,11 +56,12 @@ def prediction_id_prefix(request_id: str) -> str:
 
 class Predictor:
     def __init__(self, holder: ModelHolder, outbox: Outbox, limits: Limits,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, siblings: WorkerGroup | None = None):
         self._holder = holder
         self._outbox = outbox
         self.limits = limits
         self._clock = clock
+        self._siblings = siblings  # the other worker processes on this port, told to reload with this one
 
     def _check_rows(self, n: int, field: str) -> None:
         if n == 0:
@@ -162,6 +164,8 @@ class Predictor:
     def reload(self, alias: str) -> inference_pb2.ReloadModelResponse:
         self._holder.check_alias(alias)
         result = self._holder.reload()
+        if self._siblings is not None:
+            self._siblings.reload_siblings(result.current.version)
         response = inference_pb2.ReloadModelResponse(current=model_ref(result.current), changed=result.changed)
         if result.previous is not None:
             response.previous.CopyFrom(model_ref(result.previous))

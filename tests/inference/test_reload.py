@@ -6,7 +6,6 @@ nothing the other tests read."""
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 import uuid
 from concurrent import futures
@@ -17,6 +16,7 @@ import pytest
 from churn.v1 import inference_pb2
 
 from services.common import telco_csv
+from tests import natives
 from tests.inference.conftest import TELCO_CSV, Client, start_app
 
 REQUESTS = 2000
@@ -25,18 +25,10 @@ REQUESTS = 2000
 @pytest.fixture(scope="module")
 def reload_model(registry):
     """A fresh registered model: v1 = the production (xgboost) artifacts, v2 = the staging (sklearn) ones."""
-    client = registry.client
     name = f"churn-reload-{uuid.uuid4().hex[:8]}"
-    client.create_registered_model(name)
-    versions = []
-    for alias in ("production", "staging"):
-        source = client.get_model_version_by_alias(registry.name, alias)
-        location = client.get_model_version_download_uri(registry.name, source.version)  # the artifact folder
-        created = client.create_model_version(name, location, run_id=source.run_id, tags=source.tags)
-        versions.append(str(created.version))
-    client.set_registered_model_alias(name, "production", versions[0])
+    versions = natives.copy_model(registry, name)
     yield name, versions
-    client.delete_registered_model(name)
+    registry.client.delete_registered_model(name)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +48,6 @@ def test_reload_under_load_fails_nothing_and_switches_version(reloading, registr
         TotalCharges=lambda f: pd.to_numeric(f.TotalCharges, errors="coerce")))
     metadata = caller.metadata()
     reloaded_at: list[float] = []
-    done = threading.Semaphore(0)
 
     def one(i: int):
         started = time.monotonic()
@@ -66,23 +57,25 @@ def test_reload_under_load_fails_nothing_and_switches_version(reloading, registr
             return started, reply.prediction.model.version, None
         except grpc.RpcError as error:
             return started, None, f"{error.code().name}: {error.details()}"
-        finally:
-            done.release()
 
-    def reload_midway():
-        for _ in range(REQUESTS // 3):
-            done.acquire()
+    def reload():
         registry.client.set_registered_model_alias(name, "production", v2)
         reply = caller.stub.ReloadModel(inference_pb2.ReloadModelRequest(alias="production"),
                                         metadata=caller.metadata("admin", ops=True))
         reloaded_at.append(time.monotonic())
         return reply
 
-    with futures.ThreadPoolExecutor(8) as pool:
-        reloader = pool.submit(reload_midway)
-        results = list(futures.ThreadPoolExecutor(6).map(one, range(REQUESTS)))
+    # A third of the calls before the reload, calls in batches for as long as it runs, a third after it.
+    with futures.ThreadPoolExecutor(6) as pool, futures.ThreadPoolExecutor(1) as control:
+        results = list(pool.map(one, range(REQUESTS // 3)))
+        reloader = control.submit(reload)
+        while not reloader.done():
+            results += pool.map(one, range(len(results), len(results) + 100))
+        during = len(results) - REQUESTS // 3
+        results += pool.map(one, range(len(results), len(results) + REQUESTS // 3))
         reply = reloader.result(timeout=120)
 
+    assert during >= 100, "the reload finished before any call overlapped it"
     failures = [error for _, _, error in results if error]
     assert failures == [], failures[:5]
     versions = [version for _, version, _ in results]
