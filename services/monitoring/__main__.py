@@ -6,7 +6,7 @@ import sys
 
 from services.common import logs
 from services.common.auth_client import remote_verifier
-from services.common.server import exit_without_teardown, serve_until_signalled
+from services.common.server import serve_until_signalled
 from services.common.settings import Settings
 from services.monitoring import app
 
@@ -24,4 +24,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    exit_without_teardown(main())
+    sys.exit(main())

@@ -12,13 +12,13 @@ from google.protobuf import timestamp_pb2
 from services.common import identity
 from services.common.model_registry import ModelRegistry
 from services.common.settings import Settings
+from services.monitoring import listing
 from services.monitoring import metrics as M
 from services.monitoring.auto_canary import AutoCanary
 from services.monitoring.canary import CanaryControl
 from services.monitoring.canary_analysis import CanaryAnalyzer, Side
 from services.monitoring.drift import DriftAnalyzer, DriftResult
 from services.monitoring.drift_retrain import DriftRetrain
-from services.monitoring import listing
 from services.monitoring.feedback import FeedbackService, upload_training_data
 from services.monitoring.lifecycle import Actor, Lifecycle
 from services.monitoring.lifecycle_store import LifecycleStore, TrainingRun

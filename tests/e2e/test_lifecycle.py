@@ -124,7 +124,12 @@ def test_bad_lifecycle_requests_name_the_field(suite):
         monitoring.ListPredictions(monitoring_pb2.ListPredictionsRequest(page_token="junk"),
                                    metadata=suite.md(admin, key="ops"), timeout=10)
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in bad.value.details()
-    assert suite.rest("GET", "/v1/models/events?page_size=5000", token=admin, key="ops").status == 400
+    too_big = suite.rest("GET", "/v1/models/events?page_size=5000", token=admin, key="ops")
+    assert too_big.status == 400 and b"page_size" in too_big.body, too_big.body
+    with pytest.raises(grpc.RpcError) as bad:
+        monitoring.GetTrainingRun(monitoring_pb2.GetTrainingRunRequest(run_id=" "), metadata=suite.md(admin, key="ops"),
+                                  timeout=10)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "run_id" in bad.value.details()
     assert suite.rest("GET", "/v1/models/training-runs/unknown", token=admin, key="ops").status == 404
     bad_window = suite.rest("GET", "/v1/canary/analysis?window_minutes=-1", token=admin, key="ops")
     assert bad_window.status == 400 and b"window_minutes" in bad_window.body, bad_window.body
