@@ -10,7 +10,7 @@ PROTOS := $(wildcard protos/churn/v1/*.proto)
 PYTEST_ARGS ?=
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: setup gen model secrets run test test-fast lint-protos clean
+.PHONY: setup gen model secrets run test test-fast lint-protos clean bench bench-short bench-tools bench-deps
 
 # The virtualenv, the generated stubs and buf: everything the other targets need.
 setup: $(INSTALLED) $(GENERATED) $(BUF)
@@ -52,13 +52,45 @@ secrets: setup
 run: setup model secrets
 	$(PY) -m tools.run_suite
 
-# Every test (PYTEST_ARGS passes options to pytest).
-test: setup
+# Every test (PYTEST_ARGS passes options to pytest). bench-tools: the short benchmark test (tests/bench) drives the
+# suite with h2load and wrk.
+test: setup bench-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Unit and contract tests only (no Envoy, no training): a quick loop while editing.
 test-fast: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+# `make bench`: the suite beside `mlflow models serve`, BentoML and minimal gRPC servers, one run on loopback
+# (bench/run.py); writes bench/RESULTS.md and bench/results.json. Several minutes. `make bench-short` proves the
+# harness in under a minute (results under var/bench/short; its numbers mean nothing).
+BENCH_ARGS ?=
+BENCH_VENV := var/bench-bentoml
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# The external load generators, from Debian, installed only when missing.
+bench-tools:
+	@command -v h2load >/dev/null && command -v wrk >/dev/null || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nghttp2-client wrk; }
+
+# BentoML in its own virtualenv: its pins clash with the suite's OpenTelemetry (bench/bentoml-requirements.txt).
+$(BENCH_VENV)/.installed: bench/bentoml-requirements.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet -r bench/bentoml-requirements.txt
+	@touch $@
+
+# The load generators and BentoML's virtualenv for `make bench`.
+bench-deps: bench-tools $(BENCH_VENV)/.installed
+
+# The benchmark (see above): writes bench/RESULTS.md and bench/results.json.
+bench: setup bench-deps
+	$(PY) -m bench.run $(BENCH_ARGS)
+	DATA_DIR=$(CURDIR)/var/bench/registry/var $(PY) bench/retention_bench.py --write bench/results/retention.md
+
+# The harness proven in under a minute (numbers mean nothing).
+bench-short: setup bench-tools
+	$(PY) -m bench.run --short $(BENCH_ARGS)
 
 # Remove generated code and tool caches (not the data under var/ nor secrets/).
 clean:
@@ -74,7 +106,7 @@ observability-tools:
 # Lists every target with the comment above it.
 help:
 	@awk '/^# / { text = text (text ? " " : "") substr($$0, 3); next } \
-	     /^[a-z][a-z0-9-]*:/ { split($$0, t, ":"); printf "  %-20s %s\n", t[1], text } { text = "" }' $(MAKEFILE_LIST)
+	     /^[a-z][a-z0-9-]*:/ { split($$0, t, ":"); if (!seen[t[1]]++) printf "  %-20s %s\n", t[1], text } { text = "" }' $(MAKEFILE_LIST)
 
 # protoc-gen-swagger (Debian's golang-grpc-gateway) and Swagger UI (npm swagger-ui-dist) for the API docs.
 docs-tools:

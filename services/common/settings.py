@@ -13,6 +13,15 @@ from typing import Mapping
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
+# SuggestRetention's allowed moves (RETENTION_MOVES, comma-separated; vocabulary and start-up validation in
+# services/inference/levers.py): contract upgrades, any other payment method, paperless billing either way, the four
+# protective add-ons switched on, and monthly discounts in percent.
+DEFAULT_RETENTION_MOVES = (
+    "contract:one_year,contract:two_year,"
+    "payment_method:electronic_check,payment_method:mailed_check,payment_method:bank_transfer_automatic,"
+    "payment_method:credit_card_automatic,paperless_billing:yes,paperless_billing:no,"
+    "online_security:yes,tech_support:yes,online_backup:yes,device_protection:yes,"
+    "discount:5,discount:10,discount:20")
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -101,6 +110,10 @@ class Settings:
     # MLflow: a server or database URL (empty = sqlite under data_dir, see mlflow_config) and the experiment.
     mlflow_tracking_uri: str = ""
     mlflow_experiment_name: str = "churn"
+    # Retention levers: the allowed moves (names, validated at start) and customers per SuggestRetention request
+    # (each scores up to ~85 variants, all in one model call).
+    retention_moves: tuple[str, ...] = tuple(DEFAULT_RETENTION_MOVES.split(","))
+    retention_max_customers: int = 1000
     # Process: where a server writes its bound ports as JSON (tests, the runner); the stdlib logging level.
     port_file: str = ""
     log_level: str = "INFO"
@@ -173,6 +186,9 @@ class Settings:
             service_token=env.get("SERVICE_TOKEN", ""),
             mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", ""),
             mlflow_experiment_name=env.get("MLFLOW_EXPERIMENT_NAME") or "churn",
+            retention_moves=tuple(m.strip() for m in (env.get("RETENTION_MOVES") or DEFAULT_RETENTION_MOVES)
+                                  .split(",") if m.strip()),
+            retention_max_customers=_int(env, "RETENTION_MAX_CUSTOMERS", 1000),
             port_file=env.get("PORT_FILE", ""),
             log_level=env.get("LOG_LEVEL", "INFO"),
             compile_models=env.get("COMPILE_MODELS", "true").lower() in ("1", "true", "yes"),

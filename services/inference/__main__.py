@@ -32,7 +32,12 @@ def main() -> int:
     from services.inference import app
 
     logs.configure(f"inference-{settings.model_alias}", settings.log_level)
-    inference = app.start(settings, remote_verifier(settings))
+    try:
+        parts = app.build_parts(settings)
+    except ValueError as exc:  # a bad setting (e.g. RETENTION_MOVES): refuse to start, say which
+        print(exc, file=sys.stderr)
+        return 2
+    inference = app.start(settings, remote_verifier(settings), parts)
     serve_until_signalled(inference.host, on_stop=inference.close)
     return 0
 

@@ -16,6 +16,7 @@ from services.common.interceptor import ServiceInterceptor
 from services.common.model_registry import ModelRegistry
 from services.common.server import ServiceHost, start_server
 from services.common.settings import Settings
+from services.inference.levers import Policy, RetentionAdvisor
 from services.inference.model import ModelHolder, Registry
 from services.inference.outbox import Outbox
 from services.inference.predictor import Limits, Predictor
@@ -36,12 +37,13 @@ def outbox_path(settings: Settings, alias: str, worker: int = 0) -> pathlib.Path
 
 @dataclasses.dataclass(frozen=True)
 class InferenceParts:
-    """What one instance is made of: the alias it serves, where its model comes from, its limits, outbox file and
-    ports, and where committed rows ship to (`sink` None: they stay in the outbox)."""
+    """What one instance is made of: the alias it serves, where its model comes from, its limits, the retention
+    policy, outbox file and ports, and where committed rows ship to (`sink` None: they stay in the outbox)."""
 
     alias: str
     registry: Registry
     limits: Limits
+    retention: Policy
     outbox_file: pathlib.Path
     port: int
     http_port: int | None  # None: no side port (a worker whose parent serves /metrics)
@@ -53,7 +55,8 @@ class InferenceParts:
 
 def build_parts(settings: Settings, alias: str | None = None, *, ship: bool = True) -> InferenceParts:
     """The parts `python -m services.inference` runs with, for `alias` (default MODEL_ALIAS): the MLflow
-    registry, limits, outbox and ports from settings and, with `ship`, monitoring as the sink."""
+    registry, limits, retention policy (RETENTION_MOVES validated here, at start), outbox and ports from settings
+    and, with `ship`, monitoring as the sink."""
     alias = alias or settings.model_alias
     mlflow_config.quiet()
     sink = MonitoringSink(settings.monitoring_address, ServiceToken.from_settings(settings), settings.api_key,
@@ -63,8 +66,9 @@ def build_parts(settings: Settings, alias: str | None = None, *, ship: bool = Tr
     threads = max(1, (os.cpu_count() or 1) // settings.inference_workers)
     return InferenceParts(
         alias=alias, registry=ModelRegistry(mlflow_config.tracking_uri(settings), settings.model_name, threads),
-        limits=Limits.from_settings(settings), outbox_file=outbox_path(settings, alias),
-        port=settings.inference_port(alias), http_port=settings.inference_http_port(alias), sink=sink,
+        limits=Limits.from_settings(settings), retention=Policy.from_settings(settings),
+        outbox_file=outbox_path(settings, alias), port=settings.inference_port(alias),
+        http_port=settings.inference_http_port(alias), sink=sink,
         compiled_dir=settings.data_dir / "compiled" if settings.compile_models else None)
 
 
@@ -110,7 +114,7 @@ def start(settings: Settings, verifier: identity.TokenVerifier, parts: Inference
     host = start_server(
         settings, port=parts.port, http_port=parts.http_port,
         register=lambda server: inference_pb2_grpc.add_InferenceServiceServicer_to_server(
-            InferenceServicer(predictor), server),
+            InferenceServicer(predictor, RetentionAdvisor(holder, parts.retention)), server),
         service_names=[SERVICE_NAME],
         interceptor=ServiceInterceptor(verifier, settings.api_key, settings.ops_api_key),
         serving=False)

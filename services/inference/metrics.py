@@ -9,6 +9,9 @@ PREDICTIONS = Counter("churn_inference_predictions_total", "Rows scored, by mode
                       ["model_version", "alias", "outcome"])
 BATCH_ROWS = Histogram("churn_inference_batch_rows", "Rows per prediction request.", ["method"],
                        buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000, 10000, 50000))
+RETENTION_ROWS = Histogram("churn_inference_retention_rows", "Rows one SuggestRetention request scores in its one "
+                           "model call (customers + their feasible variants).",
+                           buckets=(10, 100, 1000, 10000, 50000, 100000, 200000))
 MODEL_INFO = Gauge("churn_inference_model_info", "1 for the model version this instance serves now.",
                    ["model_name", "model_version", "alias", "flavor"], multiprocess_mode="livemax")
 COMPILE_FAILURES = Counter("churn_inference_compile_failures_total", "Loads whose trees could not be compiled (the "

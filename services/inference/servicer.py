@@ -7,12 +7,21 @@ from churn.v1 import inference_pb2, inference_pb2_grpc
 from services.common.errors import DomainError, InvalidInput
 from services.common.interceptor import status_for
 from services.common.logs import request_id_var
+from services.inference.levers import RetentionAdvisor, Suggestion
 from services.inference.predictor import Predictor, model_ref
 
 
+def _suggestion(suggestion: Suggestion) -> inference_pb2.RetentionSuggestion:
+    return inference_pb2.RetentionSuggestion(
+        changes=[inference_pb2.RetentionChange(field=c.field, current_value=c.current_value, new_value=c.new_value,
+                                               discount_percent=c.discount_percent) for c in suggestion.changes],
+        probability=suggestion.probability, delta=suggestion.delta)
+
+
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, predictor: Predictor):
+    def __init__(self, predictor: Predictor, advisor: RetentionAdvisor):
         self._predictor = predictor
+        self._advisor = advisor
 
     def Predict(self, request, context):
         if not request.HasField("customer"):
@@ -50,6 +59,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def Explain(self, request, context):
         explanations, model = self._predictor.explain(request.customers)
         return inference_pb2.ExplainResponse(explanations=explanations, model=model_ref(model))
+
+    def SuggestRetention(self, request, context):
+        levers, model = self._advisor.suggest(request.customers, request.top_k)
+        return inference_pb2.SuggestRetentionResponse(model=model_ref(model), levers=[
+            inference_pb2.RetentionLevers(customer_id=c.customer_id, probability=c.probability,
+                                          single_changes=[_suggestion(s) for s in c.singles],
+                                          best_pair=_suggestion(c.best_pair) if c.best_pair else None)
+            for c in levers])
 
     def GetModelInfo(self, request, context):
         return self._predictor.model_info(request.alias)
