@@ -92,12 +92,15 @@ $(BENCH_VENV)/.installed: bench/bentoml-requirements.txt
 	$(BENCH_VENV)/bin/pip install --quiet -r bench/bentoml-requirements.txt
 	@touch $@
 
+# The load generators and BentoML's virtualenv for `make bench`.
 bench-deps: bench-tools $(BENCH_VENV)/.installed
 
+# The benchmark (see above): writes bench/RESULTS.md and bench/results.json.
 bench: setup bench-deps
 	$(PY) -m bench.run $(BENCH_ARGS)
 	DATA_DIR=$(CURDIR)/var/bench/registry/var $(PY) bench/retention_bench.py --write bench/results/retention.md
 
+# The harness proven in under a minute (numbers mean nothing).
 bench-short: setup bench-tools
 	$(PY) -m bench.run --short $(BENCH_ARGS)
 
@@ -113,7 +116,7 @@ observability-tools: promtool
 # Lists every target with the comment above it.
 help:
 	@awk '/^# / { text = text (text ? " " : "") substr($$0, 3); next } \
-	     /^[a-z][a-z0-9-]*:/ { split($$0, t, ":"); printf "  %-20s %s\n", t[1], text } { text = "" }' $(MAKEFILE_LIST)
+	     /^[a-z][a-z0-9-]*:/ { split($$0, t, ":"); if (!seen[t[1]]++) printf "  %-20s %s\n", t[1], text } { text = "" }' $(MAKEFILE_LIST)
 
 # protoc-gen-swagger (Debian's golang-grpc-gateway) and Swagger UI (npm swagger-ui-dist) for the API docs.
 docs-tools:

@@ -159,10 +159,6 @@ class Settings:
     # Drift → retrain: start a Retrain when the production drift share stays >= this (0 = off) for N updates.
     drift_retrain_share: float = 0.0
     drift_retrain_after: int = 3
-    # Retention levers: the allowed moves (names, validated at start) and customers per SuggestRetention request
-    # (each scores up to ~85 variants, all in one model call).
-    retention_moves: tuple[str, ...] = tuple(DEFAULT_RETENTION_MOVES.split(","))
-    retention_max_customers: int = 1000
     # Process: where a server writes its bound ports as JSON (tests, the runner); the stdlib logging level.
     port_file: str = ""
     log_level: str = "INFO"
@@ -254,9 +250,6 @@ class Settings:
             canary_auto_interval_seconds=_int(env, "CANARY_AUTO_INTERVAL_SECONDS", 60),
             drift_retrain_share=_float(env, "DRIFT_RETRAIN_SHARE", 0.0),
             drift_retrain_after=_int(env, "DRIFT_RETRAIN_AFTER", 3),
-            retention_moves=tuple(m.strip() for m in (env.get("RETENTION_MOVES") or DEFAULT_RETENTION_MOVES)
-                                  .split(",") if m.strip()),
-            retention_max_customers=_int(env, "RETENTION_MAX_CUSTOMERS", 1000),
             port_file=env.get("PORT_FILE", ""),
             log_level=env.get("LOG_LEVEL", "INFO"),
             compile_models=env.get("COMPILE_MODELS", "true").lower() in ("1", "true", "yes"),
