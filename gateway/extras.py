@@ -20,7 +20,8 @@ DOCS = {"/docs": ("index.html", "text/html; charset=utf-8"),
         "/docs/swagger-ui-bundle.js": ("swagger-ui-bundle.js", "text/javascript; charset=utf-8"),
         "/docs/swagger-ui.css": ("swagger-ui.css", "text/css; charset=utf-8")}
 MAX_DOCS_BYTES = 8 * 1024 * 1024  # Envoy's direct responses default to 4 KiB; Swagger UI's bundle is ~1.7 MB
-PUBLIC = {FILTER["api_key_auth"]: disabled(),
+# The docs are static files: no key, no token, and no transcoder (it refuses every path no RPC maps: 404).
+PUBLIC = {FILTER["api_key_auth"]: disabled(), FILTER["grpc_json_transcoder"]: disabled(),
           FILTER["jwt_authn"]: typed("type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig",
                                      disabled=True),
           FILTER["rbac"]: typed("type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute",

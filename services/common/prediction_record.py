@@ -63,6 +63,11 @@ def problems(record: monitoring_pb2.PredictionRecord, where: str) -> list[Violat
         found.append((f"{where}.probability", f"must be within [0, 1], got {record.probability!r}"))
     if not (math.isfinite(record.latency_ms) and record.latency_ms >= 0):
         found.append((f"{where}.latency_ms", f"must be finite and not negative, got {record.latency_ms!r}"))
+    if record.HasField("predicted_at"):
+        try:
+            record.predicted_at.ToDatetime()
+        except (ValueError, OverflowError):
+            found.append((f"{where}.predicted_at", "is not a valid timestamp (years 1-9999, nanos 0-999,999,999)"))
     if not record.HasField("customer"):
         found.append((f"{where}.customer", "is required"))
     else:

@@ -10,6 +10,7 @@ from google.api import httpbody_pb2
 from google.protobuf import timestamp_pb2
 
 from services.common import identity
+from services.common.errors import InvalidInput
 from services.common.model_registry import ModelRegistry
 from services.common.settings import Settings
 from services.monitoring import listing
@@ -36,7 +37,15 @@ def _ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
 
 
 def _time(request, field: str) -> dt.datetime | None:
-    return getattr(request, field).ToDatetime(tzinfo=dt.timezone.utc) if request.HasField(field) else None
+    """A request's optional timestamp; one the protobuf library refuses (nanos out of range, before year 1 or after
+    9999) is the caller's mistake, named."""
+    if not request.HasField(field):
+        return None
+    try:
+        return getattr(request, field).ToDatetime(tzinfo=dt.timezone.utc)
+    except (ValueError, OverflowError):
+        raise InvalidInput(field, "is not a valid timestamp (seconds within years 1-9999, nanos 0-999,999,999)") \
+            from None
 
 
 def _actor() -> Actor:

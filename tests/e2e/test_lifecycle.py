@@ -146,6 +146,7 @@ def test_retrain_promote_rollback(suite, customers):
     registry = R.ModelRegistry(mlflow_config.tracking_uri(suite.settings), suite.settings.model_name)
     before = {alias: registry.version_for(alias) for alias in (R.ALIAS_PRODUCTION, R.ALIAS_STAGING)}
     assert before == {"production": "1", "staging": "2"}
+    new = str(max(int(v.version) for v in registry.versions()) + 1)  # the version Retrain will register
     first_event = monitoring.ListModelEvents(monitoring_pb2.ListModelEventsRequest(page_size=1), metadata=ops,
                                              timeout=10).events
     since = first_event[0].event_id if first_event else 0
@@ -166,20 +167,20 @@ def test_retrain_promote_rollback(suite, customers):
 
         done = wait_for_run(suite, admin, run["run_id"])
         assert done["state"] == "TRAINING_STATE_SUCCEEDED", done
-        assert done["model_version"] == "3" and done["parent_version"] == "1" and done["error"] == ""
+        assert done["model_version"] == new and done["parent_version"] == "1" and done["error"] == ""
         assert done["progress"] == 1 and any("[ 20%]" in line for line in done["log_tail"])
         assert done["datasets"] == [{"source": "upload", "dataset_id": dataset_id, "name": "prices-up-30",
                                      "rows": 7043}]
         assert done["metrics"]["roc_auc"] > 0.8
-        assert registry.version_for(R.ALIAS_STAGING) == "3"
-        tags = registry.get("3").tags
+        assert registry.version_for(R.ALIAS_STAGING) == new
+        tags = registry.get(new).tags
         assert json.loads(tags["lineage.datasets"])[0]["dataset_id"] == dataset_id
         assert tags["lineage.parent_version"] == "1" and tags["lineage.rows"] == "7043"
         assert tags["lineage.code_version"] and tags["flavor"] == "xgboost"
-        assert serving(suite, admin, "staging") == "3"  # the staging instance was told to reload
+        assert serving(suite, admin, "staging") == new  # the staging instance was told to reload
 
         analysis = canary_with_labels(suite, customers, ops)
-        assert analysis.production.model.version == "1" and analysis.staging.model.version == "3"
+        assert analysis.production.model.version == "1" and analysis.staging.model.version == new
         for side in (analysis.production, analysis.staging):
             assert side.predictions >= 100 and side.labelled >= 100 and side.HasField("roc_auc"), analysis
             assert side.HasField("error_rate") and side.error_rate == 0.0 and side.latency_p99_ms > 0
@@ -188,35 +189,35 @@ def test_retrain_promote_rollback(suite, customers):
 
         load = Load(suite, customers)  # an external generator: nothing may fail while production reloads
         load.start()
-        promoted = monitoring.Promote(monitoring_pb2.PromoteRequest(version="3"), metadata=ops, timeout=120)
+        promoted = monitoring.Promote(monitoring_pb2.PromoteRequest(version=new), metadata=ops, timeout=120)
         assert (promoted.production_version, promoted.previous_version, promoted.changed,
-                promoted.canary_percent) == ("3", "1", True, 0)
+                promoted.canary_percent) == (new, "1", True, 0)
         assert registry.version_for(R.ALIAS_PREVIOUS) == "1"
-        assert predict_version(suite, customers[0]) == "3"
+        assert predict_version(suite, customers[0]) == new
         again = suite.rest("POST", "/v1/models:promote", {}, token=admin, key="ops")
         assert again.status == 200 and again.json()["changed"] is False, again.body
 
         rolled = suite.rest("POST", "/v1/models:rollback", {}, token=admin, key="ops")
         assert rolled.status == 200, rolled.body
-        assert (rolled.json()["production_version"], rolled.json()["rolled_back_version"]) == ("1", "3")
+        assert (rolled.json()["production_version"], rolled.json()["rolled_back_version"]) == ("1", new)
         assert predict_version(suite, customers[1]) == "1"
         assert suite.rest("POST", "/v1/models:rollback", {}, token=admin, key="ops").json()["changed"] is False
         time.sleep(0.5)
         load.done.set()
         load.join(timeout=30)
-        assert load.versions["1"] > 0 and load.versions["3"] > 0, load.versions
+        assert load.versions["1"] > 0 and load.versions[new] > 0, load.versions
         assert load.failures == [], (sum(load.versions.values()), load.failures[:5])
 
         events = suite.rest("GET", "/v1/models/events?page_size=50", token=admin, key="ops").json()["events"]
         trail = [(e["kind"].removeprefix("MODEL_EVENT_KIND_"), e["model_version"], e["actor"])
                  for e in reversed(events) if int(e["event_id"]) > since]
-        assert trail == [("RETRAIN_STARTED", "", ADMIN), ("RETRAIN_FINISHED", "3", ADMIN), ("CANARY_WEIGHT", "", ADMIN),
-                         ("CANARY_WEIGHT", "", ADMIN), ("PROMOTE", "3", ADMIN), ("ROLLBACK", "1", ADMIN)], trail
+        assert trail == [("RETRAIN_STARTED", "", ADMIN), ("RETRAIN_FINISHED", new, ADMIN), ("CANARY_WEIGHT", "", ADMIN),
+                         ("CANARY_WEIGHT", "", ADMIN), ("PROMOTE", new, ADMIN), ("ROLLBACK", "1", ADMIN)], trail
 
-        # the prediction production made with version 3, with its inputs, once the outbox has shipped it
+        # the prediction production made with the new version, with its inputs, once the outbox has shipped it
         deadline = time.monotonic() + 30
         while True:
-            logged = suite.rest("GET", "/v1/predictions?model_version=3&alias=production&customer_id="
+            logged = suite.rest("GET", f"/v1/predictions?model_version={new}&alias=production&customer_id="
                                 f"{customers[0].customer_id}&shadow=false&page_size=5", token=admin, key="ops")
             assert logged.status == 200, logged.body
             if logged.json()["predictions"] or time.monotonic() > deadline:
@@ -229,6 +230,8 @@ def test_retrain_promote_rollback(suite, customers):
     finally:
         for alias, version in before.items():
             registry.set_alias(alias, version)
+        if R.ALIAS_PREVIOUS in (registry.client.get_registered_model(registry.name).aliases or {}):
+            registry.client.delete_registered_model_alias(registry.name, R.ALIAS_PREVIOUS)  # the suite had none
         for alias in before:
             reloaded = suite.rest("POST", "/v1/model:reload", {"alias": alias}, token=admin, key="ops",
                                   headers={"x-churn-alias": alias})

@@ -5,8 +5,10 @@ caller never gets INTERNAL or UNKNOWN. `FUZZ_EXAMPLES` per RPC (default 20 in `m
 >= 10,000 cases in all)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
+import shutil
 
 import grpc
 import pytest
@@ -91,8 +93,13 @@ def message_of(descriptor: D.Descriptor, depth: int = 0) -> st.SearchStrategy:
 
 @pytest.fixture(scope="module")
 def servers(settings, keys, tmp_path_factory):
-    """auth, inference (production) and monitoring in-process, each with its own store."""
+    """auth, inference (production) and monitoring in-process, each with its own store, over a copy of the
+    session's registry: a generated Retrain, Promote or Rollback can succeed, and must move nobody else's aliases."""
     tmp = tmp_path_factory.mktemp("fuzz")
+    (tmp / "var").mkdir()
+    shutil.copy(settings.data_dir / "mlflow.db", tmp / "var" / "mlflow.db")
+    settings = dataclasses.replace(settings, data_dir=tmp / "var",
+                                   mlflow_tracking_uri=f"sqlite:///{tmp / 'var' / 'mlflow.db'}")
     auth_app, auth_host, _ = start_auth(auth_settings(tmp / "auth", f"sqlite:///{tmp / 'auth' / 'users.db'}"))
     inference = start_app(settings, keys, tmp, "production")
     monitoring = start_monitoring(settings, keys, tmp / "monitoring")

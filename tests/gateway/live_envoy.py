@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import pathlib
+import socket
 import subprocess
 import time
 import urllib.request
@@ -37,6 +38,15 @@ class LiveEnvoy:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+        # A listener is reported bound before it accepts (it warms while the JWKS fetch is first tried).
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def get_admin(self, path: str) -> bytes:
         with urllib.request.urlopen(self.admin + path, timeout=5) as response:

@@ -9,6 +9,7 @@ import pytest
 from churn.v1 import common_pb2, inference_pb2
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
+from services.common import features as F
 from services.inference import levers
 
 ADDONS = ("online_security", "online_backup", "device_protection", "tech_support")
@@ -24,8 +25,9 @@ SPELLING = {  # the test's own view of the actionable fields' values
 PROPERTY = hsettings(max_examples=120, deadline=None, database=None,
                      suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
+# Every charge the encoder accepts (its domain bound included), in cents and as odd floats.
 charges = st.one_of(st.integers(0, 20_000).map(lambda cents: cents / 100),
-                    st.floats(0, 1e13, allow_nan=False, allow_infinity=False))
+                    st.floats(0, F.MAX_MONTHLY_CHARGES, allow_nan=False, allow_infinity=False))
 
 
 @st.composite
