@@ -12,6 +12,7 @@ BUF := .tools/node_modules/.bin/buf
 
 .PHONY: setup promtool gen model secrets run test test-fast fuzz lint-protos clean bench bench-short bench-tools bench-deps
 
+# The virtualenv, the generated stubs, buf and promtool: everything the other targets need.
 setup: $(INSTALLED) $(GENERATED) $(BUF) promtool
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
