@@ -34,8 +34,7 @@ def _docs_routes() -> list[dict]:
     if not all((DOCS_DIR / name).exists() for name, _ in DOCS.values()):
         return [{"name": "docs_not_built", "match": {"prefix": "/docs", "headers": get},
                  "direct_response": {"status": 503, "body": {
-                     "inline_string": '{"code":14,"message":"API docs not built: run make docs"}'}},
-                 "response_headers_to_add": [_header("content-type", "application/json")],
+                     "inline_string": "API docs not built: run make docs"}},  # made JSON like every error
                  "typed_per_filter_config": PUBLIC}]
     return [{"name": "docs" + path.removeprefix("/docs").replace("/", "_").replace(".", "_"),
              "match": {"path": path, "headers": get},

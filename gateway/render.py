@@ -137,7 +137,7 @@ LOCAL_REPLY_MESSAGES = {404: "no such route: the verb, path or query parameters 
 
 
 def _local_replies() -> dict:
-    """Every reply Envoy makes itself is JSON `{"code", "message"}`; the transcoder's 404 (and the catch-all
+    """Every error Envoy answers itself is JSON `{"code", "message"}`; the transcoder's 404 (and the catch-all
     route's) gets the fixed message above instead of a text that repeats the caller's path."""
     def body(message: str) -> dict:
         return {"json_format": {"code": "%RESPONSE_CODE%", "message": message}}
@@ -146,9 +146,12 @@ def _local_replies() -> dict:
         return {"status_code_filter": {"comparison": {"op": "EQ", "value": {
             "default_value": code, "runtime_key": f"local_reply.code_{code}"}}}}
 
-    return {"mappers": [{"filter": status(code), "body_format_override": body(message)}
-                        for code, message in LOCAL_REPLY_MESSAGES.items()],
-            "body_format": body("%LOCAL_REPLY_BODY%")}
+    errors = {"status_code_filter": {"comparison": {"op": "GE", "value": {
+        "default_value": 400, "runtime_key": "local_reply.errors_from"}}}}
+    # Only errors: a direct response that is content (the API docs page) keeps its own body and content type.
+    return {"mappers": [*({"filter": status(code), "body_format_override": body(message)}
+                          for code, message in LOCAL_REPLY_MESSAGES.items()),
+                        {"filter": errors, "body_format_override": body("%LOCAL_REPLY_BODY%")}]}
 
 
 def _gateway_stamp(settings: Settings) -> dict:

@@ -31,10 +31,12 @@ def test_the_transcoder_refuses_what_it_cannot_map(config):
 
 def test_local_replies_are_json_with_fixed_messages(config):
     replies = hcm(config)["local_reply_config"]
-    assert replies["body_format"]["json_format"]["code"] == "%RESPONSE_CODE%"
-    codes = [m["filter"]["status_code_filter"]["comparison"]["value"]["default_value"] for m in replies["mappers"]]
-    assert sorted(codes) == [404]
-    assert all("%" not in m["body_format_override"]["json_format"]["message"] for m in replies["mappers"])
+    assert "body_format" not in replies  # content served directly (the docs page) keeps its own body
+    *fixed, errors = replies["mappers"]
+    assert [m["filter"]["status_code_filter"]["comparison"]["value"]["default_value"] for m in fixed] == [404]
+    assert all("%" not in m["body_format_override"]["json_format"]["message"] for m in fixed)
+    assert errors["filter"]["status_code_filter"]["comparison"]["op"] == "GE"
+    assert errors["body_format_override"]["json_format"] == {"code": "%RESPONSE_CODE%", "message": "%LOCAL_REPLY_BODY%"}
 
 
 def test_outlier_detection_counts_only_a_hosts_own_failures(config):

@@ -32,10 +32,9 @@ class Client:
         self.stub = inference_pb2_grpc.InferenceServiceStub(self.channel)
         self._settings = settings
         self._keys = keys
-        self._tokens: dict[str, str] = {}
 
     def metadata(self, role: str = "agent", ops: bool = False, request_id: str | None = None):
-        token = self._tokens.setdefault(role, self._keys.mint(subject=f"test-{role}", role=role))
+        token = self._keys.mint(subject=f"test-{role}", role=role)  # fresh: session fixtures outlive a token's 5 min
         md = [("authorization", f"Bearer {token}"),
               ("x-api-key", self._settings.ops_api_key if ops else self._settings.api_key)]
         if request_id:

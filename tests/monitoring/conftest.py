@@ -35,10 +35,10 @@ class Client:
     def __init__(self, address: str, settings: Settings, keys: LocalKeys):
         self.channel = grpc.insecure_channel(address, options=settings.grpc_options())
         self.stub = monitoring_pb2_grpc.MonitoringServiceStub(self.channel)
-        self._settings, self._keys, self._tokens = settings, keys, {}
+        self._settings, self._keys = settings, keys
 
     def md(self, role: str = "admin", ops: bool = True):
-        token = self._tokens.setdefault(role, self._keys.mint(subject=f"test-{role}", role=role))
+        token = self._keys.mint(subject=f"test-{role}", role=role)  # fresh: session fixtures outlive a token's 5 min
         return [("authorization", f"Bearer {token}"),
                 ("x-api-key", self._settings.ops_api_key if ops else self._settings.api_key)]
 
