@@ -161,4 +161,5 @@ def test_metrics_count_logins_by_outcome(auth):
     with pytest.raises(grpc.RpcError):
         auth.login(username, "Wrong-Password-1")
     assert (value("ok"), value("bad_credentials")) == (before_ok + 1, before_bad + 1)
-    assert REGISTRY.get_sample_value("churn_auth_active_users") >= 2
+    # the active-users gauge reads the store of the last app built in this process: checked per process, exactly,
+    # in tests/auth/test_process.py
