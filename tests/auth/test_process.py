@@ -123,7 +123,9 @@ def test_cli_commands_share_the_store_with_the_server(server, proc_env):
     assert jwt.get_unverified_header(token)["kid"] in kids  # its key stays until the token expires
 
 
-def test_create_admin_refuses_a_duplicate_and_missing_password(proc_env):
+def test_create_admin_refuses_a_duplicate_and_missing_password(server, proc_env):
+    """`server` first: its bootstrap creates `root` (run before it, create-admin made `root` with another password
+    and the module's later logins failed in random order)."""
     env, _ = proc_env
     with pytest.raises(RuntimeError, match="already exists"):
         run_module("services.auth", dict(env, ADMIN_PASSWORD="Whatever-Pass-1"), "create-admin", "--username", "root")
