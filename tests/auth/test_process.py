@@ -14,8 +14,11 @@ import urllib.request
 import grpc
 import jwt
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from churn.v1 import auth_pb2, auth_pb2_grpc, common_pb2
+from services.auth.users import UserStore
+from services.common.settings import Settings
 from tests.auth.conftest import CHEAP_ARGON2, PASSWORD
 from tests.harness import ROOT, ServiceProcess, base_env, run_module
 
@@ -104,6 +107,15 @@ def test_cli_commands_share_the_store_with_the_server(server, proc_env):
                            metadata=client + (("authorization", f"Bearer {token}"),))
     assert revoked.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=5) as reply:
+        scraped = {s.name: s.value for family in text_string_to_metric_families(reply.read().decode())
+                   for s in family.samples}
+    store = UserStore(Settings.from_env(env).users_database_url)
+    try:
+        assert scraped["churn_auth_active_users"] == store.count_users(approved=True) >= 2  # root, ops-admin
+    finally:
+        store.close()
+
     rotated = json.loads(run_module("services.auth", env, "rotate-keys").stdout)
     with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/.well-known/jwks.json", timeout=5) as reply:
         kids = [key["kid"] for key in json.loads(reply.read())["keys"]]
@@ -112,7 +124,8 @@ def test_cli_commands_share_the_store_with_the_server(server, proc_env):
 
 
 def test_create_admin_refuses_a_duplicate_and_missing_password(server, proc_env):
-    """`server` first: its start bootstraps `root` (in any test order), which create-admin must then refuse."""
+    """`server` first: its bootstrap creates `root` (run before it, create-admin made `root` with another password
+    and the module's later logins failed in random order)."""
     env, _ = proc_env
     with pytest.raises(RuntimeError, match="already exists"):
         run_module("services.auth", dict(env, ADMIN_PASSWORD="Whatever-Pass-1"), "create-admin", "--username", "root")

@@ -151,6 +151,10 @@ def test_rest_journey_matches_grpc(suite, customers, canary_restored):
     listed = suite.rest("GET", "/v1/feedback?limit=500", token=token)
     assert listed.status == 200 and any(r["prediction_id"] == prediction_id for r in listed.json()["records"])
 
+    # 200 rows of this test's own in the log (whatever ran before), the last one confirmed logged: a full window
+    batch = inference.PredictBatch(inference_pb2.PredictBatchRequest(customers=customers[:200]),
+                                   metadata=suite.md(token), timeout=30)
+    assert wait_feedback_matched(submit, batch.predictions[-1].prediction_id)["matched"] == 1
     drift = suite.rest("GET", "/v1/monitoring/drift?window=200&format=json", token=admin, key="ops")
     assert drift.status == 200, drift.body[:500]
     assert drift.headers["content-type"].startswith("application/json")

@@ -38,15 +38,16 @@ class LiveEnvoy:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-        # A listener is reported bound before it accepts (it warms while the JWKS fetch is first tried).
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        while not self._accepts():  # listed is not yet listening: it waits for its first JWKS fetch
+            assert time.monotonic() < deadline, f"envoy listener not accepting:\n{self.log_path.read_text()[-3000:]}"
+            time.sleep(0.1)
+
+    def _accepts(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
 
     def get_admin(self, path: str) -> bytes:
         with urllib.request.urlopen(self.admin + path, timeout=5) as response:
