@@ -137,11 +137,13 @@ def test_no_generated_request_gets_internal(servers, path):
     method = getattr(stubs[entry.service], entry.method)
     request_type = auth_pb2.DESCRIPTOR.pool.FindMethodByName(f"{entry.service}.{entry.method}").input_type
     examples = max(2, EXAMPLES // 10) if entry.method in SLOW else EXAMPLES
+    calls = []
 
     @hsettings(max_examples=examples, deadline=None, derandomize=True,
                suppress_health_check=list(HealthCheck))
     @given(message_of(request_type))
     def call(request):
+        calls.append(request)
         try:
             method(request, metadata=metadata(entry, tokens), timeout=60)
         except grpc.RpcError as error:
@@ -149,3 +151,4 @@ def test_no_generated_request_gets_internal(servers, path):
                 f"{path}: {error.code().name} {error.details()[:300]} for {str(request)[:500]}"
 
     call()
+    assert len(calls) >= examples, f"only {len(calls)} requests generated"
