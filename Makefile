@@ -51,7 +51,8 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Property-based fuzzing of every unary RPC on real servers: 800 generated requests per RPC (a tenth for the four
-# slow ones; >= 10,000 in all), and of every REST binding through a real Envoy (400 each). `make test` runs the same tests with 20 each.
+# slow ones; >= 10,000 in all), and of every REST binding through a real Envoy (400 each). `make test` runs the
+# same tests with 20 (REST: 10) each.
 fuzz: setup
 	FUZZ_EXAMPLES=800 $(PY) -m pytest tests/fuzz tests/e2e/test_rest_fuzz.py $(PYTEST_ARGS)
 
