@@ -67,10 +67,11 @@ run: setup model secrets
 test: setup bench-tools
 	$(PY) -m pytest --random-order --durations=25 $(PYTEST_ARGS)
 
-# Property-based fuzzing of every unary RPC on real servers: 600 generated requests per RPC (a tenth for the four slow ones) (>= 10,000 in all);
-# `make test` runs the same tests with 20 each.
+# Property-based fuzzing of every unary RPC on real servers: 800 generated requests per RPC (a tenth for the four
+# slow ones; >= 10,000 in all), and of every REST binding through a real Envoy (400 each). `make test` runs the
+# same tests with 20 (REST: 10) each.
 fuzz: setup
-	FUZZ_EXAMPLES=600 $(PY) -m pytest tests/fuzz $(PYTEST_ARGS)
+	FUZZ_EXAMPLES=800 $(PY) -m pytest tests/fuzz tests/e2e/test_rest_fuzz.py $(PYTEST_ARGS)
 
 # Unit and contract tests only (no Envoy, no training): a quick loop while editing.
 test-fast: setup

@@ -23,5 +23,7 @@ OUTBOX_BACKLOG = Gauge("churn_inference_outbox_backlog", "Prediction rows commit
 OUTBOX_COMMIT_ROWS = Histogram("churn_inference_outbox_commit_rows", "Rows per outbox commit (group commit size).",
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 512, 2048, 8192))
 SHIPPED = Counter("churn_inference_shipped_total", "Outbox rows acknowledged by monitoring.")
+SET_ASIDE = Counter("churn_inference_outbox_set_aside_total", "Outbox rows monitoring refused on their own, moved "
+                    "aside (never resent) so the rows behind them are delivered.")
 SHIP_FAILURES = Counter("churn_inference_ship_failures_total", "Failed RecordPredictions attempts, by status code.",
                         ["code"])

@@ -29,6 +29,16 @@ CREATE TABLE IF NOT EXISTS outbox (
     record BLOB NOT NULL,
     created_at REAL NOT NULL
 )"""
+# Rows monitoring refused on their own (after the shipper split their batch down to one row): kept, never resent,
+# so one refused row cannot hold back the rows behind it.
+_SET_ASIDE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS set_aside (
+    seq INTEGER PRIMARY KEY,
+    prediction_id TEXT NOT NULL,
+    record BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    set_aside_at REAL NOT NULL
+)"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +64,7 @@ class Outbox:
         self._busy_timeout_ms = busy_timeout_ms
         self._writer = self._connect()
         self._writer.execute(_SCHEMA)
+        self._writer.execute(_SET_ASIDE_SCHEMA)
         self._reader = self._connect()  # the shipper's side: reads and deletes, under its own lock
         self._reader_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -143,6 +154,25 @@ class Outbox:
             deleted = self._reader.total_changes - before
         self._adjust_backlog(-deleted)
         return deleted
+
+    def set_aside(self, row: OutboxRow, reason: str) -> None:
+        """Move one row monitoring refused out of the queue, with why."""
+        with self._reader_lock:
+            self._reader.execute("BEGIN IMMEDIATE")
+            try:
+                self._reader.execute("INSERT OR REPLACE INTO set_aside VALUES (?, ?, ?, ?, ?)",
+                                     (row.seq, row.prediction_id, row.record, reason[:500], time.time()))
+                deleted = self._reader.execute("DELETE FROM outbox WHERE seq = ?", (row.seq,)).rowcount
+                self._reader.execute("COMMIT")
+            except BaseException:
+                self._reader.execute("ROLLBACK")
+                raise
+        self._adjust_backlog(-deleted)
+
+    def set_aside_rows(self) -> list[tuple[str, str]]:
+        """(prediction id, reason) of every row set aside."""
+        with self._reader_lock:
+            return self._reader.execute("SELECT prediction_id, reason FROM set_aside ORDER BY seq").fetchall()
 
     def wait_for_rows(self, timeout: float) -> None:
         """Block until a commit happens (or `timeout`): the shipper's idle wait."""

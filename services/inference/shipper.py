@@ -24,6 +24,8 @@ from services.inference import metrics
 from services.inference.outbox import Outbox, OutboxRow
 
 log = logging.getLogger("churn.inference.shipper")
+# Codes that refuse the batch itself (its content or size): resending it unchanged can never succeed.
+REFUSED = frozenset({"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "OUT_OF_RANGE"})
 
 
 class ShipError(Exception):
@@ -120,7 +122,25 @@ class Shipper:
         rows: list[OutboxRow] = self._outbox.pending(self._batch_size)
         if not rows:
             return 0
-        self._sink.send([row.record for row in rows])
+        return self._deliver(rows)
+
+    def _deliver(self, rows: list[OutboxRow]) -> int:
+        """A batch monitoring refuses as such (not a transient failure) is split in halves until the refused row is
+        alone; that row is set aside in the outbox (metric, error log) and everything else is delivered."""
+        try:
+            self._sink.send([row.record for row in rows])
+        except ShipError as error:
+            if error.code not in REFUSED:
+                raise
+            metrics.SHIP_FAILURES.labels(error.code).inc()
+            if len(rows) > 1:
+                middle = len(rows) // 2
+                return self._deliver(rows[:middle]) + self._deliver(rows[middle:])
+            self._outbox.set_aside(rows[0], str(error))
+            metrics.SET_ASIDE.inc()
+            log.error("monitoring refused a prediction record; set aside in the outbox",
+                      extra=fields(prediction_id=rows[0].prediction_id[:128], error=str(error)[:300]))
+            return 0
         acknowledged = self._outbox.acknowledge(row.seq for row in rows)
         metrics.SHIPPED.inc(len(rows))
         return acknowledged

@@ -1,6 +1,7 @@
-"""Issue 13 item 12: `make run` keeps serving when a process dies. Under tools/run_suite.py (supervisord), a
-kill -9 of the canary is logged and the canary restarted; predictions through the gateway keep succeeding
-meanwhile (the canary's share falls back to production); Ctrl-C still stops everything cleanly."""
+"""Issue 13 item 12 and its chaos test: `make run` keeps serving when a process dies. Under tools/run_suite.py
+(supervisord) at canary 50 with 4 concurrent callers through the gateway, a kill -9 of the canary is logged and the
+canary restarted within 30 s; under 0.1 % of predictions fail meanwhile (its share falls back to production);
+Ctrl-C still stops everything cleanly."""
 from __future__ import annotations
 
 import os
@@ -60,20 +61,41 @@ def test_a_killed_canary_is_restarted_while_the_gateway_keeps_serving(trained_re
         pid = int(subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c",
                                   str(settings.data_dir / "supervisor" / "supervisord.conf"), "pid",
                                   "inference_staging"], capture_output=True, text=True, timeout=10).stdout)
-        os.kill(pid, signal.SIGKILL)
-        killed_at, failed, served, back_at = time.monotonic(), 0, 0, None
-        while time.monotonic() - killed_at < 60 and back_at is None:
-            for _ in range(20):
+        counts = {"ok": 0, "failed": 0}
+        stop, counted = threading.Event(), threading.Lock()
+
+        def load(worker: int) -> None:  # 4 concurrent callers through the gateway, as an outside generator would
+            i = worker
+            while not stop.is_set():
                 try:
-                    stub.Predict(inference_pb2.PredictRequest(customer=customers[served % 50]), metadata=metadata,
+                    stub.Predict(inference_pb2.PredictRequest(customer=customers[i % 500]), metadata=metadata,
                                  timeout=10)
-                    served += 1
+                    outcome = "ok"
                 except grpc.RpcError:
-                    failed += 1
+                    outcome = "failed"
+                with counted:
+                    counts[outcome] += 1
+                i += 4
+
+        workers = [threading.Thread(target=load, args=(w,), daemon=True) for w in range(4)]
+        for worker in workers:
+            worker.start()
+        time.sleep(2)
+        os.kill(pid, signal.SIGKILL)
+        killed_at, back_at = time.monotonic(), None
+        while time.monotonic() - killed_at < 60 and back_at is None:
+            time.sleep(0.5)
             if serving(staging):
                 back_at = time.monotonic()
+        time.sleep(2)  # and a little while after it is back
+        stop.set()
+        for worker in workers:
+            worker.join(15)
         assert back_at is not None and back_at - killed_at < 30, "staging was not serving again within 30 s"
-        assert failed == 0 and served > 0, (failed, served)
+        total = counts["ok"] + counts["failed"]
+        print(f"kill -9 of staging at canary 50: {counts['failed']} failed of {total} predictions; staging back "
+              f"after {back_at - killed_at:.1f} s")
+        assert total > 100 and counts["failed"] / total < 0.001, counts
         text = "".join(lines)
         assert "exited: inference_staging (terminated by SIGKILL" in text and "spawned: 'inference_staging'" in text
         assert all(serving(f"127.0.0.1:{settings.inference_port(alias)}") for alias in ("production", "staging"))
