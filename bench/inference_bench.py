@@ -60,6 +60,24 @@ def rate(rows: int, seconds: float) -> float:
     return rows / seconds
 
 
+def append_run(path: pathlib.Path, header: str, text: str) -> None:
+    """Append one run's section to a results file, with the file's header when it is new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as out:
+        out.write(("" if out.tell() else header) + text + "\n")
+
+
+def bench_settings() -> tuple[Settings, "BenchKeys", TokenVerifier]:
+    """DATA_DIR's registry (trained when empty), settings with throwaway API keys, and a local token signer."""
+    env = dict(os.environ, API_KEY=os.environ.get("API_KEY") or "bench-key", OPS_API_KEY="bench-ops",
+               PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "gen")]))
+    subprocess.run([sys.executable, "-m", "training", "--if-missing"], cwd=ROOT, env=env, check=True,
+                   capture_output=True)
+    settings = Settings.from_env(env)
+    keys = BenchKeys()
+    return settings, keys, TokenVerifier(keys, settings.jwt_issuer, settings.jwt_audience)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
@@ -68,13 +86,7 @@ def main() -> int:
     parser.add_argument("--write", type=pathlib.Path, default=None)
     args = parser.parse_args()
 
-    env = dict(os.environ, API_KEY=os.environ.get("API_KEY") or "bench-key", OPS_API_KEY="bench-ops",
-               PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "gen")]))
-    subprocess.run([sys.executable, "-m", "training", "--if-missing"], cwd=ROOT, env=env, check=True,
-                   capture_output=True)
-    settings = Settings.from_env(env)
-    keys = BenchKeys()
-    verifier = TokenVerifier(keys, settings.jwt_issuer, settings.jwt_audience)
+    settings, keys, verifier = bench_settings()
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="inference-bench-"))
     parts = dataclasses.replace(app.build_parts(settings, "production", ship=False), port=0, http_port=0,
                                 outbox_file=tmp / "outbox.db")
@@ -165,10 +177,7 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        args.write.parent.mkdir(parents=True, exist_ok=True)
-        header = "" if args.write.exists() else _HEADER
-        with args.write.open("a") as out:
-            out.write(header + text + "\n")
+        append_run(args.write, _HEADER, text)
     return 0
 
 

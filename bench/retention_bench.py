@@ -16,7 +16,6 @@ import os
 import pathlib
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,9 +27,8 @@ import grpc  # noqa: E402
 from churn.v1 import inference_pb2, inference_pb2_grpc  # noqa: E402
 from prometheus_client import REGISTRY  # noqa: E402
 
-from bench.inference_bench import BenchKeys  # noqa: E402
+from bench.inference_bench import BenchKeys, append_run, bench_settings  # noqa: E402
 from services.common import telco_csv  # noqa: E402
-from services.common.identity import TokenVerifier  # noqa: E402
 from services.common.settings import Settings  # noqa: E402
 from services.inference import app  # noqa: E402
 
@@ -84,13 +82,7 @@ def main() -> int:
     if args.short:
         args.rounds = 1
 
-    env = dict(os.environ, API_KEY=os.environ.get("API_KEY") or "bench-key", OPS_API_KEY="bench-ops",
-               PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "gen")]))
-    subprocess.run([sys.executable, "-m", "training", "--if-missing"], cwd=ROOT, env=env, check=True,
-                   capture_output=True)
-    settings = Settings.from_env(env)
-    keys = BenchKeys()
-    verifier = TokenVerifier(keys, settings.jwt_issuer, settings.jwt_audience)
+    settings, keys, verifier = bench_settings()
     data = (ROOT / "data" / "telco_churn.csv").read_bytes()
     customers = telco_csv.parse_telco_csv(data, len(data) + 1, 100_000).customers()
     if args.short:
@@ -120,10 +112,7 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        args.write.parent.mkdir(parents=True, exist_ok=True)
-        header = "" if args.write.exists() else _HEADER
-        with args.write.open("a") as out:
-            out.write(header + text + "\n")
+        append_run(args.write, _HEADER, text)
     return 0
 
 

@@ -12,6 +12,7 @@ import pytest
 from services.common.settings import Settings
 from tests import internal_guard
 from tests.harness import base_env, run_module
+from tests.pg import own_database
 from tests.tokens import LocalKeys
 
 
@@ -67,8 +68,6 @@ def is_ci() -> bool:
 def postgres_url(is_ci):
     """A fresh PostgreSQL database for this run on the machine's server (TEST_DATABASE_URL, default the local
     trust-auth server), dropped afterwards. Unreachable: skipped locally, a failure under CI=true."""
-    import uuid
-
     import sqlalchemy as sa
 
     admin_url = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -80,13 +79,9 @@ def postgres_url(is_ci):
         if is_ci:
             pytest.fail(f"PostgreSQL at {admin_url} is unreachable under CI=true: {exc}")
         pytest.skip(f"PostgreSQL unreachable: {exc}")
-    name = f"churn_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'create database "{name}"'))
-    yield sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'drop database if exists "{name}" with (force)'))
     admin.dispose()
+    with own_database(admin_url, "churn_test") as url:
+        yield url
 
 
 def pytest_sessionfinish(session, exitstatus):

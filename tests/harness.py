@@ -6,7 +6,6 @@ import json
 import os
 import pathlib
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -106,13 +105,7 @@ class ServiceProcess:
 
     def stop(self, timeout: float = 15.0) -> int:
         LEDGER.retire(self)
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, timeout)
         self._log.close()
         return self.process.returncode
 
@@ -121,6 +114,18 @@ class ServiceProcess:
         self.process.kill()
         self.process.wait()
         self._log.close()
+
+
+def terminate(process: subprocess.Popen, timeout: float = 10.0) -> int:
+    """SIGTERM, then SIGKILL if it is still running after `timeout`; returns the exit code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
 
 
 def run_module(module: str, env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from churn.v1 import auth_pb2, auth_pb2_grpc, common_pb2
 from services.auth.app import AuthApp, build, start
 from services.common.settings import Settings
+from tests.pg import own_database
 
 CHEAP_ARGON2 = {"ARGON2_TIME_COST": "1", "ARGON2_MEMORY_KIB": "1024"}
 PASSWORD = "Correct-Horse-42"
@@ -122,14 +123,8 @@ def fresh_database_url(database_url, tmp_path):
     if url.get_backend_name() == "sqlite":
         yield f"sqlite:///{tmp_path / 'fresh.db'}"
         return
-    name = f"{url.database}_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'create database "{name}"'))
-    yield url.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'drop database if exists "{name}" with (force)'))
-    admin.dispose()
+    with own_database(database_url, url.database) as fresh:
+        yield fresh
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import urllib.request
 from gateway import render
 from gateway.__main__ import envoy_command
 from services.common.settings import Settings
+from tests.harness import terminate
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -111,11 +112,5 @@ class EnvoyProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
         self._log.close()

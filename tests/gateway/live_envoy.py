@@ -13,6 +13,7 @@ import urllib.request
 from gateway import render
 from gateway.__main__ import envoy_command
 from services.common.settings import Settings
+from tests.harness import terminate
 
 
 class LiveEnvoy:
@@ -77,10 +78,5 @@ class LiveEnvoy:
         return self.routes([(method, path, headers or {})])[0]
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process)
         self._log.close()

@@ -16,6 +16,7 @@ from churn.v1 import monitoring_pb2
 
 from gateway.__main__ import envoy_binary
 from services.common import canary_runtime as CR
+from tests.harness import terminate
 from tests.monitoring.conftest import start_monitoring
 
 DEFAULT_PERCENT = 10
@@ -82,12 +83,7 @@ class Envoy:
                                timeout=5).read()
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process)
         self.log.close()
 
 

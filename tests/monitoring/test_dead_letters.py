@@ -4,7 +4,6 @@ itself refuses, goes to the dead-letter table with its reason and a metric, and 
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 import sqlalchemy as sa
@@ -17,6 +16,7 @@ from services.inference.shipper import MonitoringSink, ServiceToken, Shipper
 from services.monitoring.predictions import PredictionLog
 from services.monitoring.store import MonitoringStore
 from tests.monitoring.conftest import records, service_md, start_monitoring
+from tests.pg import own_database
 
 M = monitoring_pb2
 GOOD_ROWS = 300
@@ -58,15 +58,9 @@ def counter(name: str, **labels) -> float:
 @pytest.fixture
 def own_postgres(request):
     """A database of this test's own on the run's PostgreSQL server (other tests count rows in the shared one)."""
-    url = sa.engine.make_url(request.getfixturevalue("postgres_url"))
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    name = f"{url.database}_dl_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'create database "{name}"'))
-    yield url.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'drop database if exists "{name}" with (force)'))
-    admin.dispose()
+    server = request.getfixturevalue("postgres_url")
+    with own_database(server, f"{sa.engine.make_url(server).database}_dl") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
