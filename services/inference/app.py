@@ -78,7 +78,7 @@ class InferenceApp:
     holder: ModelHolder
     outbox: Outbox
     shipper: Shipper | None
-    loader: threading.Thread
+    loader: threading.Thread | None  # None when the model was loaded before serving (a pool worker)
     _stop_loading: threading.Event
 
     @property
@@ -86,7 +86,8 @@ class InferenceApp:
         return self.host.port
 
     def wait_loaded(self, timeout: float) -> bool:
-        self.loader.join(timeout)
+        if self.loader is not None:
+            self.loader.join(timeout)
         return self.holder.ready
 
     def stop(self, grace: float = 5.0) -> None:
@@ -105,22 +106,29 @@ class InferenceApp:
 
 
 def start(settings: Settings, verifier: identity.TokenVerifier, parts: InferenceParts | None = None) -> InferenceApp:
-    """Start serving (health NOT_SERVING); the model loads in the background and flips health to SERVING."""
+    """Start serving (health NOT_SERVING); the model loads in the background and flips health to SERVING.
+
+    A worker of a pool (`parts.group`) loads first and only then listens: the kernel spreads connections over every
+    worker on the port, and one still loading would answer its share UNAVAILABLE."""
     parts = parts or build_parts(settings)
     holder = ModelHolder(parts.registry, parts.alias, parts.compiled_dir,
                          on_loaded=parts.group.loaded if parts.group is not None else None)
     outbox = Outbox(parts.outbox_file)
     predictor = Predictor(holder, outbox, parts.limits, siblings=parts.group)
+    stop_loading = threading.Event()
+    if parts.group is not None:
+        holder.load_until_ready(stop_loading, lambda: None)
     host = start_server(
         settings, port=parts.port, http_port=parts.http_port,
         register=lambda server: inference_pb2_grpc.add_InferenceServiceServicer_to_server(
             InferenceServicer(predictor, RetentionAdvisor(holder, parts.retention)), server),
         service_names=[SERVICE_NAME],
         interceptor=ServiceInterceptor.from_settings(verifier, settings),
-        serving=False)
+        serving=holder.ready)
     shipper = Shipper(outbox, parts.sink, **parts.shipper_options).start() if parts.sink is not None else None
-    stop_loading = threading.Event()
-    loader = threading.Thread(target=holder.load_until_ready, args=(stop_loading, lambda: host.set_serving(True)),
-                              name="model-loader", daemon=True)
-    loader.start()
+    loader = None
+    if not holder.ready:
+        loader = threading.Thread(target=holder.load_until_ready, args=(stop_loading, lambda: host.set_serving(True)),
+                                  name="model-loader", daemon=True)
+        loader.start()
     return InferenceApp(host, holder, outbox, shipper, loader, stop_loading)
