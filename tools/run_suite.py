@@ -95,8 +95,8 @@ def wait_ready(settings: Settings, supervisord: subprocess.Popen, config: pathli
     services = {
         "auth": f"{settings.auth_host}:{settings.auth_port}",
         "monitoring": f"{settings.monitoring_host}:{settings.monitoring_port}",
-        "inference production": f"{settings.inference_host('production')}:{settings.inference_port('production')}",
-        "inference staging": f"{settings.inference_host('staging')}:{settings.inference_port('staging')}",
+        "inference production": settings.inference_address("production"),
+        "inference staging": settings.inference_address("staging"),
     }
     admin = f"http://127.0.0.1:{settings.envoy_admin_port}"
     deadline = time.monotonic() + READY_TIMEOUT
@@ -130,9 +130,9 @@ def banner(settings: Settings) -> str:
         f"  Envoy admin (loopback)     http://127.0.0.1:{settings.envoy_admin_port}",
         f"  auth                       grpc {settings.auth_address}  metrics+JWKS http://{settings.auth_host}:"
         f"{settings.auth_http_port}/.well-known/jwks.json",
-        f"  inference production       grpc {settings.inference_host('production')}:"
-        f"{settings.inference_port('production')}  metrics :{settings.inference_http_port('production')}",
-        f"  inference staging          grpc {settings.inference_host('staging')}:{settings.inference_port('staging')}"
+        f"  inference production       grpc {settings.inference_address('production')}"
+        f"  metrics :{settings.inference_http_port('production')}",
+        f"  inference staging          grpc {settings.inference_address('staging')}"
         f"  metrics :{settings.inference_http_port('staging')}",
         f"  monitoring                 grpc {settings.monitoring_address}  metrics :{settings.monitoring_http_port}",
         f"  secrets                    {settings.secrets_dir} (api_key, ops_api_key, admin_password, service_token)",

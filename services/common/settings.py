@@ -264,6 +264,9 @@ class Settings:
     def monitoring_address(self) -> str:
         return f"{self.monitoring_host}:{self.monitoring_port}"
 
+    def inference_address(self, alias: str) -> str:
+        return f"{self.inference_host(alias)}:{self.inference_port(alias)}"
+
     def inference_host(self, alias: str) -> str:
         return self.inference_staging_host if alias == "staging" else self.inference_production_host
 

@@ -23,12 +23,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self._predictor = predictor
         self._advisor = advisor
 
-    def Predict(self, request, context):
-        if not request.HasField("customer"):
+    def _one(self, message, method: str, request_id: str, index: int = 0) -> inference_pb2.Prediction:
+        """One customer's prediction (a Predict request or a stream message: both carry customer, explain_top_k)."""
+        if not message.HasField("customer"):
             raise InvalidInput("customer", "is required")
-        scored = self._predictor.predict([request.customer], request_id=request_id_var.get(), method="Predict",
-                                         explain_top_k=request.explain_top_k, label=lambda i: "customer")
-        return inference_pb2.PredictResponse(prediction=scored.predictions[0])
+        return self._predictor.predict([message.customer], request_id=request_id, method=method,
+                                       explain_top_k=message.explain_top_k, label=lambda i: "customer",
+                                       first_index=index).predictions[0]
+
+    def Predict(self, request, context):
+        return inference_pb2.PredictResponse(prediction=self._one(request, "Predict", request_id_var.get()))
 
     def PredictBatch(self, request, context):
         scored = self._predictor.predict(request.customers, request_id=request_id_var.get(),
@@ -50,13 +54,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 yield inference_pb2.StreamPredictResponse(error=status_for(message))
                 continue
             try:
-                if not message.HasField("customer"):
-                    raise InvalidInput("customer", "is required")
-                scored = self._predictor.predict([message.customer], request_id=request_id, method="StreamPredict",
-                                                 explain_top_k=message.explain_top_k, label=lambda i: "customer",
-                                                 first_index=index)
-                yield inference_pb2.StreamPredictResponse(message_id=message.message_id,
-                                                          prediction=scored.predictions[0])
+                yield inference_pb2.StreamPredictResponse(
+                    message_id=message.message_id, prediction=self._one(message, "StreamPredict", request_id, index))
             except DomainError as error:
                 yield inference_pb2.StreamPredictResponse(message_id=message.message_id, error=status_for(error))
 

@@ -16,7 +16,7 @@ class InferenceReloader:
         self._timeout = timeout
 
     def address(self, alias: str) -> str:
-        return f"{self._settings.inference_host(alias)}:{self._settings.inference_port(alias)}"
+        return self._settings.inference_address(alias)
 
     def reload(self, alias: str, token: str) -> str:
         """Reload the alias's instance; returns the version it serves now. Unreachable or refused → NotReady."""
