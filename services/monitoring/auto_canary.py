@@ -38,7 +38,7 @@ class AutoCanary:
         self._since = now()
 
     def _weight(self, percent: int, detail: str) -> None:
-        self._lifecycle.set_weight(percent, ACTOR, detail=detail[:1000])
+        self._lifecycle.set_weight(percent, ACTOR, detail=detail[:1000], record_unchanged=True)
         self._since = self._now()
 
     def tick(self) -> str | None:

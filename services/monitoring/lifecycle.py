@@ -44,10 +44,12 @@ class Lifecycle:
         self._set_weight = set_weight
         self._lock = threading.Lock()  # one alias change at a time in this process
 
-    def set_weight(self, percent: int, actor: Actor, detail: str = "") -> tuple[int, int]:
-        """The canary weight, recorded when it changes."""
+    def set_weight(self, percent: int, actor: Actor, detail: str = "", record_unchanged: bool = False
+                   ) -> tuple[int, int]:
+        """The canary weight, recorded when it changes (or always, for a decision worth seeing even when the weight
+        already had that value: the automatic canary starting a new version at a step the last one held)."""
         percent, previous = self._set_weight(percent)
-        if percent != previous:
+        if percent != previous or record_unchanged:
             self._events.add_event(LS.CANARY_WEIGHT, actor.subject, canary_percent=percent,
                                    detail=detail or f"staging share {previous}% -> {percent}%")
         return percent, previous

@@ -154,6 +154,12 @@ def test_auto_canary_steps_a_good_candidate_to_100_and_rolls_a_bad_one_back_at_o
     assert weights[-1] == 0 and auto.tick() is None and weights[-1] == 0
     last = events.events(1)[0]
     assert last.actor == "monitoring:canary" and last.canary_percent == 0 and "failed: live ROC AUC" in last.detail
+
+    weights.append(10)  # the weight already at the first step (the last rollout held there): the start is news
+    registry.set_alias(R.ALIAS_STAGING, "2")
+    assert auto.tick() == "started version 2 at 10%"
+    started = events.events(1)[0]
+    assert (started.canary_percent, started.detail) == (10, "auto canary: version 2 starts at 10%")
     store.close()
 
 
