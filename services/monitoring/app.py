@@ -28,7 +28,7 @@ from services.monitoring.retrain import Trainer
 from services.monitoring.scheduler import Periodic
 from services.monitoring.servicer import MonitoringParts, MonitoringServicer
 from services.monitoring.store import MonitoringStore
-from services.monitoring.versions import References
+from services.monitoring.versions import TrainingReferences
 
 SERVICE_NAME = monitoring_pb2.DESCRIPTOR.services_by_name["MonitoringService"].full_name
 log = logging.getLogger("churn.monitoring")
@@ -47,7 +47,7 @@ def build_parts(settings: Settings, *, envoy_admin: str | None = None, database_
     store = MonitoringStore(database_url or settings.monitoring_database_url)
     mlflow_config.quiet()
     registry = ModelRegistry(mlflow_config.tracking_uri(settings), settings.model_name)
-    drift = DriftAnalyzer(store, References(registry))
+    drift = DriftAnalyzer(store, TrainingReferences(registry))
     canary = CanaryControl(EnvoyAdmin(envoy_admin or envoy_admin_url(settings)), runtime_data_dir or settings.data_dir,
                            on_weight=M.CANARY_PERCENT.set)
     runs = LifecycleStore(store.engine)

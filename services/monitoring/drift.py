@@ -25,7 +25,10 @@ NUMERICAL = tuple(f.column for f in F.FEATURES if f.kind == F.NUMERIC)
 CATEGORICAL = tuple(f.column for f in F.FEATURES if f.kind != F.NUMERIC)  # SeniorCitizen 0/1 is a category
 
 
-class References(Protocol):
+class ReferenceSource(Protocol):
+    """What the analyzer reads of the registry (versions.TrainingReferences): versions, the default alias, and each
+    version's training split."""
+
     def get(self, version: str): ...
     def alias_version(self, alias: str | None = None) -> str: ...
     def training_reference(self, version: str) -> pd.DataFrame: ...
@@ -70,7 +73,7 @@ def check_request(window: int | None, fmt: str) -> tuple[int, str]:
 
 
 class DriftAnalyzer:
-    def __init__(self, store: MonitoringStore, references: References, max_concurrent: int = 2):
+    def __init__(self, store: MonitoringStore, references: ReferenceSource, max_concurrent: int = 2):
         from evidently import DataDefinition, Dataset, Report  # the one import of evidently, at start
         from evidently.presets import DataDriftPreset
 

@@ -13,7 +13,7 @@ from services.common.errors import FailedPrecondition, NotFound
 from services.common.telco_csv import parse_telco_csv
 
 
-class References:
+class TrainingReferences:
     def __init__(self, registry: R.ModelRegistry, default_alias: str = R.ALIAS_PRODUCTION):
         self.registry = registry
         self.default_alias = default_alias
