@@ -125,7 +125,8 @@ def promotion(suite, ops, version: str, timeout: float = 120) -> monitoring_pb2.
     return None
 
 
-def test_bad_candidate_rolled_back_and_good_one_reaches_100_with_no_failed_prediction(auto_suite, customers):
+def test_bad_candidate_rolled_back_and_good_one_reaches_100_with_no_failed_prediction(auto_suite, customers,
+                                                                                    record_property):
     admin = auto_suite.admin_token()
     ops = auto_suite.md(admin, key="ops")
     _, inference, monitoring = auto_suite.stubs()
@@ -163,3 +164,5 @@ def test_bad_candidate_rolled_back_and_good_one_reaches_100_with_no_failed_predi
     rolled_back = next(e for e in events if e.actor == "monitoring:canary" and f"version {bad} rolled back" in e.detail)
     assert "failed: live ROC AUC" in rolled_back.detail
     assert traffic.calls > 1000 and traffic.failures == [], (traffic.calls, traffic.failures[:5])
+    record_property("auto_canary", {"calls": traffic.calls, "failures": len(traffic.failures), "bad": bad,
+                                    "good": good, "promoted_from": promoted.previous_version})

@@ -161,7 +161,7 @@ def test_bad_lifecycle_requests_name_the_field(suite):
     assert suite.rest("POST", "/v1/models:rollback", {}, token=admin, key="client").status == 403
 
 
-def test_retrain_promote_rollback(suite, customers):
+def test_retrain_promote_rollback(suite, customers, record_property):
     admin = suite.admin_token()
     _, _, monitoring = suite.stubs()
     ops = suite.md(admin, key="ops")
@@ -241,6 +241,8 @@ def test_retrain_promote_rollback(suite, customers):
         assert after["predict_ok"] - counted["predict_ok"] == sent + 2, (counted, after, sent)
         assert after["predict"] - counted["predict"] == sent + 2, (counted, after, sent)
         assert after[new] - counted[new] > BATCH and after["1"] - counted["1"] > 2 * BATCH, (counted, after)
+        record_property("h2load_through_promote_and_rollback", {"sent": sent, "failed": failed, **{
+            f"scored_by_version_{v}": after[v] - counted[v] for v in ("1", new)}})
 
         events = suite.rest("GET", "/v1/models/events?page_size=50", token=admin, key="ops").json()["events"]
         trail = [(e["kind"].removeprefix("MODEL_EVENT_KIND_"), e["model_version"], e["actor"])
