@@ -24,6 +24,8 @@ class Point:
     seconds: float
     p50_ms: float
     p99_ms: float
+    failed: int = 0  # h2load: requests that got no complete answer (errored, timed out, reset)
+    status_2xx: int = 0  # h2load: answers with HTTP status 2xx (a gRPC error still has 200: see `ok`)
 
     @property
     def ok_per_second(self) -> float:
@@ -66,9 +68,11 @@ def _percentiles_ms(latencies_us: list[float]) -> tuple[float, float]:
 
 
 def h2load(url: str, frame: pathlib.Path, headers: dict[str, str], concurrency: int, seconds: float,
-           metric_ports: list[int], log_file: pathlib.Path) -> Point:
-    """One h2load run: `concurrency` connections with one stream each, for `seconds`."""
-    command = ["h2load", "-D", f"{seconds:g}", "-c", str(concurrency), "-m", "1", "-t", "1", "-d", str(frame),
+           metric_ports: list[int], log_file: pathlib.Path, requests: int | None = None) -> Point:
+    """One h2load run: `concurrency` connections with one stream each, for `seconds` — or, given `requests`,
+    exactly that many requests (none cut off at the end, so every one is accounted for)."""
+    extent = ["-n", str(requests)] if requests else ["-D", f"{seconds:g}"]
+    command = ["h2load", *extent, "-c", str(concurrency), "-m", "1", "-t", "1", "-d", str(frame),
                "--log-file", str(log_file), "-H", "content-type: application/grpc", "-H", "te: trailers"]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
@@ -79,10 +83,12 @@ def h2load(url: str, frame: pathlib.Path, headers: dict[str, str], concurrency: 
         raise RuntimeError(f"h2load failed ({done.returncode}): {done.stderr[-2000:]}\n{done.stdout[-2000:]}")
     finished = re.search(r"finished in ([\d.]+)(m?s)", done.stdout)
     elapsed = float(finished.group(1)) / (1000 if finished.group(2) == "ms" else 1)
-    succeeded = int(re.search(r"requests: .*?(\d+) succeeded", done.stdout).group(1))
+    succeeded, failed = map(int, re.search(r"requests: .*?(\d+) succeeded, (\d+) failed", done.stdout).groups())
+    status_2xx = int(re.search(r"status codes: (\d+) 2xx", done.stdout).group(1))
     latencies = [float(line.split("\t")[2]) for line in log_file.read_text().splitlines() if line.count("\t") >= 2]
     p50, p99 = _percentiles_ms(latencies)
-    return Point(requests=succeeded, ok=int(after - before), seconds=elapsed, p50_ms=p50, p99_ms=p99)
+    return Point(requests=succeeded, ok=int(after - before), seconds=elapsed, p50_ms=p50, p99_ms=p99, failed=failed,
+                 status_2xx=status_2xx)
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0}

@@ -6,11 +6,13 @@ Creates the git-ignored secrets folder (mode 0700; every file 0600) with
   signing_key_secret       encrypts auth's signing keys in the users store, unless set in the environment
   admin_password           the first admin's password (user $ADMIN_USERNAME, default "admin")
   service_token            a `service` role token for the inference outbox shipper (and internal callers)
+  monitoring_token         monitoring's own `reloader` role token: ReloadModel only, for the reloads it starts
+                           itself (a finished Retrain, the automatic canary's promote)
   database_password        PostgreSQL's password for docker-compose and Kubernetes (the `churn-secrets` keys are
                            these file names); local runs use SQLite or $*_DATABASE_URL and never read it
 then creates the admin in the users store (`python -m services.auth create-admin`) when it does not exist yet and
-mints a fresh service token (`create-service-token`, revoking the previous ones: the store may be new and its old
-signing keys gone). Idempotent: existing keys and passwords are kept. Prints where everything is.
+mints fresh service and monitoring tokens (`create-service-token`, revoking the previous ones: the store may be new
+and its old signing keys gone). Idempotent: existing keys and passwords are kept. Prints where everything is.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ import sys
 from services.common.settings import ROOT, Settings
 
 SERVICE_TOKEN_NAME = "inference-outbox"
+# file name -> (principal name, role) of the service tokens minted on every run
+SERVICE_TOKENS = {"service_token": (SERVICE_TOKEN_NAME, "service"), "monitoring_token": ("monitoring", "reloader")}
 
 
 def _write_secret(path: pathlib.Path, value: str) -> None:
@@ -78,13 +82,14 @@ def init_secrets(env: dict[str, str] | None = None, *, with_auth: bool = True) -
             report.append(f"  admin {username!r} already exists")
         else:
             raise SystemExit(f"create-admin failed:\n{done.stdout}{done.stderr}")
-        token_path = folder / "service_token"
-        _auth(env, "revoke-service-token", "--name", SERVICE_TOKEN_NAME)
-        done = _auth(env, "create-service-token", "--name", SERVICE_TOKEN_NAME, "--output", str(token_path))
-        if done.returncode != 0:
-            raise SystemExit(f"create-service-token failed:\n{done.stdout}{done.stderr}")
-        created["service_token"] = token_path
-        report.append(f"  {'service_token':15} {token_path} (role service, name {SERVICE_TOKEN_NAME!r})")
+        for file_name, (name, role) in SERVICE_TOKENS.items():
+            token_path = folder / file_name
+            _auth(env, "revoke-service-token", "--name", name)
+            done = _auth(env, "create-service-token", "--name", name, "--role", role, "--output", str(token_path))
+            if done.returncode != 0:
+                raise SystemExit(f"create-service-token failed:\n{done.stdout}{done.stderr}")
+            created[file_name] = token_path
+            report.append(f"  {file_name:15} {token_path} (role {role}, name {name!r})")
 
     print(f"secrets in {folder} (mode 0700, files 0600; git-ignored):")
     print("\n".join(report))

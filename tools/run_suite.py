@@ -135,7 +135,8 @@ def banner(settings: Settings) -> str:
         f"  inference staging          grpc {settings.inference_address('staging')}"
         f"  metrics :{settings.inference_http_port('staging')}",
         f"  monitoring                 grpc {settings.monitoring_address}  metrics :{settings.monitoring_http_port}",
-        f"  secrets                    {settings.secrets_dir} (api_key, ops_api_key, admin_password, service_token)",
+        f"  secrets                    {settings.secrets_dir} (api_key, ops_api_key, admin_password, service_token,"
+        " monitoring_token)",
         "",
     ])
 

@@ -2,7 +2,8 @@
 
   serve (default)          gRPC on AUTH_PORT, JWKS + /metrics on AUTH_HTTP_PORT; SIGTERM drains.
   create-admin             --username NAME [--password-file FILE]; else ADMIN_PASSWORD, else a prompt.
-  create-service-token     --name NAME [--ttl-seconds N] [--output FILE (mode 0600)]; prints the token otherwise.
+  create-service-token     --name NAME [--role service|reloader] [--ttl-seconds N] [--output FILE (mode 0600)];
+                           prints the token otherwise. `reloader` may call ReloadModel and nothing else.
   revoke-service-token     --name NAME: every token minted for NAME fails at its next session check.
   rotate-keys              publish a new signing key; it signs after KEY_PROPAGATION_SECONDS.
 
@@ -21,6 +22,7 @@ import sys
 
 from services.common import logs
 from services.common.errors import DomainError
+from services.common.identity import SERVICE_ROLES
 from services.common.settings import Settings
 
 log = logging.getLogger("churn.auth")
@@ -79,14 +81,14 @@ def _create_service_token(settings: Settings, args) -> int:
 
     app = build(settings, bootstrap=False)
     try:
-        token = app.accounts.mint_service_token(args.name, args.ttl_seconds)
+        token = app.accounts.mint_service_token(args.name, args.ttl_seconds, args.role)
     finally:
         app.close()
     expires = datetime.datetime.fromtimestamp(token.expires_at, datetime.timezone.utc).isoformat()
     if args.output:
         _write_secret(pathlib.Path(args.output), token.token)
-        print(json.dumps({"name": args.name, "jti": token.jti, "kid": token.kid, "expires_at": expires,
-                          "written_to": str(args.output)}))
+        print(json.dumps({"name": args.name, "role": token.role, "jti": token.jti, "kid": token.kid,
+                          "expires_at": expires, "written_to": str(args.output)}))
     else:
         print(token.token)
         print(json.dumps({"name": args.name, "jti": token.jti, "expires_at": expires}), file=sys.stderr)
@@ -128,8 +130,10 @@ def parser() -> argparse.ArgumentParser:
     admin.add_argument("--username", help="default: $ADMIN_USERNAME")
     admin.add_argument("--password-file", help="file holding the password (else $ADMIN_PASSWORD, else a prompt)")
     admin.set_defaults(run=_create_admin)
-    mint = commands.add_parser("create-service-token", help="mint a long-lived token with role 'service'")
+    mint = commands.add_parser("create-service-token", help="mint a long-lived service principal's token")
     mint.add_argument("--name", required=True, help="service principal, e.g. inference-outbox")
+    mint.add_argument("--role", choices=SERVICE_ROLES, default="service",
+                      help="service (default: outbox, internal callers) or reloader (ReloadModel only: monitoring)")
     mint.add_argument("--ttl-seconds", type=int, default=None, help="default: $SERVICE_TOKEN_TTL_SECONDS")
     mint.add_argument("--output", help="write the token to this file (mode 0600) instead of stdout")
     mint.set_defaults(run=_create_service_token)

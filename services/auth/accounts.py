@@ -17,7 +17,7 @@ from services.auth.tokens import IssuedToken, TokenIssuer
 from services.auth.users import UserRecord, UserStore
 from services.common.errors import (AlreadyExists, FailedPrecondition, InvalidInput, PermissionDenied,
                                     Unauthenticated)
-from services.common.identity import Caller
+from services.common.identity import SERVICE_ROLES, Caller
 
 log = logging.getLogger("churn.auth")
 
@@ -49,8 +49,8 @@ class Accounts:
         role = role or "agent"
         by_admin = caller is not None and caller.role == "admin"
         try:
-            if role == "service":
-                raise PermissionDenied("role 'service' cannot be registered; service tokens are minted with "
+            if role in SERVICE_ROLES:
+                raise PermissionDenied(f"role {role!r} cannot be registered; service tokens are minted with "
                                        "`python -m services.auth create-service-token`")
             if role == "admin" and not by_admin:
                 raise PermissionDenied("only an admin may register an admin")
@@ -136,7 +136,7 @@ class Accounts:
     def check_session(self, caller: Caller) -> None:
         """Local session check: users must exist, be approved and still hold the token's role; service tokens
         must be on record and not revoked."""
-        if caller.role == "service":
+        if caller.role in SERVICE_ROLES:
             record = self.store.get_service_token(caller.token_id)
             if record is None or SERVICE_SUBJECT_PREFIX + record.name != caller.subject:
                 raise Unauthenticated("service token is not on record at auth")
@@ -153,20 +153,23 @@ class Accounts:
 
     def session(self, caller: Caller) -> Session:
         """What VerifySession returns; the interceptor has already run `check_session` on this caller."""
-        if caller.role == "service":
-            return Session(caller.subject, "service", True, caller.expires_at)
+        if caller.role in SERVICE_ROLES:
+            return Session(caller.subject, caller.role, True, caller.expires_at)
         user = self.store.get_user(caller.subject)
         if user is None:
             raise Unauthenticated(f"user {caller.subject!r} no longer exists")
         return Session(user.username, user.role, user.approved, caller.expires_at)
 
     # --- service principals -------------------------------------------------------------------------------
-    def mint_service_token(self, name: str, ttl_seconds: int | None = None) -> IssuedToken:
-        """A long-lived token for an internal caller; recorded so it can be revoked and its key kept published."""
+    def mint_service_token(self, name: str, ttl_seconds: int | None = None, role: str = "service") -> IssuedToken:
+        """A long-lived token for an internal caller; recorded so it can be revoked and its key kept published.
+        Role `service` for the outbox and internal callers, `reloader` for monitoring's ReloadModel-only credential."""
         validate_username(name, field="name")
-        token = self._issuer.issue(SERVICE_SUBJECT_PREFIX + name, "service", ttl_seconds or self._service_ttl)
+        if role not in SERVICE_ROLES:
+            raise InvalidInput("role", f"a service token's role is one of {', '.join(SERVICE_ROLES)}, not {role!r}")
+        token = self._issuer.issue(SERVICE_SUBJECT_PREFIX + name, role, ttl_seconds or self._service_ttl)
         self.store.add_service_token(token.jti, name, token.kid, token.issued_at, token.expires_at)
-        metrics.TOKENS_ISSUED.labels("service").inc()
+        metrics.TOKENS_ISSUED.labels(role).inc()
         log.info("service token minted", extra={"fields": {"name": name, "jti": token.jti,
                                                           "expires_at": token.expires_at}})
         return token

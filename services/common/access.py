@@ -11,7 +11,8 @@ import functools
 from churn.v1 import access_pb2, auth_pb2, common_pb2, inference_pb2, monitoring_pb2
 
 SERVICE_MODULES = (auth_pb2, inference_pb2, monitoring_pb2)
-ROLE_NAMES = {common_pb2.ROLE_AGENT: "agent", common_pb2.ROLE_ADMIN: "admin", common_pb2.ROLE_SERVICE: "service"}
+ROLE_NAMES = {common_pb2.ROLE_AGENT: "agent", common_pb2.ROLE_ADMIN: "admin", common_pb2.ROLE_SERVICE: "service",
+              common_pb2.ROLE_RELOADER: "reloader"}
 ROLE_VALUES = {name: value for value, name in ROLE_NAMES.items()}
 
 

@@ -22,7 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from services.common.errors import MAX_ECHO_CHARS, NotReady, PermissionDenied, Unauthenticated, shown
 
 ALLOWED_ALGORITHMS = ("ES256", "RS256")
-ROLES = ("agent", "admin", "service")
+ROLES = ("agent", "admin", "service", "reloader")
+# Roles of service principals (tokens minted by `create-service-token`, on record at auth, never registered).
+SERVICE_ROLES = ("service", "reloader")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -135,6 +135,9 @@ class Settings:
     admin_password: str = dataclasses.field(default="", repr=False)
     # Inference's outbox token; empty = the file <secrets_dir>/service_token.
     service_token: str = dataclasses.field(default="", repr=False)
+    # Monitoring's own credential (role `reloader`: ReloadModel only) for the reloads it starts itself — a finished
+    # training run, the automatic canary's promote; empty = the file <secrets_dir>/monitoring_token.
+    monitoring_token: str = dataclasses.field(default="", repr=False)
     # MLflow: a server or database URL (empty = sqlite under data_dir, see mlflow_config) and the experiment.
     mlflow_tracking_uri: str = ""
     mlflow_experiment_name: str = "churn"
@@ -152,10 +155,12 @@ class Settings:
     canary_max_latency_p99_ms: float = 500.0
     canary_max_jensen_shannon: float = 0.1
     canary_max_roc_auc_drop: float = 0.02
-    # The automatic canary (off by default): weight steps, and how long each step runs before it is judged.
+    # The automatic canary (off by default): weight steps, how long each step runs before it is judged, and whether
+    # a candidate that passes its last step is promoted (on by default once the automatic canary is on).
     canary_auto: bool = False
     canary_auto_steps: tuple[int, ...] = (10, 25, 50, 100)
     canary_auto_interval_seconds: int = 60
+    canary_auto_promote: bool = True
     # Drift → retrain: start a Retrain when the production drift share stays >= this (0 = off) for N updates.
     drift_retrain_share: float = 0.0
     drift_retrain_after: int = 3
@@ -232,6 +237,7 @@ class Settings:
             admin_username=env.get("ADMIN_USERNAME", ""),
             admin_password=env.get("ADMIN_PASSWORD", ""),
             service_token=env.get("SERVICE_TOKEN", ""),
+            monitoring_token=env.get("MONITORING_TOKEN", ""),
             mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", ""),
             mlflow_experiment_name=env.get("MLFLOW_EXPERIMENT_NAME") or "churn",
             retention_moves=tuple(m.strip() for m in (env.get("RETENTION_MOVES") or DEFAULT_RETENTION_MOVES)
@@ -248,6 +254,7 @@ class Settings:
             canary_auto=env.get("CANARY_AUTO", "false").lower() in ("1", "true", "yes"),
             canary_auto_steps=_steps(env, "CANARY_AUTO_STEPS", (10, 25, 50, 100)),
             canary_auto_interval_seconds=_int(env, "CANARY_AUTO_INTERVAL_SECONDS", 60),
+            canary_auto_promote=env.get("CANARY_AUTO_PROMOTE", "true").lower() in ("1", "true", "yes"),
             drift_retrain_share=_float(env, "DRIFT_RETRAIN_SHARE", 0.0),
             drift_retrain_after=_int(env, "DRIFT_RETRAIN_AFTER", 3),
             port_file=env.get("PORT_FILE", ""),

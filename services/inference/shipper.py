@@ -10,7 +10,6 @@ create-service-token`), re-read whenever the file changes, so a re-minted token 
 from __future__ import annotations
 
 import logging
-import pathlib
 import random
 import threading
 from typing import Protocol, Sequence
@@ -18,8 +17,10 @@ from typing import Protocol, Sequence
 import grpc
 from churn.v1 import monitoring_pb2, monitoring_pb2_grpc
 
+from services.common.errors import NotReady
 from services.common.logs import fields
 from services.common.settings import Settings
+from services.common.token_file import TokenFile
 from services.inference import metrics
 from services.inference.outbox import Outbox, OutboxRow
 
@@ -39,30 +40,18 @@ class Sink(Protocol):
         """Deliver serialized PredictionRecords; return only when the receiver stored them, else raise ShipError."""
 
 
-class ServiceToken:
-    """The service token: the setting `SERVICE_TOKEN` wins; otherwise the token file, re-read when its mtime
-    changes."""
-
-    def __init__(self, value: str, path: pathlib.Path):
-        self._value = value.strip()
-        self._path = path
-        self._cached: tuple[tuple[int, int], str] | None = None
+class ServiceToken(TokenFile):
+    """The outbox's token: `SERVICE_TOKEN`, else the file `<SECRETS_DIR>/service_token`; missing → ShipError."""
 
     def get(self) -> str:
-        if self._value:
-            return self._value
         try:
-            stat = self._path.stat()
-        except OSError:
-            raise ShipError("NO_TOKEN", f"no service token (env SERVICE_TOKEN or {self._path})") from None
-        version = (stat.st_mtime_ns, stat.st_size)
-        if self._cached is None or self._cached[0] != version:
-            self._cached = (version, self._path.read_text().strip())
-        return self._cached[1]
+            return super().get()
+        except NotReady as exc:
+            raise ShipError("NO_TOKEN", exc.message) from None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ServiceToken":
-        return cls(settings.service_token, settings.secrets_dir / "service_token")
+        return cls(settings.service_token, settings.secrets_dir / "service_token", "SERVICE_TOKEN")
 
 
 class MonitoringSink:

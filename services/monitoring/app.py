@@ -43,7 +43,8 @@ def build_parts(settings: Settings, *, envoy_admin: str | None = None, database_
                 runtime_data_dir=None, reload=None) -> MonitoringParts:
     """The domain objects; imports MLflow and Evidently now (seconds), never while serving a call.
     `runtime_data_dir` (default DATA_DIR) holds Envoy's disk runtime layer; tests give each Envoy its own.
-    `reload(alias, token)` tells an inference instance to reload (default: its ReloadModel at the Settings address)."""
+    `reload(alias, token)` tells an inference instance to reload (default: its ReloadModel at the Settings address,
+    with monitoring's own credential when `token` is empty)."""
     store = MonitoringStore(database_url or settings.monitoring_database_url)
     mlflow_config.quiet()
     registry = ModelRegistry(mlflow_config.tracking_uri(settings), settings.model_name)
@@ -61,7 +62,8 @@ def build_parts(settings: Settings, *, envoy_admin: str | None = None, database_
         feedback=FeedbackService(store, max_bytes=settings.max_message_bytes, max_rows=settings.max_csv_rows),
         drift=drift, registry=registry, updater=M.MetricsUpdater(store, drift), canary=canary, runs=runs,
         lifecycle=lifecycle, trainer=trainer, analyzer=analyzer,
-        auto_canary=AutoCanary(analyzer, registry, lifecycle, settings.canary_auto_steps),
+        auto_canary=AutoCanary(analyzer, registry, lifecycle, runs, settings.canary_auto_steps,
+                               settings.canary_auto_promote),
         drift_retrain=DriftRetrain(trainer, registry, store, settings.drift_retrain_share, settings.drift_retrain_after))
 
 

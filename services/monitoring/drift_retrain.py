@@ -2,9 +2,8 @@
 DRIFT_RETRAIN_SHARE for DRIFT_RETRAIN_AFTER consecutive scheduled metric updates (off while the share is 0).
 
 The candidate trains on the shipped data plus every feedback-labelled prediction (the inputs that drifted, with
-their true labels) and becomes `staging`; promoting it stays a human's (or the canary analysis's) decision. The
-events name the actor `monitoring:drift`. Monitoring holds no admin token of its own, so the staging instance is
-not told to reload: the run's `error` says so, and the next ReloadModel or restart of staging picks it up.
+their true labels) and becomes `staging` (the staging instance reloads with monitoring's own credential); promoting
+it stays a human's (or the automatic canary's) decision. The events name the actor `monitoring:drift`.
 The streak is kept in memory: a restart of monitoring starts counting again.
 """
 from __future__ import annotations

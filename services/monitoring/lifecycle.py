@@ -16,12 +16,14 @@ from services.common import model_registry as R
 from services.common.errors import FailedPrecondition, InvalidInput
 from services.monitoring import lifecycle_store as LS
 
-Reload = Callable[[str, str], str]  # (alias, admin token) -> the version that instance serves now
+# (alias, the acting admin's token or "" for monitoring's own credential) -> the version that instance serves now
+Reload = Callable[[str, str], str]
 
 
 @dataclasses.dataclass(frozen=True)
 class Actor:
-    """Who is calling (the verified token's subject) and the token that lets monitoring act for them."""
+    """Who acts: a verified caller (its subject and the token that lets monitoring act for it), or monitoring itself
+    (a `monitoring:*` subject and no token: its reloads carry monitoring's own credential)."""
 
     subject: str
     token: str = dataclasses.field(repr=False, default="")
@@ -58,7 +60,8 @@ class Lifecycle:
         self._reload(R.ALIAS_PRODUCTION, actor.token)
         return self.set_weight(0, actor)[0]
 
-    def promote(self, expected: str, actor: Actor) -> AliasChange:
+    def promote(self, expected: str, actor: Actor, reason: str = "") -> AliasChange:
+        """`reason` (the automatic canary's analysis) goes into the PROMOTE event's detail."""
         if expected and not expected.isdigit():
             raise InvalidInput("version", "must be a model version number (or empty for the staging version)")
         with self._lock:
@@ -76,7 +79,8 @@ class Lifecycle:
                 self._registry.set_alias(R.ALIAS_PRODUCTION, staging)
                 self._events.add_event(LS.PROMOTE, actor.subject, model_version=staging,
                                        previous_version=production or "",
-                                       detail=f"production {production or 'none'} -> {staging}")
+                                       detail=f"production {production or 'none'} -> {staging}"
+                                              + (f"; {reason}" if reason else "")[:900])
             previous = self._registry.alias_or_none(R.ALIAS_PREVIOUS) or ""
             return AliasChange(staging, previous, changed, self._settle(actor))
 

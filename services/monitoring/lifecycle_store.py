@@ -1,6 +1,7 @@
 """The model lifecycle's durable state, beside the prediction log in the monitoring database: training runs (so a
-run's state and progress survive a restart of monitoring) and the audit trail of model events (who retrained,
-promoted, rolled back or moved the canary weight, and when)."""
+run's state and progress survive a restart of monitoring), the automatic canary's rollouts (so a restarted
+monitoring resumes a rollout at its step and leaves a rolled-back version alone) and the audit trail of model events
+(who retrained, promoted, rolled back or moved the canary weight, and when)."""
 from __future__ import annotations
 
 import dataclasses
@@ -17,6 +18,10 @@ metadata = sa.MetaData()
 RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
 RETRAIN_STARTED, RETRAIN_FINISHED, RETRAIN_FAILED = "retrain_started", "retrain_finished", "retrain_failed"
 PROMOTE, ROLLBACK, CANARY_WEIGHT = "promote", "rollback", "canary_weight"
+# A rollout of the automatic canary: RUNNING steps the weight; COMPLETE passed its last step with CANARY_AUTO_PROMOTE
+# off (a human promotes); PROMOTED and ROLLED_BACK are done; SUPERSEDED stopped when staging moved to another version.
+ROLLOUT_RUNNING, ROLLOUT_COMPLETE, ROLLOUT_PROMOTED = "running", "complete", "promoted"
+ROLLOUT_ROLLED_BACK, ROLLOUT_SUPERSEDED = "rolled_back", "superseded"
 
 training_runs = sa.Table(
     "training_runs", metadata,
@@ -51,6 +56,26 @@ model_events = sa.Table(
     sa.Column("canary_percent", sa.Integer, nullable=True),
     sa.Column("detail", sa.String(1024), nullable=False, default=""),
 )
+
+canary_rollouts = sa.Table(
+    "canary_rollouts", metadata,
+    sa.Column("model_version", sa.String(32), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),  # index into CANARY_AUTO_STEPS
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("step_since", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollout:
+    model_version: str
+    state: str
+    step: int
+    started_at: dt.datetime
+    step_since: dt.datetime
+    updated_at: dt.datetime
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,3 +176,29 @@ class LifecycleStore:
         with self.engine.connect() as connection:
             rows = connection.execute(query).mappings().all()
         return [ModelEvent(**{**r, "at": _aware(r["at"])}) for r in rows]
+
+    # ---- the automatic canary's rollouts --------------------------------------------------------------------------
+    def rollout(self, model_version: str) -> Rollout | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(sa.select(canary_rollouts).where(
+                canary_rollouts.c.model_version == model_version)).mappings().first()
+        if row is None:
+            return None
+        return Rollout(**{**row, **{k: _aware(row[k]) for k in ("started_at", "step_since", "updated_at")}})
+
+    def start_rollout(self, model_version: str, at: dt.datetime) -> Rollout:
+        """A fresh rollout of `model_version` at its first step; any other running rollout is superseded (one at a
+        time, like the one `staging` alias)."""
+        with self.engine.begin() as connection:
+            connection.execute(canary_rollouts.update().where(
+                canary_rollouts.c.state == ROLLOUT_RUNNING, canary_rollouts.c.model_version != model_version)
+                .values(state=ROLLOUT_SUPERSEDED, updated_at=at))
+            connection.execute(canary_rollouts.delete().where(canary_rollouts.c.model_version == model_version))
+            connection.execute(canary_rollouts.insert().values(model_version=model_version, state=ROLLOUT_RUNNING,
+                                                               step=0, started_at=at, step_since=at, updated_at=at))
+        return Rollout(model_version, ROLLOUT_RUNNING, 0, at, at, at)
+
+    def update_rollout(self, model_version: str, **changes) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(canary_rollouts.update().where(canary_rollouts.c.model_version == model_version)
+                               .values(updated_at=utcnow(), **changes))

@@ -1,5 +1,6 @@
 """Retrain: prepare the named data, train a candidate in a child process (`python -m training --register-as
-staging …`), follow its progress, and tell the staging instance to reload when the version is registered.
+staging …`), follow its progress, and tell the staging instance to reload when the version is registered (with
+monitoring's own `reloader` credential, so the reload happens however the run was started and whenever it ends).
 
 Training never runs on an RPC thread: the RPC prepares one labelled CSV and a lineage file in the run's folder
 (`DATA_DIR/training-runs/<run id>/`), starts the child in its own session and answers with the run at once. A
@@ -81,7 +82,6 @@ class Trainer:
         self._reload = reload
         self._poll = poll_seconds
         self._folder = settings.data_dir / "training-runs"
-        self._tokens: dict[str, str] = {}  # run id -> the starting admin's token, in memory only (never stored)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -160,7 +160,6 @@ class Trainer:
                                       finished_at=utcnow())
                 raise NotReady(f"could not start the training process: {exc}") from None
             self._runs.update_run(run_id, pid=process.pid)
-            self._tokens[run_id] = actor.token
             sources = ", ".join(f"{d['source']} {d['name']} ({d['rows']} rows)" for d in datasets)
             self._runs.add_event(LS.RETRAIN_STARTED, actor.subject, run_id=run_id, previous_version=parent,
                                  detail=f"{flavor} on {len(data)} rows: {sources}"[:1000])
@@ -238,7 +237,6 @@ class Trainer:
 
     def _finish(self, run_id: str, folder: pathlib.Path, tail: list[str]) -> None:
         run = self._runs.get_run(run_id)
-        token = self._tokens.pop(run_id, "")
         try:
             result = json.loads((folder / "result.json").read_text())
         except (OSError, ValueError):
@@ -248,14 +246,10 @@ class Trainer:
             log.warning("training run %s failed", run_id)
             return
         version, error = str(result["version"]), ""
-        if not token:
-            error = ("the staging instance was not told to reload: no admin token (monitoring started the run "
-                     "itself, or restarted during it, and keeps none); call ReloadModel on staging")
-        else:
-            try:
-                self._reload(R.ALIAS_STAGING, token)
-            except NotReady as exc:
-                error = exc.message
+        try:  # with monitoring's own credential: the run may outlive its starter's token, or monitoring itself
+            self._reload(R.ALIAS_STAGING, "")
+        except NotReady as exc:
+            error = exc.message
         self._runs.update_run(run_id, state=LS.SUCCEEDED, progress=1.0, model_version=version,
                               metrics=result.get("metrics", {}), error=error, finished_at=utcnow())
         scores = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.get("metrics", {}).items()))

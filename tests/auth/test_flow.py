@@ -150,6 +150,35 @@ def test_service_token_verifies_and_is_revocable(auth):
     assert "revoked" in revoked.value.details()
 
 
+def test_a_reloader_token_is_a_revocable_service_principal_that_can_do_nothing_at_auth(auth):
+    """Monitoring's own credential: a `reloader` service token. Auth knows it (VerifySession, so the other
+    services' session check passes) and refuses it everywhere else: no user listing, no approval, no admin."""
+    from services.common.errors import InvalidInput
+
+    name = unique("mon")
+    token = auth.app.accounts.mint_service_token(name, ttl_seconds=3600, role="reloader")
+    assert jwt.decode(token.token, options={"verify_signature": False})["role"] == "reloader"
+    session = auth.verify(token.token)
+    assert (session.username, session.role, session.approved) == (f"service:{name}", common_pb2.ROLE_RELOADER, True)
+    victim = unique("victim")
+    auth.register(victim)
+    for call in (lambda md: auth.stub.ApproveUser(auth_pb2.ApproveUserRequest(username=victim, approve=True),
+                                                  metadata=md, timeout=5),
+                 lambda md: auth.stub.ListUsers(auth_pb2.ListUsersRequest(), metadata=md, timeout=5)):
+        with pytest.raises(grpc.RpcError) as refused:
+            call(auth.md(token.token, key="ops"))
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "role 'reloader' may not call" in refused.value.details()
+    assert auth.app.store.get_user(victim).approved is False
+    assert auth.app.accounts.revoke_service_tokens(name) == 1
+    with pytest.raises(grpc.RpcError) as revoked:
+        auth.verify(token.token)
+    assert revoked.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(InvalidInput) as bad:
+        auth.app.accounts.mint_service_token(name, role="admin")  # never an admin (or agent) token this way
+    assert bad.value.field == "role"
+
+
 def test_metrics_count_logins_by_outcome(auth):
     from prometheus_client import REGISTRY
 

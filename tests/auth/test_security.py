@@ -159,13 +159,13 @@ def test_missing_token_on_protected_rpc(auth):
 
 
 @pytest.mark.parametrize("role,by", [("admin", "anonymous"), ("admin", "agent"), ("service", "anonymous"),
-                                     ("service", "admin")])
+                                     ("service", "admin"), ("reloader", "anonymous"), ("reloader", "admin")])
 def test_register_privileged_roles_is_denied(auth, role, by):
     token = {"anonymous": None, "agent": auth.approved_user()[1], "admin": auth.admin_token}[by]
     username = unique("climber")
     with pytest.raises(grpc.RpcError) as refused:
-        auth.register(username, role=common_pb2.ROLE_ADMIN if role == "admin" else common_pb2.ROLE_SERVICE,
-                      token=token)
+        auth.register(username, role={"admin": common_pb2.ROLE_ADMIN, "service": common_pb2.ROLE_SERVICE,
+                                      "reloader": common_pb2.ROLE_RELOADER}[role], token=token)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert ("only an admin" if role == "admin" else "cannot be registered") in refused.value.details()
     assert auth.app.store.get_user(username) is None

@@ -81,7 +81,7 @@ def test_compose_provisions_grafana_with_the_dashboard():
 def test_every_secret_key_the_deploy_files_read_is_one_init_secrets_writes(tmp_path):
     env = {"SECRETS_DIR": str(tmp_path / "secrets"), "DATA_DIR": str(tmp_path / "var")}
     written = {path.name for path in init_secrets(env, with_auth=False).values()}
-    written |= {p.name for p in (tmp_path / "secrets").iterdir()} | {"service_token"}  # minted by auth
+    written |= {p.name for p in (tmp_path / "secrets").iterdir()} | {"service_token", "monitoring_token"}  # by auth
     assert (tmp_path / "secrets" / "database_password").stat().st_mode & 0o777 == 0o600
     keys = {ref["key"] for doc in _k8s_docs() for ref in _secret_refs(doc)}
     assert keys and keys <= written, keys - written

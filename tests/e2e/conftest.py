@@ -1,6 +1,6 @@
-"""The whole suite behind the real Envoy, once per session: trained registry → auth (first admin, service token) →
-monitoring → inference production + staging (each shipping its outbox with the service token) → Envoy rendered
-with the bound ports, ready when /clusters shows every upstream healthy.
+"""The whole suite behind the real Envoy, once per session: trained registry → auth (first admin, service token,
+monitoring's reloader token) → monitoring → inference production + staging (each shipping its outbox with the
+service token) → Envoy rendered with the bound ports, ready when /clusters shows every upstream healthy.
 
 The main gateway has generous rate limits so the flows are never throttled; rate-limit tests start their own Envoy
 with the seed's limits against the same services (DESIGN clarification 2)."""
@@ -159,6 +159,8 @@ def start_suite(base: dict[str, str], workdir: pathlib.Path, **overrides: str) -
     run_module("services.auth", env, "create-admin", "--username", ADMIN, "--password-file", str(password_file))
     token_file = secrets_dir / "service_token"
     run_module("services.auth", env, "create-service-token", "--name", "inference-outbox", "--output", str(token_file))
+    run_module("services.auth", env, "create-service-token", "--name", "monitoring", "--role", "reloader",
+               "--output", str(secrets_dir / "monitoring_token"))  # monitoring's own reloads (Retrain, auto canary)
     expiring = run_module("services.auth", env, "create-service-token", "--name", "expiring",
                           "--ttl-seconds", str(EXPIRING_TTL)).stdout.strip().splitlines()[0]
     expiring_exp = time.time() + EXPIRING_TTL

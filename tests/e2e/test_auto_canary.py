@@ -1,7 +1,10 @@
 """The automatic canary through a real Envoy, with no human action after each Retrain: a suite of its own with
 CANARY_AUTO on (steps 10 → 50 → 100, judged every 3 s), over a copy of the session's registry, and an external
 load generator that predicts with a service token and sends each customer's true label as feedback. A candidate
-trained on shuffled labels is rolled back to weight 0; a good one reaches 100 %. No prediction fails meanwhile."""
+trained on shuffled labels is rolled back to weight 0; a good one reaches 100 % and is promoted by
+`monitoring:canary` (production reloads with monitoring's own credential and serves it, weight back to 0). No
+prediction fails meanwhile. The suite's own staging version 2 may be rolled out too while the first Retrain runs:
+every assertion names the version it is about, so how far version 2 got does not matter."""
 from __future__ import annotations
 
 import shutil
@@ -13,6 +16,8 @@ import numpy as np
 import pytest
 
 from churn.v1 import inference_pb2, monitoring_pb2
+from services.common import mlflow_config
+from services.common import model_registry as R
 from services.common.telco_csv import parse_telco_csv
 from tests.e2e.conftest import TELCO_CSV, start_suite, stop_suite
 from tests.harness import base_env
@@ -89,24 +94,42 @@ def retrain(suite, ops, request: monitoring_pb2.RetrainRequest) -> str:
     return run.model_version
 
 
+def automatic_events(suite, ops) -> list[monitoring_pb2.ModelEvent]:
+    """The automatic canary's events, oldest first."""
+    _, _, monitoring = suite.stubs()
+    events = monitoring.ListModelEvents(monitoring_pb2.ListModelEventsRequest(page_size=200), metadata=ops,
+                                        timeout=10).events
+    return [e for e in reversed(events) if e.actor == "monitoring:canary"]
+
+
 def canary_steps(suite, ops, version: str, until, timeout: float = 180) -> list[int]:
     """The automatic weight changes for `version`, oldest first, once `until(those weights)` holds."""
-    _, _, monitoring = suite.stubs()
     deadline = time.monotonic() + timeout
     while True:
-        events = monitoring.ListModelEvents(monitoring_pb2.ListModelEventsRequest(page_size=200), metadata=ops,
-                                            timeout=10).events
-        steps = [e.canary_percent for e in reversed(events)
-                 if e.actor == "monitoring:canary" and f"version {version} " in e.detail]
+        steps = [e.canary_percent for e in automatic_events(suite, ops)
+                 if e.kind == monitoring_pb2.MODEL_EVENT_KIND_CANARY_WEIGHT and f"version {version} " in e.detail]
         if until(steps) or time.monotonic() > deadline:
             return steps
         time.sleep(1)
 
 
-def test_bad_candidate_rolled_back_and_good_one_reaches_100_with_no_failed_prediction(auto_suite, customers):
+def promotion(suite, ops, version: str, timeout: float = 120) -> monitoring_pb2.ModelEvent | None:
+    """The automatic canary's PROMOTE event for `version`, once there is one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [e for e in automatic_events(suite, ops)
+                 if e.kind == monitoring_pb2.MODEL_EVENT_KIND_PROMOTE and e.model_version == version]
+        if found:
+            return found[0]
+        time.sleep(1)
+    return None
+
+
+def test_bad_candidate_rolled_back_and_good_one_reaches_100_with_no_failed_prediction(auto_suite, customers,
+                                                                                    record_property):
     admin = auto_suite.admin_token()
     ops = auto_suite.md(admin, key="ops")
-    _, _, monitoring = auto_suite.stubs()
+    _, inference, monitoring = auto_suite.stubs()
     traffic = Traffic(auto_suite, customers, parse_telco_csv(TELCO_CSV.read_bytes(), None, 10**6).churn.tolist())
     traffic.start()
     try:
@@ -117,8 +140,22 @@ def test_bad_candidate_rolled_back_and_good_one_reaches_100_with_no_failed_predi
         assert canary_steps(auto_suite, ops, bad, lambda s: s[-1:] == [0]) == [10, 0]
         good = retrain(auto_suite, ops, monitoring_pb2.RetrainRequest(include_shipped_data=True))
         assert canary_steps(auto_suite, ops, good, lambda s: s[-1:] == [100]) == [10, 50, 100]
-        assert monitoring.GetCanaryWeight(monitoring_pb2.GetCanaryWeightRequest(), metadata=ops,
-                                          timeout=5).percent == 100
+        promoted = promotion(auto_suite, ops, good)
+        assert promoted is not None and promoted.detail.startswith(f"production {promoted.previous_version} -> "
+                                                                   f"{good}; auto canary: ok: "), promoted
+        registry = R.ModelRegistry(mlflow_config.tracking_uri(auto_suite.settings), auto_suite.settings.model_name)
+        assert (registry.version_for(R.ALIAS_PRODUCTION), registry.version_for(R.ALIAS_PREVIOUS)) == (
+            good, promoted.previous_version)
+        # Promote settles after the event: production reloads (with monitoring's own credential), then weight 0
+        deadline = time.monotonic() + 120
+        while monitoring.GetCanaryWeight(monitoring_pb2.GetCanaryWeightRequest(), metadata=ops,
+                                         timeout=5).percent != 0:
+            assert time.monotonic() < deadline, "the automatic promote never set the weight back to 0"
+            time.sleep(0.5)
+        answer = inference.Predict(inference_pb2.PredictRequest(customer=customers[0]),
+                                   metadata=auto_suite.md(auto_suite.service_token), timeout=10)
+        assert (answer.prediction.model.alias, answer.prediction.model.version) == ("production", good)
+        assert canary_steps(auto_suite, ops, good, lambda s: True) == [10, 50, 100]  # nothing more for it
     finally:
         traffic.done.set()
         traffic.join(timeout=30)
@@ -127,3 +164,5 @@ def test_bad_candidate_rolled_back_and_good_one_reaches_100_with_no_failed_predi
     rolled_back = next(e for e in events if e.actor == "monitoring:canary" and f"version {bad} rolled back" in e.detail)
     assert "failed: live ROC AUC" in rolled_back.detail
     assert traffic.calls > 1000 and traffic.failures == [], (traffic.calls, traffic.failures[:5])
+    record_property("auto_canary", {"calls": traffic.calls, "failures": len(traffic.failures), "bad": bad,
+                                    "good": good, "promoted_from": promoted.previous_version})

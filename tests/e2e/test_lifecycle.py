@@ -3,11 +3,12 @@ version 3 registered as `staging` with its lineage, the staging instance serving
 with their true labels → AnalyzeCanary shows both versions' figures → Promote → production answers
 with version 3 and `previous` is 1 → Rollback → version 1 again; every step in ListModelEvents with the admin's
 name; the logged predictions with their inputs in ListPredictions; bad input → 400 / INVALID_ARGUMENT naming the
-field; a load generator running through Promote and Rollback sees no failed prediction. The registry's aliases
-are put back afterwards, so the other tests see the suite as they expect."""
+field; an external load generator (h2load with a pre-encoded gRPC frame through Envoy, driven by bench/load.py)
+running through Promote and Rollback sees no failed prediction, counted by h2load AND by the inference instances'
+own `churn_grpc_requests_total` (an HTTP 200 does not prove a gRPC OK). The registry's aliases are put back
+afterwards, so the other tests see the suite as they expect."""
 from __future__ import annotations
 
-import collections
 import json
 import threading
 import time
@@ -16,6 +17,7 @@ import grpc
 import pytest
 from google.api import httpbody_pb2
 
+from bench import load
 from churn.v1 import common_pb2, inference_pb2, monitoring_pb2
 from services.common import mlflow_config
 from services.common import model_registry as R
@@ -35,28 +37,48 @@ def shifted_csv() -> bytes:
     return frame.to_csv(index=False).encode()
 
 
-class Load(threading.Thread):
-    """Predictions in a loop with a service token, counted by the version that answered and by failure."""
+PREDICT_PATH = f"/{inference_pb2.DESCRIPTOR.services_by_name['InferenceService'].full_name}/Predict"
+BATCH = 200  # requests per h2load run: a fixed count, so no request is cut off when a run ends
 
-    def __init__(self, suite, customers):
+
+class ExternalLoad(threading.Thread):
+    """h2load through Envoy (one customer's Predict, 4 connections) run after run until stopped."""
+
+    def __init__(self, suite, customer, workdir):
         super().__init__(daemon=True)
-        self.suite, self.customers = suite, customers
-        self.versions: collections.Counter = collections.Counter()
-        self.failures: list[str] = []
+        self.suite = suite
+        self.frame, self.log = workdir / "lifecycle-predict.grpc", workdir / "lifecycle-h2load.log"
+        self.frame.write_bytes(load.grpc_frame(inference_pb2.PredictRequest(customer=customer)))
+        self.points: list[load.Point] = []
+        self.error: Exception | None = None
         self.done = threading.Event()
 
     def run(self):
-        _, inference, _ = self.suite.stubs()
-        metadata = self.suite.md(self.suite.service_token)
-        i = 0
-        while not self.done.is_set():
-            try:
-                reply = inference.Predict(inference_pb2.PredictRequest(customer=self.customers[i % 1000]),
-                                          metadata=metadata, timeout=10)
-                self.versions[reply.prediction.model.version] += 1
-            except grpc.RpcError as error:
-                self.failures.append(f"{error.code().name}: {error.details()}")
-            i += 1
+        url = f"http://127.0.0.1:{self.suite.gateway.port}{PREDICT_PATH}"
+        headers = {"authorization": f"Bearer {self.suite.service_token}", "x-api-key": self.suite.settings.api_key}
+        try:
+            while not self.done.is_set():
+                self.points.append(load.h2load(url, self.frame, headers, 4, 0, [], self.log, requests=BATCH))
+        except Exception as error:  # noqa: BLE001 - reported by the test
+            self.error = error
+
+
+def inference_counts(suite, *versions: str) -> dict[str, float]:
+    """What the inference instances counted themselves: Predict answers (all, OK) and rows scored per version."""
+    ports = [suite.services[alias].http_port for alias in ("production", "staging")]
+    counts = {"predict": load.metric_sum(ports, "churn_grpc_requests_total", method="Predict"),
+              "predict_ok": load.metric_sum(ports, "churn_grpc_requests_total", method="Predict", code="OK")}
+    for version in versions:
+        counts[version] = load.metric_sum(ports, "churn_inference_predictions_total", model_version=version)
+    return counts
+
+
+def until_scored(suite, version: str, more_than: float, timeout: float = 60) -> None:
+    """Wait until the instances scored more than `more_than` rows with `version` (the load reached it)."""
+    deadline = time.monotonic() + timeout
+    while inference_counts(suite, version)[version] <= more_than:
+        assert time.monotonic() < deadline, f"the load scored no more rows with version {version}"
+        time.sleep(0.2)
 
 
 def serving(suite, admin: str, alias: str) -> str:
@@ -139,7 +161,7 @@ def test_bad_lifecycle_requests_name_the_field(suite):
     assert suite.rest("POST", "/v1/models:rollback", {}, token=admin, key="client").status == 403
 
 
-def test_retrain_promote_rollback(suite, customers):
+def test_retrain_promote_rollback(suite, customers, record_property):
     admin = suite.admin_token()
     _, _, monitoring = suite.stubs()
     ops = suite.md(admin, key="ops")
@@ -150,6 +172,7 @@ def test_retrain_promote_rollback(suite, customers):
     first_event = monitoring.ListModelEvents(monitoring_pb2.ListModelEventsRequest(page_size=1), metadata=ops,
                                              timeout=10).events
     since = first_event[0].event_id if first_event else 0
+    generator = None
     try:
         upload = suite.rest("POST", "/v1/data/training?name=prices-up-30", shifted_csv(), token=admin, key="ops",
                             headers={"content-type": "text/csv"})
@@ -187,13 +210,16 @@ def test_retrain_promote_rollback(suite, customers):
         assert analysis.verdict != monitoring_pb2.CANARY_VERDICT_UNSPECIFIED and analysis.reasons
         assert analysis.thresholds.min_predictions == suite.settings.canary_min_predictions
 
-        load = Load(suite, customers)  # an external generator: nothing may fail while production reloads
-        load.start()
+        generator = ExternalLoad(suite, customers[2], suite.workdir)  # nothing may fail while production reloads
+        counted = inference_counts(suite, "1", new)
+        generator.start()
+        until_scored(suite, "1", counted["1"] + BATCH)
         promoted = monitoring.Promote(monitoring_pb2.PromoteRequest(version=new), metadata=ops, timeout=120)
         assert (promoted.production_version, promoted.previous_version, promoted.changed,
                 promoted.canary_percent) == (new, "1", True, 0)
         assert registry.version_for(R.ALIAS_PREVIOUS) == "1"
         assert predict_version(suite, customers[0]) == new
+        until_scored(suite, new, counted[new] + 1 + BATCH)  # the load's own rows, beyond predict_version's one
         again = suite.rest("POST", "/v1/models:promote", {}, token=admin, key="ops")
         assert again.status == 200 and again.json()["changed"] is False, again.body
 
@@ -202,11 +228,21 @@ def test_retrain_promote_rollback(suite, customers):
         assert (rolled.json()["production_version"], rolled.json()["rolled_back_version"]) == ("1", new)
         assert predict_version(suite, customers[1]) == "1"
         assert suite.rest("POST", "/v1/models:rollback", {}, token=admin, key="ops").json()["changed"] is False
-        time.sleep(0.5)
-        load.done.set()
-        load.join(timeout=30)
-        assert load.versions["1"] > 0 and load.versions[new] > 0, load.versions
-        assert load.failures == [], (sum(load.versions.values()), load.failures[:5])
+        until_scored(suite, "1", inference_counts(suite, "1")["1"] + BATCH)
+        generator.done.set()
+        generator.join(timeout=120)
+        assert generator.error is None and not generator.is_alive(), generator.error
+        after = inference_counts(suite, "1", new)
+        sent = len(generator.points) * BATCH
+        answered = sum(p.requests for p in generator.points)
+        failed = sum(p.failed for p in generator.points)
+        assert (answered, failed, sum(p.status_2xx for p in generator.points)) == (sent, 0, sent), generator.points
+        # each of h2load's calls and the two predict_version calls was answered OK by an instance, and none was not
+        assert after["predict_ok"] - counted["predict_ok"] == sent + 2, (counted, after, sent)
+        assert after["predict"] - counted["predict"] == sent + 2, (counted, after, sent)
+        assert after[new] - counted[new] > BATCH and after["1"] - counted["1"] > 2 * BATCH, (counted, after)
+        record_property("h2load_through_promote_and_rollback", {"sent": sent, "failed": failed, **{
+            f"scored_by_version_{v}": after[v] - counted[v] for v in ("1", new)}})
 
         events = suite.rest("GET", "/v1/models/events?page_size=50", token=admin, key="ops").json()["events"]
         trail = [(e["kind"].removeprefix("MODEL_EVENT_KIND_"), e["model_version"], e["actor"])
@@ -228,6 +264,8 @@ def test_retrain_promote_rollback(suite, customers):
         assert record["customer"]["contract"] == common_pb2.Contract.Name(customers[0].contract)
         assert record["customer"]["tenure"] == customers[0].tenure and record["shadow"] is False
     finally:
+        if generator is not None:
+            generator.done.set()
         for alias, version in before.items():
             registry.set_alias(alias, version)
         if R.ALIAS_PREVIOUS in (registry.client.get_registered_model(registry.name).aliases or {}):

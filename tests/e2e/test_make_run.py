@@ -49,7 +49,7 @@ def test_make_run_starts_serves_and_stops(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     secrets_dir = tmp_path / "secrets"
     assert oct(secrets_dir.stat().st_mode & 0o777) == "0o700"
-    for name in ("api_key", "ops_api_key", "admin_password", "service_token"):
+    for name in ("api_key", "ops_api_key", "admin_password", "service_token", "monitoring_token"):
         assert oct((secrets_dir / name).stat().st_mode & 0o777) == "0o600", name
 
     runner = subprocess.Popen([sys.executable, "-m", "tools.run_suite"], cwd=ROOT, env=env, stdout=subprocess.PIPE,

@@ -77,3 +77,10 @@ def test_descriptor_set_for_envoy_holds_every_service():
     services = {f"{f.package}.{s.name}" for f in descriptor_set.file for s in f.service}
     assert {"churn.v1.AuthService", "churn.v1.InferenceService", "churn.v1.MonitoringService"} <= services
     assert any(f.name == "google/api/annotations.proto" for f in descriptor_set.file)
+
+
+def test_the_reloader_role_may_reload_a_model_and_nothing_else():
+    """Monitoring's own credential (role `reloader`) is least privilege: ReloadModel, plus VerifySession so the
+    other services' session check can confirm it at auth — never a prediction, a data read or an admin RPC."""
+    allowed = {path for path, entry in access_table().items() if "reloader" in entry.roles}
+    assert allowed == {"/churn.v1.InferenceService/ReloadModel", "/churn.v1.AuthService/VerifySession"}

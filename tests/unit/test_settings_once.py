@@ -45,6 +45,23 @@ def test_service_token_setting_wins_over_the_file(tmp_path):
     assert ServiceToken.from_settings(configured).get() == "from-setting"
 
 
+def test_monitoring_reloads_with_its_own_credential_from_the_setting_or_the_file(tmp_path):
+    """No credential → NotReady saying where it would come from; the file (re-read when it changes) or the
+    setting (which wins) → the token goes to the instance (here none listens: the refusal names the address)."""
+    import pytest
+
+    from services.common.errors import NotReady
+    from services.monitoring.reloader import InferenceReloader
+
+    base = {"SECRETS_DIR": str(tmp_path), "DATA_DIR": str(tmp_path), "INFERENCE_STAGING_PORT": "1"}
+    with pytest.raises(NotReady, match="no credential of its own.*MONITORING_TOKEN.*monitoring_token"):
+        InferenceReloader(Settings.from_env(base)).reload("staging")
+    (tmp_path / "monitoring_token").write_text("from-file\n")
+    with pytest.raises(NotReady, match="at 127.0.0.1:1 did not reload: UNAVAILABLE"):
+        InferenceReloader(Settings.from_env(base), timeout=5).reload("staging")
+    assert "monitoring_token=" not in repr(Settings.from_env(dict(base, MONITORING_TOKEN="tok")))
+
+
 def test_the_port_file_is_the_setting(tmp_path):
     target = tmp_path / "ports.json"
     settings = Settings.from_env({"DATA_DIR": str(tmp_path), "PORT_FILE": str(target)})
