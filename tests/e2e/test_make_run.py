@@ -14,6 +14,7 @@ import urllib.request
 import pytest
 
 from tests.e2e.envoy_process import free_port
+from tests.e2e.test_banner import check_outputs, run_banner_commands
 from tests.harness import ROOT, base_env
 
 pytestmark = pytest.mark.integration
@@ -73,6 +74,7 @@ def test_make_run_starts_serves_and_stops(tmp_path):
                              "password": (secrets_dir / "admin_password").read_text().strip()}).encode(),
             headers={"x-api-key": (secrets_dir / "api_key").read_text().strip(), "content-type": "application/json"})
         assert json.loads(urllib.request.urlopen(login, timeout=10).read())["access_token"]
+        check_outputs(run_banner_commands("".join(lines)))  # the banner's commands, pasted as printed
     finally:
         os.killpg(runner.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
         output, _ = runner.communicate(timeout=60)
