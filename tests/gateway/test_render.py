@@ -216,8 +216,9 @@ def test_settings_flow_into_the_config(config, settings):
     assert hcm["use_remote_address"] is True and hcm["codec_type"] == "AUTO"
     filter_names = [f["name"] for f in hcm["http_filters"]]
     # /healthz is routed to monitoring's side port (Envoy's view as JSON), past the transcoder
-    assert filter_names == [F[n] for n in ("header_mutation", "cors", "api_key_auth", "jwt_authn", "rbac", "local_ratelimit",
-                                    "grpc_json_transcoder", "router")]
+    assert filter_names == [F[n] for n in ("set_filter_state", "header_mutation", "cors", "rate_limit_headers",
+                                           "api_key_auth", "jwt_authn", "rbac", "local_ratelimit",
+                                           "grpc_json_transcoder", "upstream_grpc_status", "router")]
     filters = {f["name"]: f["typed_config"] for f in hcm["http_filters"]}
     transcoder = filters[F["grpc_json_transcoder"]]
     assert transcoder["max_request_body_size"] == transcoder["max_response_body_size"] == 9 * 1024 * 1024
