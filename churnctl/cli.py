@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import getpass
-import json
 import pathlib
 import sys
 import time
