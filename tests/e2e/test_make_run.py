@@ -56,6 +56,7 @@ def test_make_run_starts_serves_and_stops(tmp_path):
     runner = subprocess.Popen([sys.executable, "-m", "tools.run_suite"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []
+    up = False
     try:
         deadline = time.monotonic() + 200
         while time.monotonic() < deadline:
@@ -63,7 +64,8 @@ def test_make_run_starts_serves_and_stops(tmp_path):
             if not line:
                 break
             lines.append(line)
-            if "churn suite is up" in line:
+            up = up or "churn suite is up" in line
+            if up and not line.strip():  # the blank line that ends the banner, after its commands
                 break
         assert any("churn suite is up" in line for line in lines), "".join(lines[-60:])
         gateway = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
