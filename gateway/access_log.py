@@ -51,7 +51,8 @@ def request_capture_filter() -> dict:
     """First in the chain: the caller's own verb and path, before the transcoder rewrites them."""
     return {"name": FILTER["set_filter_state"], "typed_config": typed(
         T + "set_filter_state.v3.Config",
-        on_request_headers=[_capture(REQUEST_METHOD_KEY, "%REQ(:METHOD)%"), _capture(REQUEST_PATH_KEY, "%REQ(:PATH)%")])}
+        on_request_headers=[_capture(REQUEST_METHOD_KEY, "%REQ(:METHOD)%"),
+                            _capture(REQUEST_PATH_KEY, "%REQ(:PATH)%")])}
 
 
 def upstream_status_filter() -> dict:

@@ -3,6 +3,7 @@ nothing for internal RPCs, and every value taken from Settings / the access tabl
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -164,6 +165,13 @@ def test_access_table_drives_keys_tokens_roles_and_limits(live, live_config):
             assert limit is None
         if entry.rate != "none":
             assert limit["rate_limited_as_resource_exhausted"] is True
+            # a 429's fallback retry-after: the slowest bucket's time to a token (the Lua filter refines it)
+            slowest = 7 if entry.rate == "auth" else 11
+            assert limit["response_headers_to_add"][0]["header"] == {"key": "retry-after",
+                                                                     "value": str(math.ceil(60 / slowest))}
+            assert F["rate_limit_headers"] not in per  # the Lua filter runs on rate-limited routes only
+        else:
+            assert per[F["rate_limit_headers"]]["disabled"] is True
         action = route["route"]
         assert action["timeout"] == f"{entry.timeout_ms / 1000:g}s"
         if not (entry.client_streaming or entry.server_streaming):
