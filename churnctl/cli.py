@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import getpass
-import json
 import pathlib
 import sys
 import time
@@ -11,12 +10,13 @@ from typing import Optional
 
 import typer
 from google.protobuf import json_format
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from churn.v1 import auth_pb2, common_pb2, inference_pb2, monitoring_pb2
-from churnctl.session import CliError, Client, Session, client
+from churnctl import lifecycle
+from churnctl.output import err, out, print_json as _print_json
+from churnctl.session import CliError, Options, Session, current_client
 from services.common import features as F
 from services.common.errors import DomainError
 from services.common.telco_csv import parse_telco_csv
@@ -26,15 +26,8 @@ canary_app = typer.Typer(help="The share of prediction traffic Envoy sends to th
 users_app = typer.Typer(help="Users (admin).")
 app.add_typer(canary_app, name="canary")
 app.add_typer(users_app, name="users")
-out = Console()
-err = Console(stderr=True)
+lifecycle.register(app, canary_app)
 MAX_ROWS = 10_000_000  # a local file: the gateway's limits apply per chunk
-
-
-class Options:
-    gateway: Optional[str] = None
-    api_key: Optional[str] = None
-    ops_api_key: Optional[str] = None
 
 
 @app.callback()
@@ -43,14 +36,6 @@ def _global(gateway: Optional[str] = typer.Option(None, envvar="CHURN_GATEWAY", 
             api_key: Optional[str] = typer.Option(None, envvar="CHURN_API_KEY", help="the client API key"),
             ops_key: Optional[str] = typer.Option(None, envvar="CHURN_OPS_API_KEY", help="the ops API key")):
     Options.gateway, Options.api_key, Options.ops_api_key = gateway, api_key, ops_key
-
-
-def _client() -> Client:
-    return client(Options.gateway, Options.api_key, Options.ops_api_key)
-
-
-def _print_json(message) -> None:
-    out.print_json(json_format.MessageToJson(message, preserving_proto_field_name=True))
 
 
 def _customer(text: Optional[str], csv_line: Optional[str]) -> common_pb2.Customer:
@@ -83,7 +68,7 @@ def login(username: str = typer.Option(..., "--username", "-u"),
           password_stdin: bool = typer.Option(False, "--password-stdin", help="read the password from stdin")):
     """Log in; the token is cached 0600 in your config dir (with the gateway and keys given here)."""
     password = sys.stdin.readline().rstrip("\n") if password_stdin else getpass.getpass("password: ")
-    cli = _client()
+    cli = current_client()
     reply = cli.call(cli.auth, "Login", auth_pb2.LoginRequest(username=username, password=password),
                      with_token=False, timeout=15)
     path = Session(gateway=cli.gateway, api_key=cli.api_key, ops_api_key=cli.ops_api_key, token=reply.access_token,
@@ -96,7 +81,7 @@ def predict(customer: Optional[str] = typer.Argument(None, help="proto JSON of o
             csv_line: Optional[str] = typer.Option(None, "--csv", help="one Telco CSV row instead of JSON"),
             explain_top_k: int = typer.Option(0, "--reasons", help="top SHAP reasons to include")):
     """Score one customer."""
-    cli = _client()
+    cli = current_client()
     request = inference_pb2.PredictRequest(customer=_customer(customer, csv_line), explain_top_k=explain_top_k)
     _print_json(cli.call(cli.inference, "Predict", request).prediction)
 
@@ -105,7 +90,7 @@ def predict(customer: Optional[str] = typer.Argument(None, help="proto JSON of o
 def explain(customer: Optional[str] = typer.Argument(None, help="proto JSON of one Customer, or - for stdin"),
             csv_line: Optional[str] = typer.Option(None, "--csv", help="one Telco CSV row instead of JSON")):
     """Every feature's SHAP contribution for one customer."""
-    cli = _client()
+    cli = current_client()
     _print_json(cli.call(cli.inference, "Explain",
                          inference_pb2.ExplainRequest(customers=[_customer(customer, csv_line)])))
 
@@ -120,7 +105,7 @@ def score(path: pathlib.Path = typer.Argument(..., exists=True, dir_okay=False, 
     except DomainError as error:
         raise CliError(f"{path}: {error}") from None
     customers = table.customers()
-    cli = _client()
+    cli = current_client()
     columns = TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
     tmp = output.with_name(output.name + ".part")
     with tmp.open("w", newline="") as handle, Progress(*columns, console=err) as progress:
@@ -144,7 +129,7 @@ def drift_report(output: pathlib.Path = typer.Option(..., "--out", "-o"),
                  window: Optional[int] = typer.Option(None, help="the last N logged predictions"),
                  model_version: str = typer.Option("", "--model-version")):
     """Download the Evidently drift report of recent inputs against the training reference."""
-    cli = _client()
+    cli = current_client()
     request = monitoring_pb2.GetDriftReportRequest(format=report_format, model_version=model_version)
     if window is not None:
         request.window = window
@@ -158,14 +143,14 @@ def drift_report(output: pathlib.Path = typer.Option(..., "--out", "-o"),
 @canary_app.command("get")
 def canary_get():
     """Show the staging share in percent."""
-    cli = _client()
+    cli = current_client()
     out.print(cli.call(cli.monitoring, "GetCanaryWeight", monitoring_pb2.GetCanaryWeightRequest()).percent)
 
 
 @canary_app.command("set")
 def canary_set(percent: int = typer.Argument(..., help="0-100")):
     """Send PERCENT of prediction traffic to staging (ops key, admin)."""
-    cli = _client()
+    cli = current_client()
     reply = cli.call(cli.monitoring, "SetCanaryWeight", monitoring_pb2.SetCanaryWeightRequest(percent=percent))
     out.print(reply.percent)
 
@@ -173,7 +158,7 @@ def canary_set(percent: int = typer.Argument(..., help="0-100")):
 @users_app.command("list")
 def users_list(pending: bool = typer.Option(False, "--pending", help="only users waiting for approval")):
     """List users."""
-    cli = _client()
+    cli = current_client()
     reply = cli.call(cli.auth, "ListUsers", auth_pb2.ListUsersRequest(pending_only=pending))
     table = Table("username", "role", "approved", "created")
     for user in reply.users:
@@ -185,7 +170,7 @@ def users_list(pending: bool = typer.Option(False, "--pending", help="only users
 @users_app.command("approve")
 def users_approve(username: str, revoke: bool = typer.Option(False, "--revoke", help="withdraw the approval")):
     """Approve a user (or withdraw the approval)."""
-    cli = _client()
+    cli = current_client()
     reply = cli.call(cli.auth, "ApproveUser", auth_pb2.ApproveUserRequest(username=username, approve=not revoke))
     out.print(f"{reply.user.username}: {'approved' if reply.user.approved else 'not approved'}")
 
@@ -193,7 +178,7 @@ def users_approve(username: str, revoke: bool = typer.Option(False, "--revoke", 
 @app.command()
 def models():
     """Registered model versions with their aliases, training and live metrics."""
-    cli = _client()
+    cli = current_client()
     reply = cli.call(cli.monitoring, "ListModelVersions", monitoring_pb2.ListModelVersionsRequest())
     table = Table("version", "aliases", "flavor", "training", "live")
     for version in reply.versions:

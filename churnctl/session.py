@@ -29,6 +29,13 @@ class CliError(Exception):
     """A failure to report in one line (exit status 1), never a traceback."""
 
 
+class Options:
+    """The global options of this invocation (gateway, keys), set once by the command line's callback."""
+    gateway: str | None = None
+    api_key: str | None = None
+    ops_api_key: str | None = None
+
+
 def session_path() -> pathlib.Path:
     return pathlib.Path(click.get_app_dir(APP)) / SESSION_FILE
 
@@ -114,3 +121,7 @@ def client(gateway: str | None, api_key: str | None, ops_api_key: str | None) ->
     token = saved.token if saved.expires_at > time.time() + 5 else ""
     return Client(gateway=gateway or saved.gateway or "127.0.0.1:8080", api_key=api_key or saved.api_key,
                   ops_api_key=ops_api_key or saved.ops_api_key, token=token)
+
+
+def current_client() -> Client:
+    return client(Options.gateway, Options.api_key, Options.ops_api_key)

@@ -60,8 +60,10 @@ RETRY_ON_UNSENT = "connect-failure,refused-stream"
 NUM_RETRIES = 2
 
 F = "envoy.filters.http."
-FILTER = {name: F + name for name in ("header_mutation", "cors", "api_key_auth", "jwt_authn", "rbac",
-                                       "local_ratelimit", "grpc_json_transcoder", "health_check", "router")}
+FILTER = {name: F + name for name in ("set_filter_state", "header_mutation", "cors", "api_key_auth", "jwt_authn",
+                                       "rbac", "local_ratelimit", "grpc_json_transcoder", "health_check", "router",
+                                       # two Lua filters of ours (gateway/access_log.py, gateway/rate_limits.py)
+                                       "upstream_grpc_status", "rate_limit_headers")}
 T = "type.googleapis.com/envoy.extensions.filters.http."
 
 

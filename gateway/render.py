@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from gateway import extras
+from gateway import access_log, extras, rate_limits
 from gateway.clusters import clusters
 from gateway.names import (API_KEY_HEADER, AUTH_CLUSTER, CLIENT, DESCRIPTOR_SET, FILTER, HEALTHZ_PATH, JWKS_CLUSTER,
                            JWT_CLOCK_SKEW_SECONDS, JWT_HEADER_PREFIX, JWT_PAYLOAD_KEY, JWT_PROVIDER, JWT_REQUIREMENT,
@@ -58,10 +58,12 @@ def _http_filters(settings: Settings, descriptor: pathlib.Path) -> list[dict]:
     if settings.api_key == settings.ops_api_key:
         raise ValueError("API_KEY and OPS_API_KEY must differ")
     return [
+        access_log.request_capture_filter(),
         {"name": FILTER["header_mutation"], "typed_config": typed(
             T + "header_mutation.v3.HeaderMutation",
             mutations={"request_mutations": [{"remove_on_match": {"key_matcher": {"prefix": JWT_HEADER_PREFIX}}}]})},
         {"name": FILTER["cors"], "typed_config": typed(T + "cors.v3.Cors")},
+        rate_limits.headers_filter(),
         {"name": FILTER["api_key_auth"], "typed_config": typed(
             T + "api_key_auth.v3.ApiKeyAuth",
             credentials=[{"key": settings.api_key, "client": CLIENT}, {"key": settings.ops_api_key, "client": OPS}],
@@ -87,6 +89,7 @@ def _http_filters(settings: Settings, descriptor: pathlib.Path) -> list[dict]:
             max_response_body_size=settings.max_message_bytes,
             print_options={"always_print_primitive_fields": True, "preserve_proto_field_names": True,
                            "add_whitespace": False, "always_print_enums_as_ints": False})},
+        access_log.upstream_status_filter(),
         {"name": FILTER["router"], "typed_config": typed(T + "router.v3.Router")},
     ]
 
@@ -103,31 +106,6 @@ def _cors_policy(settings: Settings) -> dict:
         allow_credentials=True,
         max_age="600",
     )
-
-
-ACCESS_LOG_FORMAT = {
-    "time": "%START_TIME%",
-    "request_id": "%REQ(X-REQUEST-ID)%",
-    "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
-    "method": "%REQ(:METHOD)%",
-    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
-    "protocol": "%PROTOCOL%",
-    "route": "%ROUTE_NAME%",
-    "status": "%RESPONSE_CODE%",
-    "grpc_status": "%GRPC_STATUS%",
-    "flags": "%RESPONSE_FLAGS%",
-    "details": "%RESPONSE_CODE_DETAILS%",
-    "duration_ms": "%DURATION%",
-    "upstream_ms": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
-    "bytes_in": "%BYTES_RECEIVED%",
-    "bytes_out": "%BYTES_SENT%",
-    "upstream_cluster": "%UPSTREAM_CLUSTER%",
-    "upstream_host": "%UPSTREAM_HOST%",
-    "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
-    "user": "%REQ(X-JWT-SUB)%",
-    "role": "%REQ(X-JWT-ROLE)%",
-    "user_agent": "%REQ(USER-AGENT)%",
-}
 
 
 # A fixed text for the 404: Envoy's own repeats the caller's path. The transcoder's 400 keeps its own text, which
@@ -173,9 +151,7 @@ def _listener(settings: Settings, descriptor: pathlib.Path) -> dict:
         always_set_request_id_in_response=True,
         http2_protocol_options={"max_concurrent_streams": 1024},
         stream_idle_timeout="300s",
-        access_log=[{"name": "envoy.access_loggers.stdout", "typed_config": typed(
-            "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
-            log_format={"json_format": ACCESS_LOG_FORMAT})}],
+        access_log=access_log.access_log(),
         route_config={
             "name": "churn",
             **_gateway_stamp(settings),

@@ -12,8 +12,9 @@ from google.api import annotations_pb2
 from gateway.names import (ALIAS_CLUSTERS, FILTER, HEALTH_CLUSTER, HEALTH_GRPC_PREFIX, HEALTHZ_CLUSTER, HEALTHZ_PATH,
                            JWT_PAYLOAD_KEY, JWT_REQUIREMENT, METADATA_NS,
                            NUM_RETRIES, OPS, PIN_HEADER, PIN_QUERY, PRODUCTION_CLUSTER, REFLECTION_CLUSTER,
-                           REFLECTION_SERVICES, RETRY_ON_IDEMPOTENT, RETRY_ON_UNSENT, ROLE_HEADER, SERVED_BY_HEADER,
-                           SERVICE_CLUSTERS, STAGING_CLUSTER, SUB_HEADER, T, disabled, seconds, typed)
+                           REFLECTION_SERVICES, RETRY_ON_IDEMPOTENT, RETRY_ON_UNSENT, SERVED_BY_HEADER,
+                           SERVICE_CLUSTERS, STAGING_CLUSTER, T, disabled, seconds, typed)
+from gateway import rate_limits
 from services.common import canary_runtime
 from services.common.access import SERVICE_MODULES, MethodAccess, access_table
 from services.common.settings import Settings
@@ -96,48 +97,6 @@ def _rbac_per_route(entry: MethodAccess | None) -> dict:
     return typed(T + "rbac.v3.RBACPerRoute", rbac={"rules": {"action": "ALLOW", "policies": {"roles": policy}}})
 
 
-def _bucket(per_minute: int) -> dict:
-    return {"max_tokens": per_minute, "tokens_per_fill": per_minute, "fill_interval": "60s"}
-
-
-def _ratelimit_per_route(settings: Settings, rate: str, stat: str) -> dict | None:
-    """Per client address (auth) or per user (predict; role service gets the higher bucket). Each route has its
-    own buckets; REST and gRPC of one RPC share a route, so they share buckets."""
-    if rate == "auth":
-        rate_limits = [{"actions": [{"remote_address": {}}]}]
-        descriptors = [{"entries": [{"key": "remote_address"}], "token_bucket": _bucket(settings.auth_rate_per_minute)}]
-        default = settings.auth_rate_per_minute
-    elif rate == "predict":
-        rate_limits = [{"actions": [
-            {"request_headers": {"header_name": ROLE_HEADER, "descriptor_key": "role"}},
-            {"request_headers": {"header_name": SUB_HEADER, "descriptor_key": "sub"}},
-        ]}]
-        per_role = {"agent": settings.predict_rate_per_minute, "admin": settings.predict_rate_per_minute,
-                    "service": settings.service_predict_rate_per_minute}
-        descriptors = [{"entries": [{"key": "role", "value": role}, {"key": "sub"}], "token_bucket": _bucket(limit)}
-                       for role, limit in per_role.items()]
-        default = settings.predict_rate_per_minute
-    else:
-        return None
-    always = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
-    return typed(
-        T + "local_ratelimit.v3.LocalRateLimit",
-        stat_prefix=f"rl_{stat}",
-        # Only consulted when no descriptor matched (cannot happen after jwt_authn + rbac; a fail-closed guard).
-        token_bucket=_bucket(default),
-        filter_enabled={"runtime_key": f"ratelimit.{stat}.enabled", **always},
-        filter_enforced={"runtime_key": f"ratelimit.{stat}.enforced", **always},
-        rate_limited_as_resource_exhausted=True,
-        enable_x_ratelimit_headers="DRAFT_VERSION_03",
-        always_consume_default_token_bucket=False,
-        max_dynamic_descriptors=10000,
-        response_headers_to_add=[{"header": {"key": "retry-after", "value": "60"},
-                                  "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
-        rate_limits=rate_limits,
-        descriptors=descriptors,
-    )
-
-
 # ---------------------------------------------------------------- routes
 
 def _retry_policy(entry: MethodAccess, canary: bool) -> dict:
@@ -184,7 +143,8 @@ def _per_filter(settings: Settings, entry: MethodAccess | None, stat: str, ops_o
         FILTER["api_key_auth"]: _api_key_per_route(entry, ops_only),
         FILTER["jwt_authn"]: _jwt_per_route(entry),
         FILTER["rbac"]: _rbac_per_route(entry),
-        FILTER["local_ratelimit"]: _ratelimit_per_route(settings, entry.rate, stat) if entry else None,
+        FILTER["local_ratelimit"]: rate_limits.per_route(settings, entry.rate, stat) if entry else None,
+        FILTER["rate_limit_headers"]: rate_limits.headers_per_route(entry.rate if entry else "none"),
     }
 
 

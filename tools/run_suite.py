@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shlex
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from services.common.settings import ROOT, Settings
 READY_TIMEOUT = float(os.environ.get("READY_TIMEOUT_SECONDS", "240"))
 START_SECONDS = 3  # up this long = started; an earlier exit counts as a failed start (backoff)
 START_RETRIES = 10
+BANNER_PROMPT = "$ "  # marks the banner's commands (tests run them as printed)
 STOP_WAIT_SECONDS = 20  # a service drains in-flight calls on SIGTERM (10 s grace) before exiting
 
 
@@ -119,14 +121,21 @@ def wait_ready(settings: Settings, supervisord: subprocess.Popen, config: pathli
     raise TimeoutError(f"not ready after {READY_TIMEOUT:.0f}s: {', '.join(waiting)}")
 
 
+def banner_commands(settings: Settings) -> list[str]:
+    """Commands to paste into a shell as printed: every argument shell-quoted, and the `$(cat …)` that reads the
+    API key inside double quotes (single quotes would send the text `$(cat …)` as the key)."""
+    gateway = f"{settings.bind_host}:{settings.gateway_port}"
+    grpcurl = pathlib.Path(sys.executable).parent / "grpcurl"  # installed into the virtualenv by `make`
+    api_key = shlex.quote(str(settings.secrets_dir / "api_key"))
+    return [f"curl -s http://{gateway}/healthz",
+            f'{shlex.quote(str(grpcurl))} -plaintext -H "x-api-key: $(cat {api_key})" {gateway} list']
+
+
 def banner(settings: Settings) -> str:
-    gateway = f"http://{settings.bind_host}:{settings.gateway_port}"
     return "\n".join([
         "",
         "churn suite is up (Ctrl-C stops everything)",
-        f"  gateway (gRPC h2c + REST)  {gateway}    e.g. curl {gateway}/healthz",
-        f"  grpcurl                    grpcurl -plaintext -H 'x-api-key: $(cat {settings.secrets_dir}/api_key)' "
-        f"{settings.bind_host}:{settings.gateway_port} list",
+        f"  gateway (gRPC h2c + REST)  http://{settings.bind_host}:{settings.gateway_port}",
         f"  Envoy admin (loopback)     http://127.0.0.1:{settings.envoy_admin_port}",
         f"  auth                       grpc {settings.auth_address}  metrics+JWKS http://{settings.auth_host}:"
         f"{settings.auth_http_port}/.well-known/jwks.json",
@@ -137,6 +146,8 @@ def banner(settings: Settings) -> str:
         f"  monitoring                 grpc {settings.monitoring_address}  metrics :{settings.monitoring_http_port}",
         f"  secrets                    {settings.secrets_dir} (api_key, ops_api_key, admin_password, service_token,"
         " monitoring_token)",
+        "try (copy and paste):",
+        *(f"  {BANNER_PROMPT}{command}" for command in banner_commands(settings)),
         "",
     ])
 

@@ -48,6 +48,13 @@ def _time(request, field: str) -> dt.datetime | None:
             from None
 
 
+def _feedback_reply(report) -> monitoring_pb2.SubmitFeedbackResponse:
+    return monitoring_pb2.SubmitFeedbackResponse(
+        matched=report.matched, unmatched=report.unmatched, rejected=report.rejected,
+        unmatched_ids=report.unmatched_ids,
+        errors=[monitoring_pb2.RowError(row=row, field=field, reason=reason) for row, field, reason in report.errors])
+
+
 def _actor() -> Actor:
     caller = identity.current_caller()  # every lifecycle RPC needs a token, so the interceptor has set it
     return Actor(caller.subject, caller.token)
@@ -115,12 +122,10 @@ class MonitoringServicer(monitoring_pb2_grpc.MonitoringServiceServicer):
 
     def SubmitFeedback(self, request, context):
         body = request.csv.data if request.HasField("csv") else None
-        report = self._p.feedback.submit(list(request.rows), body)
-        return monitoring_pb2.SubmitFeedbackResponse(
-            matched=report.matched, unmatched=report.unmatched, rejected=report.rejected,
-            unmatched_ids=report.unmatched_ids,
-            errors=[monitoring_pb2.RowError(row=row, field=field, reason=reason)
-                    for row, field, reason in report.errors])
+        return _feedback_reply(self._p.feedback.submit(list(request.rows), body))
+
+    def SubmitFeedbackCsv(self, request, context):
+        return _feedback_reply(self._p.feedback.submit([], request.csv.data))
 
     def GetFeedbackData(self, request, context):
         rows = self._p.feedback.data(request.limit, request.model_version.strip())

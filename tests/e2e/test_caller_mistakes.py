@@ -92,6 +92,8 @@ MISTAKES = [
     Mistake("MonitoringService/RecordPredictions", "the internal route from outside", "POST",
             "/v1/internal/predictions:record", {"records": []}, envoy_refuses=True, status=404),
     Mistake("MonitoringService/SubmitFeedback", "no rows", "POST", "/v1/feedback", {"rows": []}, "rows"),
+    Mistake("MonitoringService/SubmitFeedbackCsv", "a CSV without the Churn column", "POST", "/v1/feedback:csv",
+            b"customerID,label\n7590-VHVEG,Yes\n", "Churn", content_type="text/csv; charset=utf-8"),
     Mistake("MonitoringService/GetFeedbackData", "a negative limit", "GET", "/v1/feedback?limit=-1", names="limit"),
     Mistake("MonitoringService/GetDriftReport", "window 0", "GET", "/v1/monitoring/drift?window=0", names="window"),
     Mistake("MonitoringService/GetDriftReport", "a format it does not produce", "GET",

@@ -1,6 +1,8 @@
 """churnctl against the running suite, as a user runs it (a subprocess, its own config dir): login caches the token
 0600; predict from JSON and from a Telco CSV row agree; score writes every row in chunks; explain, the drift report,
-canary get/set, users list/approve and model versions work; mistakes are one-line errors naming the field."""
+canary get/set, users list/approve and model versions work; the lifecycle commands (retrain followed to the end,
+training-run, promote, rollback, events, predictions, canary analyze) move and show the real registry; mistakes
+are one-line errors naming the field."""
 from __future__ import annotations
 
 import csv
@@ -118,3 +120,88 @@ def test_mistakes_are_one_line_errors(churnctl, logged_in):
     (logged_in.config / "session.json").unlink()
     anonymous = churnctl("models", check=False)
     assert anonymous.returncode == 1 and "churnctl login" in anonymous.stderr
+
+
+@pytest.fixture
+def restored_aliases(suite):
+    """The lifecycle commands move the shared suite's aliases: put them back (and reload) however the test ends."""
+    from services.common import mlflow_config
+    from services.common import model_registry as R
+
+    registry = R.ModelRegistry(mlflow_config.tracking_uri(suite.settings), suite.settings.model_name)
+    before = {alias: registry.version_for(alias) for alias in (R.ALIAS_PRODUCTION, R.ALIAS_STAGING)}
+    had_previous = R.ALIAS_PREVIOUS in (registry.client.get_registered_model(registry.name).aliases or {})
+    yield registry
+    for alias, version in before.items():
+        registry.set_alias(alias, version)
+    if not had_previous and R.ALIAS_PREVIOUS in (registry.client.get_registered_model(registry.name).aliases or {}):
+        registry.client.delete_registered_model_alias(registry.name, R.ALIAS_PREVIOUS)
+    admin = suite.admin_token()
+    for alias in before:
+        reloaded = suite.rest("POST", "/v1/model:reload", {"alias": alias}, token=admin, key="ops",
+                              headers={"x-churn-alias": alias})
+        assert reloaded.status == 200, reloaded.body
+
+
+def test_lifecycle_commands(suite, logged_in, restored_aliases, customers):
+    """retrain (followed to SUCCEEDED), training-run, promote, rollback, events, predictions, canary analyze."""
+    registry = restored_aliases
+    new = str(max(int(v.version) for v in registry.versions()) + 1)
+    production = registry.version_for("production")
+    admin = suite.admin_token()
+    upload = suite.rest("POST", "/v1/data/training?name=cli", b"\n".join(TELCO_CSV.read_bytes().splitlines()[:301]),
+                        token=admin, key="ops", headers={"content-type": "text/csv"})
+    assert upload.status == 200, upload.body
+    dataset = upload.json()["dataset_id"]
+
+    trained = logged_in("retrain", "--dataset", dataset, "--flavor", "xgboost", "--poll", "0.5")
+    run = json.loads(trained.stdout)
+    assert run["state"] == "TRAINING_STATE_SUCCEEDED" and run["model_version"] == new and run["progress"] == 1
+    assert run["datasets"] == [{"source": "upload", "dataset_id": dataset, "name": "cli", "rows": 300}]
+    assert f"training run {run['run_id']} started from production version {production} on 300 rows" in trained.stderr
+    assert f"version {new} registered as staging" in trained.stderr and "100%" in trained.stderr
+    assert registry.version_for("staging") == new
+
+    status = logged_in("training-run", run["run_id"])
+    assert json.loads(status.stdout)["model_version"] == new and f"SUCCEEDED 100%: version {new}" in status.stderr
+
+    refused = logged_in("promote", "--version", "999999", check=False)
+    assert refused.returncode == 1 and f"staging is version {new}, not 999999" in refused.stderr
+    promoted = json.loads(logged_in("promote", "--version", new).stdout)
+    assert (promoted["production_version"], promoted["previous_version"], promoted["changed"]) == (
+        new, production, True)
+    assert registry.version_for("production") == new
+    rolled = json.loads(logged_in("rollback").stdout)
+    assert (rolled["production_version"], rolled["rolled_back_version"], rolled["changed"]) == (production, new, True)
+
+    listed = logged_in("events", "--limit", "4").stdout
+    kinds = [line.split("│")[3].strip() for line in listed.splitlines() if line.startswith("│")]
+    kinds = [kind for kind in kinds if kind]  # a long detail wraps onto a second table line
+    assert kinds == ["rollback", "promote", "retrain_finished", "retrain_started"], listed
+
+    # the prediction log, filtered: a fresh customer id predicted through the gateway, found by id, alias, version
+    predicted = logged_in("predict", json_format.MessageToJson(customers[7]))
+    prediction = json.loads(predicted.stdout)
+    deadline = time.monotonic() + 30
+    while True:
+        found = logged_in("predictions", "--customer-id", customers[7].customer_id, "--alias", "production",
+                          "--model-version", production, "--no-shadow", "--since", "2000-01-01", "--limit", "50")
+        if prediction["prediction_id"][:6] in found.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert prediction["prediction_id"][:6] in found.stdout, found.stdout
+    rows = [line for line in found.stdout.splitlines() if line.startswith("│")]
+    assert rows and all(customers[7].customer_id[:6] in row for row in rows)
+    none = logged_in("predictions", "--customer-id", customers[7].customer_id, "--model-version", "999999")
+    assert not [line for line in none.stdout.splitlines() if line.startswith("│")]
+    bad_time = logged_in("predictions", "--since", "yesterday", check=False)
+    assert bad_time.returncode == 1 and "--since" in bad_time.stderr and "Traceback" not in bad_time.stderr
+
+    analysis = logged_in("canary", "analyze", "--window-minutes", "30").stdout
+    assert "verdict: " in analysis and "production" in analysis and "Jensen-Shannon" in analysis
+
+
+def test_retrain_without_a_source_is_a_one_line_error(logged_in):
+    done = logged_in("retrain", check=False)
+    assert done.returncode == 1 and "INVALID_ARGUMENT" in done.stderr and "include_shipped_data" in done.stderr
+    assert "Traceback" not in done.stderr

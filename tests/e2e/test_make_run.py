@@ -14,6 +14,7 @@ import urllib.request
 import pytest
 
 from tests.e2e.envoy_process import free_port
+from tests.e2e.test_banner import check_outputs, run_banner_commands
 from tests.harness import ROOT, base_env
 
 pytestmark = pytest.mark.integration
@@ -55,6 +56,7 @@ def test_make_run_starts_serves_and_stops(tmp_path):
     runner = subprocess.Popen([sys.executable, "-m", "tools.run_suite"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []
+    up = False
     try:
         deadline = time.monotonic() + 200
         while time.monotonic() < deadline:
@@ -62,7 +64,8 @@ def test_make_run_starts_serves_and_stops(tmp_path):
             if not line:
                 break
             lines.append(line)
-            if "churn suite is up" in line:
+            up = up or "churn suite is up" in line
+            if up and not line.strip():  # the blank line that ends the banner, after its commands
                 break
         assert any("churn suite is up" in line for line in lines), "".join(lines[-60:])
         gateway = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
@@ -73,6 +76,7 @@ def test_make_run_starts_serves_and_stops(tmp_path):
                              "password": (secrets_dir / "admin_password").read_text().strip()}).encode(),
             headers={"x-api-key": (secrets_dir / "api_key").read_text().strip(), "content-type": "application/json"})
         assert json.loads(urllib.request.urlopen(login, timeout=10).read())["access_token"]
+        check_outputs(run_banner_commands("".join(lines)))  # the banner's commands, pasted as printed
     finally:
         os.killpg(runner.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
         output, _ = runner.communicate(timeout=60)

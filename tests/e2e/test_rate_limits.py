@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from churn.v1 import auth_pb2, inference_pb2
+from gateway.rate_limits import token_seconds
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +23,9 @@ def test_sixth_login_in_a_minute_is_limited_per_client(suite, limited_gateway):
 
     limited = suite.rest("POST", "/v1/auth/token", body, gateway=limited_gateway)
     assert limited.status == 429
-    assert limited.headers["retry-after"] == "60"
+    # one wait in both headers: a bucket of 5 a minute has a token back within 12 s (Envoy refills continuously)
+    assert limited.headers["retry-after"] == limited.headers["x-ratelimit-reset"]
+    assert 1 <= int(limited.headers["retry-after"]) <= token_seconds(5) == 12
     assert limited.headers["x-ratelimit-limit"] == "5" and limited.headers["x-ratelimit-remaining"] == "0"
     with pytest.raises(grpc.RpcError) as exhausted:
         auth.Login(auth_pb2.LoginRequest(username=username, password=password), metadata=suite.md(), timeout=5)
@@ -52,8 +55,13 @@ def test_predictions_are_limited_per_user_and_service_tokens_get_more(suite, lim
     with pytest.raises(grpc.RpcError) as exhausted:
         inference.Predict(request, metadata=suite.md(alice), timeout=10)
     assert exhausted.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert suite.rest("POST", "/v1/predict", {"customer": _json(customers[0])}, token=alice,
-                      gateway=limited_gateway).status == 429
+    refused = suite.rest("POST", "/v1/predict", {"customer": _json(customers[0])}, token=alice,
+                         gateway=limited_gateway)
+    assert refused.status == 429
+    # the agents' bucket (10 a minute, a token every 6 s) answers, not the service tokens' bucket of the same route
+    assert refused.headers["x-ratelimit-limit"] == "10" and refused.headers["x-ratelimit-remaining"] == "0"
+    assert refused.headers["retry-after"] == refused.headers["x-ratelimit-reset"]
+    assert 1 <= int(refused.headers["retry-after"]) <= token_seconds(10) == 6
     # Per user: bob still has his ten; a service token is far above the agents' class.
     bobs = inference.Predict(request, metadata=suite.md(bob), timeout=10).prediction
     assert bobs.probability == pytest.approx(float(production_reference.probability([customers[0]])[0]), abs=1e-6)

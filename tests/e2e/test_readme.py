@@ -42,7 +42,7 @@ def test_readme_commands_run_against_the_suite(suite, customers, production_refe
     assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
 
     lines = done.stdout.splitlines()
-    registered, approved, predicted, scored = (json.loads(line) for line in lines[:4])
+    registered, approved, predicted, scored, labelled = (json.loads(line) for line in lines[:5])
     assert registered["user"] == {**registered["user"], "username": "ann", "approved": False}
     assert approved["user"]["approved"] is True
     assert predicted["prediction"]["customer_id"] == customers[0].customer_id == "7590-VHVEG"
@@ -53,7 +53,9 @@ def test_readme_commands_run_against_the_suite(suite, customers, production_refe
     right = sum((p >= production_reference.threshold) == y for p, y in zip(expected, labels))
     assert len(scored["predictions"]) == len(labels) == 7043
     assert scored["accuracy"] == pytest.approx(right / len(labels), abs=1e-12)
-    listed = set(lines[4:7])
+    # the label finds 7590-VHVEG's prediction once the outbox has shipped it (asynchronous): matched or not, one row
+    assert labelled["matched"] + labelled["unmatched"] == 1 and labelled["rejected"] == 0, labelled
+    listed = set(lines[5:8])
     assert {"churn.v1.AuthService", "churn.v1.InferenceService", "churn.v1.MonitoringService"} <= listed
     info = json.loads("\n".join(lines[lines.index("{"):]))
     assert info["model"]["alias"] == "production"

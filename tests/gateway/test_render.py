@@ -3,6 +3,7 @@ nothing for internal RPCs, and every value taken from Settings / the access tabl
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -164,6 +165,13 @@ def test_access_table_drives_keys_tokens_roles_and_limits(live, live_config):
             assert limit is None
         if entry.rate != "none":
             assert limit["rate_limited_as_resource_exhausted"] is True
+            # a 429's fallback retry-after: the slowest bucket's time to a token (the Lua filter refines it)
+            slowest = 7 if entry.rate == "auth" else 11
+            assert limit["response_headers_to_add"][0]["header"] == {"key": "retry-after",
+                                                                     "value": str(math.ceil(60 / slowest))}
+            assert F["rate_limit_headers"] not in per  # the Lua filter runs on rate-limited routes only
+        else:
+            assert per[F["rate_limit_headers"]]["disabled"] is True
         action = route["route"]
         assert action["timeout"] == f"{entry.timeout_ms / 1000:g}s"
         if not (entry.client_streaming or entry.server_streaming):
@@ -216,8 +224,9 @@ def test_settings_flow_into_the_config(config, settings):
     assert hcm["use_remote_address"] is True and hcm["codec_type"] == "AUTO"
     filter_names = [f["name"] for f in hcm["http_filters"]]
     # /healthz is routed to monitoring's side port (Envoy's view as JSON), past the transcoder
-    assert filter_names == [F[n] for n in ("header_mutation", "cors", "api_key_auth", "jwt_authn", "rbac", "local_ratelimit",
-                                    "grpc_json_transcoder", "router")]
+    assert filter_names == [F[n] for n in ("set_filter_state", "header_mutation", "cors", "rate_limit_headers",
+                                           "api_key_auth", "jwt_authn", "rbac", "local_ratelimit",
+                                           "grpc_json_transcoder", "upstream_grpc_status", "router")]
     filters = {f["name"]: f["typed_config"] for f in hcm["http_filters"]}
     transcoder = filters[F["grpc_json_transcoder"]]
     assert transcoder["max_request_body_size"] == transcoder["max_response_body_size"] == 9 * 1024 * 1024
