@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 GENERATED := gen/churn.pb
-PROTOS := $(wildcard protos/churn/v1/*.proto)
+PROTOS := $(wildcard protos/churn/v1/*.proto) protos/grpc_predict_v2.proto
 PYTEST_ARGS ?=
 BUF := .tools/node_modules/.bin/buf
 
