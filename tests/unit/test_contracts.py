@@ -77,3 +77,20 @@ def test_descriptor_set_for_envoy_holds_every_service():
     services = {f"{f.package}.{s.name}" for f in descriptor_set.file for s in f.service}
     assert {"churn.v1.AuthService", "churn.v1.InferenceService", "churn.v1.MonitoringService"} <= services
     assert any(f.name == "google/api/annotations.proto" for f in descriptor_set.file)
+
+
+def test_the_open_inference_protocol_is_called_like_inference_service():
+    """Its methods carry no (access) option (the contract is the standard's): access.proto's external entries give
+    every one of them the same callers and key as InferenceService, inference through the canary split."""
+    from services.common.access import OPEN_INFERENCE_MODULE
+
+    table = access_table()
+    service = OPEN_INFERENCE_MODULE.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    predict = table["/churn.v1.InferenceService/Predict"]
+    for method in service.methods:
+        entry = table[f"/{service.full_name}/{method.name}"]
+        assert (entry.public, entry.roles, entry.ops_key_only) == (False, predict.roles, False), method.name
+    infer = table["/inference.GRPCInferenceService/ModelInfer"]
+    assert (infer.routing, infer.rate, infer.retryable) == ("canary", "predict", True)
+    descriptor_set = descriptor_pb2.FileDescriptorSet.FromString((ROOT / "gen" / "churn.pb").read_bytes())
+    assert any(f.package == "inference" and f.service[0].name == "GRPCInferenceService" for f in descriptor_set.file)
