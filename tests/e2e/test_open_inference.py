@@ -5,7 +5,11 @@ same key and token as InferenceService. Also: our contract is wire-identical to 
 from __future__ import annotations
 
 import json
+import os
+import pathlib
+import re
 import subprocess
+import sys
 
 import grpc
 import grpc_predict_v2_pb2 as pb
@@ -187,3 +191,34 @@ def test_our_contract_is_the_one_tritonclient_speaks():
                                                            their_methods[method.name].output_type), method.name
     assert ours.service[0].name == theirs.service[0].name == "GRPCInferenceService"
     assert checked >= 40
+
+
+def test_the_readme_example_runs_against_the_suite(suite, customers, production_reference, tmp_path):
+    """README's "Open Inference Protocol" block as written: only the gateway address and secrets folder change."""
+    section = (ROOT / "README.md").read_text().split("\n## Open Inference Protocol\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    assert len(blocks) == 1, "the section holds one bash block"
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "api_key").write_text(suite.settings.api_key)
+    (secrets / "admin_password").write_text(suite.admin_password)
+    script = blocks[0].replace("localhost:8080", suite.gateway.address).replace("secrets/", f"{secrets}/")
+    _client_python()
+    path = os.pathsep.join([str(pathlib.Path(sys.executable).parent), os.environ.get("PATH", "")])
+    done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + script], cwd=ROOT, env=dict(os.environ, PATH=path),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    decoder, text, replies = json.JSONDecoder(), done.stdout, []
+    position = 0
+    while len(replies) < 2:
+        start = text.index("{", position)
+        reply, position = decoder.raw_decode(text, start)
+        replies.append(reply)
+    metadata, inferred = replies
+    expected = float(production_reference.probability(customers[:1])[0])
+    assert metadata["name"] == suite.settings.model_name == "churn-model"
+    assert metadata["versions"] == [production_reference.version]
+    probability = next(o for o in inferred["outputs"] if o["name"] == "probability")["contents"]["fp32_contents"][0]
+    assert probability == pytest.approx(expected, abs=1e-6)
+    live, printed = text[position:].strip().splitlines()[-1].split(" ", 1)
+    assert live == "True" and float(printed.strip("[]")) == pytest.approx(expected, abs=1e-6)
