@@ -108,7 +108,7 @@ class OpenInference:
         wanted = list(dict.fromkeys(requested)) or list(OUTPUTS)
         unknown = [output for output in wanted if output not in OUTPUTS]
         if unknown:
-            raise InvalidInput(f"outputs[{shown(unknown[0])}]", f"unknown output, expected one of {list(OUTPUTS)}")
+            raise InvalidInput(field_name(unknown[0], "outputs"), f"unknown output, expected one of {list(OUTPUTS)}")
         if FEATURES_INPUT in inputs:
             raw, where = _from_matrix(inputs), (lambda r: f"{field_name(FEATURES_INPUT)} row {r}")
         else:

@@ -29,9 +29,10 @@ MAX_RANK = 4
 MAX_NAME_CHARS = 64
 
 
-def field_name(name: str) -> str:
-    """How errors name an input: `inputs[<name>]`, a long name cut (the message travels in a bounded header)."""
-    return f"inputs[{name if len(name) <= MAX_NAME_CHARS else name[:MAX_NAME_CHARS] + '…'}]"
+def field_name(name: str, kind: str = "inputs") -> str:
+    """How errors name a tensor: `inputs[<name>]` (or `outputs[…]`), a long name cut (the message travels in a
+    bounded header)."""
+    return f"{kind}[{name if len(name) <= MAX_NAME_CHARS else name[:MAX_NAME_CHARS] + '…'}]"
 
 
 def decode_inputs(inputs: Sequence, raw_contents: Sequence[bytes]) -> dict[str, np.ndarray]:

@@ -240,15 +240,19 @@ def _bad_cases(customers, settings):
         "an input given twice": (column_tensors(two) + [tensor("tenure", "INT64", [1, 2])], "inputs[tenure]"),
         "no inputs": ([], "inputs"),
         "zero rows": (features([], (0, F.N_ENCODED)), "inputs[features]"),
+        "an unknown output": (features(X.ravel().tolist()), "outputs[label]"),
     }
-    return {name: (request(built, settings), field) for name, (built, field) in cases.items()}
+    built = {name: (request(tensors, settings), field) for name, (tensors, field) in cases.items()}
+    built["an unknown output"][0].outputs.add(name="label")
+    return built
 
 
 BAD = ["features: wrong shape", "features: 1-D", "features: wrong datatype", "features: shape and contents disagree",
        "features: two ones in a one-hot", "features: a negative charge", "features with a column",
        "unknown input name", "a missing column", "a column of the wrong datatype", "a text column sent as numbers",
        "a column of another length", "a 2-D column", "an unknown spelling", "not UTF-8", "an unknown datatype",
-       "contents in the wrong field", "a negative dimension", "an input given twice", "no inputs", "zero rows"]
+       "contents in the wrong field", "a negative dimension", "an input given twice", "no inputs", "zero rows",
+       "an unknown output"]
 
 
 @pytest.mark.parametrize("case", BAD)
