@@ -10,6 +10,8 @@ import pathlib
 import re
 import subprocess
 import sys
+import time
+import uuid
 
 import grpc
 import grpc_predict_v2_pb2 as pb
@@ -109,6 +111,40 @@ def test_typed_contents_through_the_gateway(suite, customers, predicted):
                             metadata=suite.md(suite.service_token), timeout=10)
     probability = next(o for o in reply.outputs if o.name == "probability").contents.fp32_contents
     np.testing.assert_allclose(probability, [p.probability for p in predicted], rtol=0, atol=1e-6)
+
+
+def test_inference_reaches_monitoring_and_the_ops_pin_reaches_staging(suite, customers, predicted):
+    """A ModelInfer prediction is logged like Predict's (the outbox shipped to monitoring: the customer as sent, the
+    same probability); the ops pin header sends ModelInfer to staging, which says so."""
+    from churn.v1 import monitoring_pb2
+
+    customer = type(customers[0])()
+    customer.CopyFrom(customers[0])
+    customer.customer_id = f"oip-{uuid.uuid4().hex[:12]}"
+    X = F.encode_customers([customer])
+    inputs = [pb.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=list(X.shape),
+                                                    contents=pb.InferTensorContents(fp32_contents=X.ravel().tolist())),
+              pb.ModelInferRequest.InferInputTensor(name="customerID", datatype="BYTES", shape=[1],
+                                                    contents=pb.InferTensorContents(
+                                                        bytes_contents=[customer.customer_id.encode()]))]
+    stub = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(suite.channel())
+    infer = pb.ModelInferRequest(model_name=suite.settings.model_name, inputs=inputs)
+    reply = stub.ModelInfer(infer, metadata=suite.md(suite.service_token), timeout=10)
+    assert reply.parameters["alias"].string_param == "production"
+    _, _, monitoring = suite.stubs()
+    query = monitoring_pb2.ListPredictionsRequest(customer_id=customer.customer_id)
+    deadline, logged = time.monotonic() + 60, []
+    while not logged and time.monotonic() < deadline:
+        logged = monitoring.ListPredictions(query, metadata=suite.md(suite.service_token, key="ops"),
+                                            timeout=10).predictions
+        time.sleep(0.2)
+    assert len(logged) == 1, "the ModelInfer prediction never reached monitoring"
+    assert logged[0].record.customer == customer
+    assert logged[0].record.probability == pytest.approx(predicted[0].probability, abs=1e-6)
+    assert logged[0].record.model.alias == "production"
+    pinned = stub.ModelInfer(infer, metadata=suite.md(suite.service_token, key="ops", x_churn_alias="staging"),
+                             timeout=10)
+    assert pinned.parameters["alias"].string_param == "staging"
 
 
 def test_bad_tensors_are_invalid_argument_naming_the_input(suite, customers):
