@@ -13,7 +13,6 @@ import sys
 import time
 import uuid
 
-import grpc
 import grpc_predict_v2_pb2 as pb
 import grpc_predict_v2_pb2_grpc
 import numpy as np
