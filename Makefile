@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 GENERATED := gen/churn.pb
-PROTOS := $(wildcard protos/churn/v1/*.proto)
+PROTOS := $(wildcard protos/churn/v1/*.proto) protos/grpc_predict_v2.proto
 PYTEST_ARGS ?=
 BUF := .tools/node_modules/.bin/buf
 
@@ -140,3 +140,19 @@ browser-tools:
 setup: docs observability-tools browser-tools
 
 .PHONY: observability-tools help docs-tools docs browser-tools
+
+# tritonclient[grpc] in its own virtualenv (tests/e2e/tritonclient-requirements.txt): the Open Inference Protocol
+# tests call the gateway with it as a KServe/Triton user would. It pins protobuf < 7; the suite needs >= 7.
+OIP_CLIENT_VENV := var/oip-client
+$(OIP_CLIENT_VENV)/.installed: tests/e2e/tritonclient-requirements.txt
+	$(PYTHON) -m venv $(OIP_CLIENT_VENV)
+	$(OIP_CLIENT_VENV)/bin/pip install --quiet --upgrade pip
+	$(OIP_CLIENT_VENV)/bin/pip install --quiet -r tests/e2e/tritonclient-requirements.txt
+	@touch $@
+
+# The tritonclient virtualenv the Open Inference Protocol tests use (var/oip-client).
+oip-client: $(OIP_CLIENT_VENV)/.installed
+
+test: oip-client
+
+.PHONY: oip-client

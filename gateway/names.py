@@ -49,6 +49,7 @@ SERVICE_CLUSTERS = {
     "churn.v1.AuthService": AUTH_CLUSTER,
     "churn.v1.MonitoringService": MONITORING_CLUSTER,
     "churn.v1.InferenceService": PRODUCTION_CLUSTER,
+    "inference.GRPCInferenceService": PRODUCTION_CLUSTER,  # the Open Inference Protocol, on the inference port
 }
 
 # Health checking and outlier detection (gateway behaviour, not deployment settings).

@@ -16,7 +16,7 @@ from gateway.names import (ALIAS_CLUSTERS, FILTER, HEALTH_CLUSTER, HEALTH_GRPC_P
                            SERVICE_CLUSTERS, STAGING_CLUSTER, T, disabled, seconds, typed)
 from gateway import rate_limits
 from services.common import canary_runtime
-from services.common.access import SERVICE_MODULES, MethodAccess, access_table
+from services.common.access import OPEN_INFERENCE_MODULE, SERVICE_MODULES, MethodAccess, access_table
 from services.common.settings import Settings
 
 
@@ -43,9 +43,10 @@ def template_regex(template: str) -> str:
 
 
 def http_bindings() -> dict[str, list[HttpBinding]]:
-    """Full gRPC path → its REST bindings (the rule and its additional_bindings), from the descriptors."""
+    """Full gRPC path → its REST bindings (the rule and its additional_bindings), from the descriptors. The Open
+    Inference Protocol's methods have none: gRPC only (its REST form is not the proto's JSON mapping)."""
     result: dict[str, list[HttpBinding]] = {}
-    for module in SERVICE_MODULES:
+    for module in (*SERVICE_MODULES, OPEN_INFERENCE_MODULE):
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 rule = method.GetOptions().Extensions[annotations_pb2.http]
@@ -161,7 +162,7 @@ def _method_routes(settings: Settings, entry: MethodAccess, bindings: list[HttpB
     # cluster a dead canary's call is served by production and says so. Absent on local replies (no upstream).
     served_by = [{"header": {"key": SERVED_BY_HEADER, "value": f"%UPSTREAM_METADATA({METADATA_NS}:alias)%"},
                   "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
-    if entry.service != "churn.v1.InferenceService":
+    if SERVICE_CLUSTERS[entry.service] != PRODUCTION_CLUSTER:  # only inference routes name who served
         served_by = None
 
     def target_routes(path_match: dict, suffix: str, extra_headers: list[dict]) -> list[dict]:

@@ -1,6 +1,7 @@
 """Generate the churn.v1 Python stubs and Envoy's descriptor set from protos/.
 
-Only churn/v1 is generated (into the git-ignored gen/ package); google/api and google/rpc come from
+churn/v1 and the Open Inference Protocol's contract (protos/grpc_predict_v2.proto: module `grpc_predict_v2_pb2`,
+package `inference`) are generated into the git-ignored gen/ folder; google/api and google/rpc come from
 googleapis-common-protos, google/protobuf from grpcio-tools. Run by `make`, never edited by hand.
 """
 import pathlib
@@ -11,6 +12,7 @@ from grpc_tools import protoc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
+OPEN_INFERENCE_PROTO = "grpc_predict_v2.proto"  # the file name KServe's own stubs register: clients see the same
 GEN = ROOT / "gen"
 DESCRIPTOR_SET = GEN / "churn.pb"
 
@@ -24,7 +26,8 @@ def _include_dirs() -> list[str]:
 
 
 def main() -> int:
-    sources = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "churn" / "v1").glob("*.proto"))
+    sources = [*sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "churn" / "v1").glob("*.proto")),
+               OPEN_INFERENCE_PROTO]
     GEN.mkdir(exist_ok=True)
     includes = [f"-I{d}" for d in _include_dirs()]
     args = ["protoc", *includes, f"--python_out={GEN}", f"--pyi_out={GEN}", f"--grpc_python_out={GEN}", *sources]

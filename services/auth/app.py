@@ -17,7 +17,7 @@ from services.auth.passwords import PasswordHasher
 from services.auth.servicer import AuthServicer
 from services.auth.tokens import TokenIssuer
 from services.auth.users import UserStore
-from services.common.access import service_names
+from services.common.access import OPEN_INFERENCE_MODULE, service_names
 from services.common.identity import TokenVerifier
 from services.common.interceptor import ServiceInterceptor
 from services.common.server import ServiceHost, start_server
@@ -106,8 +106,9 @@ def start(app: AuthApp, *, port: int | None = None, http_port: int | None = None
         service_names=service_names(auth_pb2),
         interceptor=interceptor,
         # The gateway's designated reflection backend: reflection paths name no service, so grpcurl through
-        # :8080 reaches auth, which describes every churn.v1 service (all descriptors are importable here).
-        reflect=[*service_names(inference_pb2), *service_names(monitoring_pb2)],
+        # :8080 reaches auth, which describes every service behind the gateway (all descriptors are importable here).
+        reflect=[*service_names(inference_pb2), *service_names(monitoring_pb2),
+                 *service_names(OPEN_INFERENCE_MODULE)],
         http_routes=routes,
         serving=True,  # build() has migrated the store and loaded the keys before we get here
     )

@@ -270,3 +270,31 @@ def encode_frame(df: pd.DataFrame, line_of: Callable[[int], str] | None = None) 
     _raise(cells, where)
     values[:, _TOTAL] = fill_blank_total_charges(values[:, _TOTAL])
     return _scatter(values, cat_cols)
+
+
+def decode_matrix(X: np.ndarray, where: Callable[[int], str]) -> pd.DataFrame:
+    """The inverse of the encoders, for callers who send the encoded matrix itself (the Open Inference Protocol's
+    `features` tensor): (n, N_ENCODED) floats back to a frame in the Telco CSV spellings, for `encode_frame` to
+    validate and the prediction log to keep. A categorical's columns must hold one 1 and zeros, a boolean's column
+    0 or 1; numerics are passed on as they are (NaN TotalCharges is the blank). Bad cells raise InvalidInput named
+    `<where(row)>: <Column>`."""
+    values = np.asarray(X, dtype=np.float64)
+    columns: dict[str, object] = {}
+    cells: list[tuple[int, int, str]] = []
+    for i, f in enumerate(FEATURES):
+        block = values[:, _OFFSETS[i]:_OFFSETS[i] + len(f.encoded_names)]
+        if f.kind == NUMERIC:
+            columns[f.column] = block[:, 0]
+            continue
+        if f.kind == CATEGORICAL:
+            bad = ~(((block == 0) | (block == 1)).all(axis=1) & (block.sum(axis=1) == 1))
+            reason = f"columns {_OFFSETS[i]}-{_OFFSETS[i] + len(f.categories) - 1} must hold one 1 and zeros"
+            picked = block.argmax(axis=1)
+        else:
+            bad = ~((block[:, 0] == 0) | (block[:, 0] == 1))
+            reason = f"column {_OFFSETS[i]} must be 0 or 1"
+            picked = np.where(bad, 0, block[:, 0]).astype(np.intp)
+        cells += [(int(r), i, reason) for r in np.flatnonzero(bad)[:MAX_VIOLATIONS]]
+        columns[f.column] = np.array(f.categories, dtype=object)[picked]
+    _raise(cells, lambda r, i: f"{where(r)}: {FEATURE_COLUMNS[i]}")
+    return pd.DataFrame(columns)

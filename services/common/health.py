@@ -15,9 +15,10 @@ from grpc_health.v1 import health, health_pb2
 
 HEALTHZ_PATH = "/healthz"  # served by monitoring's HTTP side port, routed there by the gateway
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-# Envoy cluster -> the gRPC service it serves (staging answers no service name of its own: production does).
-CLUSTER_SERVICES = {"auth": "churn.v1.AuthService", "monitoring": "churn.v1.MonitoringService",
-                    "inference_production": "churn.v1.InferenceService"}
+# Envoy cluster -> the gRPC services it serves (staging answers no service name of its own: production does; the
+# inference port also serves the Open Inference Protocol).
+CLUSTER_SERVICES = {"auth": ("churn.v1.AuthService",), "monitoring": ("churn.v1.MonitoringService",),
+                    "inference_production": ("churn.v1.InferenceService", "inference.GRPCInferenceService")}
 REQUIRED_CLUSTERS = tuple(CLUSTER_SERVICES)  # the suite serves only with these; a dead canary falls back
 VIEW_MAX_AGE_SECONDS = 1.0
 
@@ -82,7 +83,7 @@ class Health(health.HealthServicer):
             return {}
         clusters = self._view.clusters()
         return {service: SERVING if clusters.get(cluster) else NOT_SERVING
-                for cluster, service in CLUSTER_SERVICES.items()}
+                for cluster, services in CLUSTER_SERVICES.items() for service in services}
 
     def Check(self, request, context):
         with self._lock:

@@ -9,6 +9,8 @@ import pathlib
 import threading
 from typing import Any, Mapping
 
+import grpc_predict_v2_pb2
+import grpc_predict_v2_pb2_grpc
 from churn.v1 import inference_pb2, inference_pb2_grpc
 
 from services.common import identity, mlflow_config
@@ -18,6 +20,8 @@ from services.common.server import ServiceHost, start_server
 from services.common.settings import Settings
 from services.inference.levers import Policy, RetentionAdvisor
 from services.inference.model import ModelHolder, Registry
+from services.inference.open_inference import OpenInference
+from services.inference.open_inference_servicer import OpenInferenceServicer
 from services.inference.outbox import Outbox
 from services.inference.predictor import Limits, Predictor
 from services.inference.servicer import InferenceServicer
@@ -25,6 +29,7 @@ from services.inference.workers import WorkerGroup
 from services.inference.shipper import MonitoringSink, ServiceToken, Shipper, Sink
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+OPEN_INFERENCE_NAME = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
 def outbox_path(settings: Settings, alias: str, worker: int = 0) -> pathlib.Path:
@@ -118,11 +123,16 @@ def start(settings: Settings, verifier: identity.TokenVerifier, parts: Inference
     stop_loading = threading.Event()
     if parts.group is not None:
         holder.load_until_ready(stop_loading, lambda: None)
+
+    def register(server) -> None:
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server(
+            InferenceServicer(predictor, RetentionAdvisor(holder, parts.retention)), server)
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            OpenInferenceServicer(OpenInference(predictor, holder, settings.model_name)), server)
+
     host = start_server(
-        settings, port=parts.port, http_port=parts.http_port,
-        register=lambda server: inference_pb2_grpc.add_InferenceServiceServicer_to_server(
-            InferenceServicer(predictor, RetentionAdvisor(holder, parts.retention)), server),
-        service_names=[SERVICE_NAME],
+        settings, port=parts.port, http_port=parts.http_port, register=register,
+        service_names=[SERVICE_NAME, OPEN_INFERENCE_NAME],
         interceptor=ServiceInterceptor.from_settings(verifier, settings),
         serving=holder.ready)
     shipper = Shipper(outbox, parts.sink, **parts.shipper_options).start() if parts.sink is not None else None

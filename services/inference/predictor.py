@@ -13,6 +13,7 @@ import time
 from typing import Callable, Sequence
 
 import numpy as np
+import pandas as pd
 from churn.v1 import common_pb2, inference_pb2, monitoring_pb2
 from google.protobuf import timestamp_pb2
 
@@ -101,6 +102,18 @@ class Predictor:
                 predicted = np.array([p.churn for p in scored.predictions], dtype=bool)[known]
                 accuracy = float((truth == predicted).mean())
         return scored, accuracy
+
+    def predict_frame(self, raw: pd.DataFrame, customer_ids: Sequence[str], *, request_id: str, method: str,
+                      rows_field: str, where: Callable[[int], str]) -> Scored:
+        """Score a frame of Telco columns in CSV spellings (the Open Inference Protocol's tensors), validated by the
+        CSV path's rules; bad cells are named `<where(row)>: <Column>`, a bad row count `rows_field`."""
+        started = time.perf_counter()
+        self._check_rows(len(raw), rows_field)
+        prediction_record.check_customer_ids(customer_ids, lambda i: f"{where(i)}: {F.ID_COLUMN}")
+        X = F.encode_frame(raw, line_of=where)
+        customers = telco_csv.frame_to_customers(telco_csv.typed_frame(raw), customer_ids)
+        return self._score(X, customers, customer_ids, request_id=request_id, explain_top_k=0, method=method,
+                           started=started)
 
     def _score(self, X: np.ndarray, customers: Sequence[common_pb2.Customer], customer_ids: Sequence[str], *,
                request_id: str, explain_top_k: int, method: str, started: float, first_index: int = 0) -> Scored:

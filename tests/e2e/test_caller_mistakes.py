@@ -126,12 +126,15 @@ MISTAKES = [
     Mistake("MonitoringService/AnalyzeCanary", "a negative window", "GET", "/v1/canary/analysis?window_minutes=-1",
             names="window_minutes"),
 ]
-# Streaming RPCs have no REST mapping: their mistakes are answered per message over gRPC (test below).
-GRPC_ONLY = {"InferenceService/StreamPredict"}
+# Streaming RPCs have no REST mapping: their mistakes are answered per message over gRPC (test below). The Open
+# Inference Protocol is gRPC only: its mistakes are tested in tests/e2e/test_open_inference.py and
+# tests/inference/test_open_inference.py.
+GRPC_ONLY = {"InferenceService/StreamPredict",
+             *(path.removeprefix("/") for path in access_table() if path.startswith("/inference.GRPCInferenceService/"))}
 
 
 def test_the_table_covers_every_rpc():
-    every = {path.removeprefix("/churn.v1.") for path in access_table()}
+    every = {path.removeprefix("/").removeprefix("churn.v1.") for path in access_table()}
     assert {m.rpc for m in MISTAKES} | GRPC_ONLY == every
 
 

@@ -8,7 +8,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 pytestmark = pytest.mark.integration
-SERVICES = ("churn.v1.AuthService", "churn.v1.InferenceService", "churn.v1.MonitoringService", "")
+SERVICES = ("churn.v1.AuthService", "churn.v1.InferenceService", "churn.v1.MonitoringService",
+            "inference.GRPCInferenceService", "")
 
 
 @pytest.mark.parametrize("service", SERVICES)

@@ -11,6 +11,7 @@ import pathlib
 import shutil
 
 import grpc
+import grpc_predict_v2_pb2_grpc
 import pytest
 from churn.v1 import auth_pb2, auth_pb2_grpc, inference_pb2_grpc, monitoring_pb2_grpc
 from google.protobuf import descriptor as D
@@ -108,6 +109,7 @@ def servers(settings, keys, tmp_path_factory):
                                    ("monitoring", monitoring.app.port))}
     stubs = {"churn.v1.AuthService": auth_pb2_grpc.AuthServiceStub(channels["auth"]),
              "churn.v1.InferenceService": inference_pb2_grpc.InferenceServiceStub(channels["inference"]),
+             "inference.GRPCInferenceService": grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channels["inference"]),
              "churn.v1.MonitoringService": monitoring_pb2_grpc.MonitoringServiceStub(channels["monitoring"])}
     admin = auth_app.accounts
     admin.create_admin("fuzzer", "Fuzz-Admin-Password-1")

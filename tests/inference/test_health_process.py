@@ -1,5 +1,6 @@
-"""Health is NOT_SERVING until the model is loaded; reflection lists InferenceService; `python -m services.inference`
-reaches SERVING as a process and drains on SIGTERM."""
+"""Health is NOT_SERVING (and the Open Inference Protocol not ready) until the model is loaded; reflection lists
+InferenceService and GRPCInferenceService; `python -m services.inference` reaches SERVING as a process and drains
+on SIGTERM."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,6 +8,8 @@ import threading
 import urllib.request
 
 import grpc
+import grpc_predict_v2_pb2 as oip_pb
+import grpc_predict_v2_pb2_grpc
 import pytest
 from churn.v1 import inference_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -42,9 +45,18 @@ def test_not_serving_until_the_model_is_loaded(settings, keys, registry, tmp_pat
     inference = app.start(settings, keys.verifier(), parts)
     client = Client(f"127.0.0.1:{inference.port}", settings, keys)
     health = health_pb2_grpc.HealthStub(client.channel)
+    oip = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(client.channel)
+    model = oip_pb.ModelReadyRequest(name=settings.model_name)
     try:
-        for service in ("", app.SERVICE_NAME):
+        for service in ("", app.SERVICE_NAME, app.OPEN_INFERENCE_NAME):
             assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == NOT_SERVING
+        md = client.metadata()
+        assert oip.ServerLive(oip_pb.ServerLiveRequest(), metadata=md).live
+        assert not oip.ServerReady(oip_pb.ServerReadyRequest(), metadata=md).ready
+        assert not oip.ModelReady(model, metadata=md).ready
+        with pytest.raises(grpc.RpcError) as error:
+            oip.ModelMetadata(oip_pb.ModelMetadataRequest(name=settings.model_name), metadata=md)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
         head = b"\n".join(TELCO_CSV.read_bytes().split(b"\n")[:3]) + b"\n"
         customer = telco_csv.parse_telco_csv(head, 10**6, 100).customers()[0]
         with pytest.raises(grpc.RpcError) as error:
@@ -52,12 +64,14 @@ def test_not_serving_until_the_model_is_loaded(settings, keys, registry, tmp_pat
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE
         gated.gate.set()
         assert inference.wait_loaded(60)
-        for service in ("", app.SERVICE_NAME):
+        for service in ("", app.SERVICE_NAME, app.OPEN_INFERENCE_NAME):
             assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == SERVING
+        assert oip.ServerReady(oip_pb.ServerReadyRequest(), metadata=md).ready
+        assert oip.ModelReady(model, metadata=md).ready
         reply = client.stub.Predict(inference_pb2.PredictRequest(customer=customer), metadata=client.metadata())
         assert reply.prediction.model.alias == "production"
         services = ProtoReflectionDescriptorDatabase(client.channel).get_services()
-        assert app.SERVICE_NAME in services and "grpc.health.v1.Health" in services
+        assert {app.SERVICE_NAME, app.OPEN_INFERENCE_NAME, "grpc.health.v1.Health"} <= set(services)
     finally:
         gated.gate.set()
         client.close()

@@ -84,3 +84,20 @@ def test_the_reloader_role_may_reload_a_model_and_nothing_else():
     other services' session check can confirm it at auth — never a prediction, a data read or an admin RPC."""
     allowed = {path for path, entry in access_table().items() if "reloader" in entry.roles}
     assert allowed == {"/churn.v1.InferenceService/ReloadModel", "/churn.v1.AuthService/VerifySession"}
+
+
+def test_the_open_inference_protocol_is_called_like_inference_service():
+    """Its methods carry no (access) option (the contract is the standard's): access.proto's external entries give
+    every one of them the same callers and key as InferenceService, inference through the canary split."""
+    from services.common.access import OPEN_INFERENCE_MODULE
+
+    table = access_table()
+    service = OPEN_INFERENCE_MODULE.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    predict = table["/churn.v1.InferenceService/Predict"]
+    for method in service.methods:
+        entry = table[f"/{service.full_name}/{method.name}"]
+        assert (entry.public, entry.roles, entry.ops_key_only) == (False, predict.roles, False), method.name
+    infer = table["/inference.GRPCInferenceService/ModelInfer"]
+    assert (infer.routing, infer.rate, infer.retryable) == ("canary", "predict", True)
+    descriptor_set = descriptor_pb2.FileDescriptorSet.FromString((ROOT / "gen" / "churn.pb").read_bytes())
+    assert any(f.package == "inference" and f.service[0].name == "GRPCInferenceService" for f in descriptor_set.file)

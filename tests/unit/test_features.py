@@ -169,3 +169,24 @@ def test_feature_spec_is_json_and_matches_encoding():
     spec = json.loads(json.dumps(F.feature_spec()))
     assert spec["encoded_columns"] == list(F.ENCODED_COLUMNS)
     assert [f["column"] for f in spec["features"]] == list(F.FEATURE_COLUMNS)
+
+
+def test_decode_matrix_inverts_the_encoding_on_the_real_data(raw):
+    """The Open Inference Protocol's `features` tensor: the independent one-hot of every Telco row decodes to the
+    CSV spellings, which encode back to the very same matrix."""
+    X = reference_encoding(raw)
+    decoded = F.decode_matrix(X, lambda r: f"row {r}")
+    assert list(decoded.columns) == list(F.FEATURE_COLUMNS)
+    assert decoded["Contract"].tolist() == raw["Contract"].str.strip().tolist()
+    np.testing.assert_array_equal(F.encode_frame(decoded), X)
+
+
+def test_decode_matrix_names_a_broken_one_hot_and_a_non_binary_flag():
+    X = F.encode_customers([good_customer(), good_customer()])
+    X[1, F.ENCODED_COLUMNS.index("contract=Two year")] = 1.0  # two ones
+    X[0, F.ENCODED_COLUMNS.index("partner")] = 0.5
+    with pytest.raises(InvalidInput) as caught:
+        F.decode_matrix(X, lambda r: f"features row {r}")
+    fields = [field for field, _ in caught.value.violations]
+    assert fields == ["features row 0: Partner", "features row 1: Contract"]
+    assert "one 1 and zeros" in caught.value.violations[1][1]

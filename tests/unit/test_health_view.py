@@ -26,7 +26,8 @@ class FakeView:
 
 
 def test_cluster_names_match_the_gateway():
-    assert {service: cluster for cluster, service in CLUSTER_SERVICES.items()} == names.SERVICE_CLUSTERS
+    assert {service: cluster for cluster, services in CLUSTER_SERVICES.items()
+            for service in services} == names.SERVICE_CLUSTERS
 
 
 def test_envoy_clusters_read_as_health():
@@ -40,8 +41,10 @@ def test_check_and_list_answer_for_other_processes():
     check = lambda name: servicer.Check(health_pb2.HealthCheckRequest(service=name), None).status  # noqa: E731
     assert check("churn.v1.AuthService") == health_pb2.HealthCheckResponse.SERVING
     assert check("churn.v1.InferenceService") == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert check("inference.GRPCInferenceService") == health_pb2.HealthCheckResponse.NOT_SERVING
     listed = servicer.List(health_pb2.HealthListRequest(), None).statuses
-    assert set(listed) == {"", "churn.v1.AuthService", "churn.v1.InferenceService", "churn.v1.MonitoringService"}
+    assert set(listed) == {"", "churn.v1.AuthService", "churn.v1.InferenceService", "churn.v1.MonitoringService",
+                           "inference.GRPCInferenceService"}
 
 
 def test_healthz_needs_auth_monitoring_and_production(monkeypatch):
