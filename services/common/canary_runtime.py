@@ -21,6 +21,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import threading
 
 RUNTIME_KEY_PREFIX = "routing.inference"
 # Names of the two entries of the weighted split (the clusters the canary route points at). The staging entry may be
@@ -36,6 +37,7 @@ SYMLINK_NAME = "current"
 SUBDIRECTORY = "churn"
 SNAPSHOTS = "snapshots"
 KEEP_SNAPSHOTS = 3
+_WRITE = threading.Lock()  # a snapshot copies the other persisted key: one read-modify-write at a time
 
 
 def runtime_dir(data_dir: os.PathLike | str) -> pathlib.Path:
@@ -104,15 +106,18 @@ def read_persisted_shadow(data_dir: os.PathLike | str) -> int | None:
 
 def write_persisted(data_dir: os.PathLike | str, staging_percent: int) -> pathlib.Path:
     """Persist a weight (keeping a persisted shadow percent); returns the snapshot directory."""
-    shadow = read_persisted_shadow(data_dir)
-    return _write_snapshot(data_dir, {**weights_for(staging_percent),
-                                      **(shadow_for(shadow) if shadow is not None else {})})
+    with _WRITE:
+        shadow = read_persisted_shadow(data_dir)
+        return _write_snapshot(data_dir, {**weights_for(staging_percent),
+                                          **(shadow_for(shadow) if shadow is not None else {})})
 
 
 def write_persisted_shadow(data_dir: os.PathLike | str, percent: int) -> pathlib.Path:
     """Persist a shadow percent (keeping a persisted weight); returns the snapshot directory."""
-    weight = read_persisted(data_dir)
-    return _write_snapshot(data_dir, {**(weights_for(weight) if weight is not None else {}), **shadow_for(percent)})
+    with _WRITE:
+        weight = read_persisted(data_dir)
+        return _write_snapshot(data_dir, {**(weights_for(weight) if weight is not None else {}),
+                                          **shadow_for(percent)})
 
 
 def _write_snapshot(data_dir: os.PathLike | str, weights: dict[str, int]) -> pathlib.Path:

@@ -1,6 +1,6 @@
 """The model lifecycle's durable state, beside the prediction log in the monitoring database: training runs (so a
 run's state and progress survive a restart of monitoring) and the audit trail of model events (who retrained,
-promoted, rolled back or moved the canary weight, and when)."""
+promoted, rolled back, moved the canary weight or the shadow percent, and when)."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +16,7 @@ metadata = sa.MetaData()
 
 RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
 RETRAIN_STARTED, RETRAIN_FINISHED, RETRAIN_FAILED = "retrain_started", "retrain_finished", "retrain_failed"
-PROMOTE, ROLLBACK, CANARY_WEIGHT = "promote", "rollback", "canary_weight"
+PROMOTE, ROLLBACK, CANARY_WEIGHT, SHADOW_PERCENT = "promote", "rollback", "canary_weight", "shadow_percent"
 
 training_runs = sa.Table(
     "training_runs", metadata,
@@ -50,6 +50,7 @@ model_events = sa.Table(
     sa.Column("run_id", sa.String(64), nullable=False, default=""),
     sa.Column("canary_percent", sa.Integer, nullable=True),
     sa.Column("detail", sa.String(1024), nullable=False, default=""),
+    sa.Column("shadow_percent", sa.Integer, nullable=True),
 )
 
 
@@ -85,6 +86,7 @@ class ModelEvent:
     run_id: str = ""
     canary_percent: int | None = None
     detail: str = ""
+    shadow_percent: int | None = None
 
 
 _JSON_COLUMNS = ("log_tail", "datasets", "metrics")
@@ -102,6 +104,9 @@ class LifecycleStore:
     def __init__(self, engine: sa.Engine):
         self.engine = engine
         metadata.create_all(engine)
+        if "shadow_percent" not in {c["name"] for c in sa.inspect(engine).get_columns("model_events")}:
+            with engine.begin() as connection:  # a store from before shadow events (create_all never alters)
+                connection.execute(sa.text("ALTER TABLE model_events ADD COLUMN shadow_percent INTEGER"))
 
     # ---- training runs --------------------------------------------------------------------------------------------
     def start_run(self, run: TrainingRun) -> None:
