@@ -1,10 +1,13 @@
 """The model lifecycle through Envoy, REST and gRPC: upload a shifted training CSV → Retrain (a child process) →
 version 3 registered as `staging` with its lineage, the staging instance serving it → 400 predictions at weight 50
-with their true labels → AnalyzeCanary shows both versions' figures → Promote → production answers
-with version 3 and `previous` is 1 → Rollback → version 1 again; every step in ListModelEvents with the admin's
-name; the logged predictions with their inputs in ListPredictions; bad input → 400 / INVALID_ARGUMENT naming the
-field; a load generator running through Promote and Rollback sees no failed prediction. The registry's aliases
-are put back afterwards, so the other tests see the suite as they expect."""
+with their true labels → AnalyzeCanary shows both versions' figures → shadow 100 % at weight 0 → 500 predictions,
+every one answered by production, each mirrored to staging → AnalyzeCanary judges staging on its 500 shadow rows
+against production's answers to the same requests, labels included → Promote → production answers with version 3
+and `previous` is 1 → Rollback → version 1 again; every step (weight and shadow changes too) in ListModelEvents
+with the admin's name; the logged predictions with their inputs in ListPredictions; bad input → 400 /
+INVALID_ARGUMENT naming the field; a load generator running through Promote and Rollback sees no failed
+prediction. The registry's aliases and the shadow percent are put back afterwards, so the other tests see the
+suite as they expect."""
 from __future__ import annotations
 
 import collections
@@ -15,6 +18,7 @@ import time
 import grpc
 import pytest
 from google.api import httpbody_pb2
+from google.protobuf import json_format
 
 from churn.v1 import common_pb2, inference_pb2, monitoring_pb2
 from services.common import mlflow_config
@@ -83,17 +87,70 @@ def canary_with_labels(suite, customers, ops) -> monitoring_pb2.AnalyzeCanaryRes
         inference.Predict(inference_pb2.PredictRequest(customer=customer), metadata=suite.md(suite.service_token),
                           timeout=10)
     monitoring.SetCanaryWeight(monitoring_pb2.SetCanaryWeightRequest(percent=0), metadata=ops, timeout=5)
-    labels = parse_telco_csv(TELCO_CSV.read_bytes(), None, 10**6).churn
-    csv = "customerID,Churn\n" + "".join(f"{c.customer_id},{'Yes' if labels[i] else 'No'}\n"
-                                         for i, c in enumerate(customers[:400]))
+    csv = label_csv(customers[:400])
     deadline = time.monotonic() + 30
     while True:
         fed = monitoring.SubmitFeedback(monitoring_pb2.SubmitFeedbackRequest(
-            csv=httpbody_pb2.HttpBody(content_type="text/csv", data=csv.encode())), metadata=ops, timeout=30)
+            csv=httpbody_pb2.HttpBody(content_type="text/csv", data=csv)), metadata=ops, timeout=30)
         analysis = monitoring.AnalyzeCanary(monitoring_pb2.AnalyzeCanaryRequest(window_minutes=30), metadata=ops,
                                             timeout=30)
         sides = (analysis.production, analysis.staging)
         if fed.matched == 400 and sum(s.labelled for s in sides) >= 400 or time.monotonic() > deadline:
+            return analysis
+        time.sleep(1)
+
+
+def label_csv(customers) -> bytes:
+    labels = parse_telco_csv(TELCO_CSV.read_bytes(), None, 10**6).churn
+    return ("customerID,Churn\n" + "".join(f"{c.customer_id},{'Yes' if labels[i] else 'No'}\n"
+                                           for i, c in enumerate(customers))).encode()
+
+
+def shadow_with_labels(suite, customers, admin: str, new: str) -> monitoring_pb2.AnalyzeCanaryResponse:
+    """Shadow 100 % at weight 0 (set over REST, read back over gRPC): 500 predictions (400 gRPC, 100 REST), every
+    answer production's (the mirror's reply never reaches the caller); each customer's true label as feedback; the
+    analysis once every shadow row has reached monitoring."""
+    _, inference, monitoring = suite.stubs()
+    ops = suite.md(admin, key="ops")
+    shadow = suite.rest("POST", "/v1/shadow", {"percent": 100}, token=admin, key="ops")
+    assert shadow.status == 200 and shadow.json() == {"percent": 100, "previous": 0}, shadow.body
+    assert monitoring.GetShadowPercent(monitoring_pb2.GetShadowPercentRequest(), metadata=ops, timeout=5).percent == 100
+    assert suite.gateway.runtime()["routing.shadow_percent"] == "100"
+    answered = collections.Counter()
+    for customer in customers[:400]:
+        reply = inference.Predict(inference_pb2.PredictRequest(customer=customer),
+                                  metadata=suite.md(suite.service_token), timeout=10)
+        answered[(reply.prediction.model.alias, reply.prediction.model.version)] += 1
+        assert "-shadow-" not in reply.prediction.prediction_id
+    request_ids = {}
+    for customer in customers[400:500]:
+        reply = suite.rest("POST", "/v1/predict", {"customer": json_format.MessageToDict(
+            customer, preserving_proto_field_name=True)}, token=suite.service_token)
+        assert reply.status == 200 and reply.headers["x-churn-served-by"] == "production", reply.body
+        model = reply.json()["prediction"]["model"]
+        answered[(model["alias"], model["version"])] += 1
+        request_ids[customer.customer_id] = reply.headers["x-request-id"]
+    assert answered == {("production", "1"): 500}, answered
+
+    # the REST caller's request, answered by production, was also answered by staging into the log (marked)
+    one = customers[450].customer_id
+    deadline = time.monotonic() + 30
+    while True:
+        copies = suite.rest("GET", f"/v1/predictions?alias=staging&shadow=true&customer_id={one}", token=admin,
+                            key="ops").json()["predictions"]
+        if copies or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert [(c["record"]["request_id"], c["record"]["model"]["version"], c["record"]["shadow"]) for c in copies] == \
+        [(request_ids[one], new, True)], copies
+
+    fed = monitoring.SubmitFeedback(monitoring_pb2.SubmitFeedbackRequest(csv=httpbody_pb2.HttpBody(
+        content_type="text/csv", data=label_csv(customers[:500]))), metadata=ops, timeout=30)
+    assert fed.matched == 500  # labels the answers the customers got, never the shadow copies
+    while True:
+        analysis = monitoring.AnalyzeCanary(monitoring_pb2.AnalyzeCanaryRequest(window_minutes=30), metadata=ops,
+                                            timeout=30)
+        if analysis.staging.predictions >= 500 or time.monotonic() > deadline + 30:
             return analysis
         time.sleep(1)
 
@@ -150,6 +207,7 @@ def test_retrain_promote_rollback(suite, customers):
     first_event = monitoring.ListModelEvents(monitoring_pb2.ListModelEventsRequest(page_size=1), metadata=ops,
                                              timeout=10).events
     since = first_event[0].event_id if first_event else 0
+    shadow_off = False
     try:
         upload = suite.rest("POST", "/v1/data/training?name=prices-up-30", shifted_csv(), token=admin, key="ops",
                             headers={"content-type": "text/csv"})
@@ -187,6 +245,17 @@ def test_retrain_promote_rollback(suite, customers):
         assert analysis.verdict != monitoring_pb2.CANARY_VERDICT_UNSPECIFIED and analysis.reasons
         assert analysis.thresholds.min_predictions == suite.settings.canary_min_predictions
 
+        shadowed = shadow_with_labels(suite, customers, admin, new)
+        assert shadowed.shadow is True, shadowed
+        assert shadowed.production.model.version == "1" and shadowed.staging.model.version == new
+        assert shadowed.staging.predictions == shadowed.production.predictions == 500, shadowed
+        for side in (shadowed.production, shadowed.staging):
+            assert side.labelled == 500 and side.HasField("roc_auc") and side.latency_p99_ms > 0, shadowed
+        assert shadowed.staging.roc_auc > 0.7 and shadowed.reasons
+        off = monitoring.SetShadowPercent(monitoring_pb2.SetShadowPercentRequest(percent=0), metadata=ops, timeout=5)
+        assert (off.percent, off.previous) == (0, 100)
+        shadow_off = True
+
         load = Load(suite, customers)  # an external generator: nothing may fail while production reloads
         load.start()
         promoted = monitoring.Promote(monitoring_pb2.PromoteRequest(version=new), metadata=ops, timeout=120)
@@ -212,7 +281,10 @@ def test_retrain_promote_rollback(suite, customers):
         trail = [(e["kind"].removeprefix("MODEL_EVENT_KIND_"), e["model_version"], e["actor"])
                  for e in reversed(events) if int(e["event_id"]) > since]
         assert trail == [("RETRAIN_STARTED", "", ADMIN), ("RETRAIN_FINISHED", new, ADMIN), ("CANARY_WEIGHT", "", ADMIN),
-                         ("CANARY_WEIGHT", "", ADMIN), ("PROMOTE", new, ADMIN), ("ROLLBACK", "1", ADMIN)], trail
+                         ("CANARY_WEIGHT", "", ADMIN), ("SHADOW_PERCENT", "", ADMIN), ("SHADOW_PERCENT", "", ADMIN),
+                         ("PROMOTE", new, ADMIN), ("ROLLBACK", "1", ADMIN)], trail
+        assert [int(e["shadow_percent"]) for e in reversed(events) if int(e["event_id"]) > since
+                and e["kind"] == "MODEL_EVENT_KIND_SHADOW_PERCENT"] == [100, 0]
 
         # the prediction production made with the new version, with its inputs, once the outbox has shipped it
         deadline = time.monotonic() + 30
@@ -228,6 +300,8 @@ def test_retrain_promote_rollback(suite, customers):
         assert record["customer"]["contract"] == common_pb2.Contract.Name(customers[0].contract)
         assert record["customer"]["tenure"] == customers[0].tenure and record["shadow"] is False
     finally:
+        if not shadow_off:
+            monitoring.SetShadowPercent(monitoring_pb2.SetShadowPercentRequest(percent=0), metadata=ops, timeout=5)
         for alias, version in before.items():
             registry.set_alias(alias, version)
         if R.ALIAS_PREVIOUS in (registry.client.get_registered_model(registry.name).aliases or {}):
