@@ -108,8 +108,8 @@ def label_csv(customers) -> bytes:
 
 def shadow_with_labels(suite, customers, admin: str, new: str) -> monitoring_pb2.AnalyzeCanaryResponse:
     """Shadow 100 % at weight 0 (set over REST, read back over gRPC): 500 predictions (400 gRPC, 100 REST), every
-    answer production's (the mirror's reply never reaches the caller); each customer's true label as feedback; the
-    analysis once every shadow row has reached monitoring."""
+    answer production's (the mirror's reply never reaches the caller); at weight 100 staging's own answers are not
+    copied; each customer's true label as feedback; the analysis once every shadow row has reached monitoring."""
     _, inference, monitoring = suite.stubs()
     ops = suite.md(admin, key="ops")
     shadow = suite.rest("POST", "/v1/shadow", {"percent": 100}, token=admin, key="ops")
@@ -143,6 +143,23 @@ def shadow_with_labels(suite, customers, admin: str, new: str) -> monitoring_pb2
         time.sleep(0.5)
     assert [(c["record"]["request_id"], c["record"]["model"]["version"], c["record"]["shadow"]) for c in copies] == \
         [(request_ids[one], new, True)], copies
+
+    # a request the split sends to staging is answered there, and never copied to staging again
+    suite.set_canary(100)
+    live = [inference.Predict(inference_pb2.PredictRequest(customer=c), metadata=suite.md(suite.service_token),
+                              timeout=10).prediction for c in customers[500:520]]
+    suite.set_canary(0)
+    assert {(p.model.alias, p.model.version) for p in live} == {("staging", new)}
+    while True:
+        staged = suite.rest("GET", f"/v1/predictions?alias=staging&customer_id={customers[519].customer_id}",
+                            token=admin, key="ops").json()["predictions"]
+        if staged or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert [c["record"]["shadow"] for c in staged] == [False], staged  # its live row only
+    copies = suite.rest("GET", "/v1/predictions?alias=staging&shadow=true&page_size=1000", token=admin,
+                        key="ops").json()["predictions"]
+    assert not {c["record"]["customer"]["customer_id"] for c in copies} & {p.customer_id for p in live}
 
     fed = monitoring.SubmitFeedback(monitoring_pb2.SubmitFeedbackRequest(csv=httpbody_pb2.HttpBody(
         content_type="text/csv", data=label_csv(customers[:500]))), metadata=ops, timeout=30)
@@ -281,8 +298,9 @@ def test_retrain_promote_rollback(suite, customers):
         trail = [(e["kind"].removeprefix("MODEL_EVENT_KIND_"), e["model_version"], e["actor"])
                  for e in reversed(events) if int(e["event_id"]) > since]
         assert trail == [("RETRAIN_STARTED", "", ADMIN), ("RETRAIN_FINISHED", new, ADMIN), ("CANARY_WEIGHT", "", ADMIN),
-                         ("CANARY_WEIGHT", "", ADMIN), ("SHADOW_PERCENT", "", ADMIN), ("SHADOW_PERCENT", "", ADMIN),
-                         ("PROMOTE", new, ADMIN), ("ROLLBACK", "1", ADMIN)], trail
+                         ("CANARY_WEIGHT", "", ADMIN), ("SHADOW_PERCENT", "", ADMIN), ("CANARY_WEIGHT", "", ADMIN),
+                         ("CANARY_WEIGHT", "", ADMIN), ("SHADOW_PERCENT", "", ADMIN), ("PROMOTE", new, ADMIN),
+                         ("ROLLBACK", "1", ADMIN)], trail
         assert [int(e["shadow_percent"]) for e in reversed(events) if int(e["event_id"]) > since
                 and e["kind"] == "MODEL_EVENT_KIND_SHADOW_PERCENT"] == [100, 0]
 
