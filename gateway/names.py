@@ -53,7 +53,7 @@ HEALTHZ_CLUSTER = "monitoring_http"
 SERVICE_CLUSTERS = {
     "churn.v1.AuthService": AUTH_CLUSTER,
     "churn.v1.MonitoringService": MONITORING_CLUSTER,
-    "churn.v1.InferenceService": PRODUCTION_HOSTS_CLUSTER,
+    "churn.v1.InferenceService": PRODUCTION_CLUSTER,
 }
 
 # Health checking and outlier detection (gateway behaviour, not deployment settings).
