@@ -235,11 +235,13 @@ class MonitoringStore:
             return int(connection.execute(query).scalar_one())
 
     def recent_inputs(self, window: int, model_version: str = "") -> pd.DataFrame:
-        """The last `window` logged inputs (newest first), as a Telco frame in CSV spelling (no customerID)."""
+        """The last `window` logged inputs (newest first), as a Telco frame in CSV spelling (no customerID): a
+        version's own (shadow copies included: that version saw them), or across versions the served ones (a shadow
+        row repeats an input production already logged)."""
         columns = [predictions.c[f.name] for f in F.FEATURES]
         query = sa.select(*columns).order_by(predictions.c.seq.desc()).limit(window)
-        if model_version:
-            query = query.where(predictions.c.model_version == model_version)
+        query = query.where(predictions.c.model_version == model_version if model_version
+                            else predictions.c.shadow.is_(False))
         with self.engine.connect() as connection:
             rows = connection.execute(query).all()
         return typed_frame(pd.DataFrame(rows, columns=list(F.FEATURE_COLUMNS)))

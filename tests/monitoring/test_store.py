@@ -150,3 +150,4 @@ def test_shadow_rows_pair_with_the_answer_they_copy_and_never_take_its_label(sto
     assert store.shadow_pairs_since("3", "2", since).empty  # production's answers came from version 1
     assert len(store.scores_since("staging", "3", since, shadow=True)) == 4
     assert store.scores_since("staging", "3", since).empty  # staging served nothing itself
+    assert len(store.recent_inputs(100)) == 4 and len(store.recent_inputs(100, "3")) == 4  # no input counted twice
