@@ -328,3 +328,32 @@ def test_retrain_promote_rollback(suite, customers):
             reloaded = suite.rest("POST", "/v1/model:reload", {"alias": alias}, token=admin, key="ops",
                                   headers={"x-churn-alias": alias})
             assert reloaded.status == 200, reloaded.body
+
+
+def test_shadow_copies_of_a_stream_and_an_explain_leave_the_callers_answers_alone(suite, customers):
+    """Every canary route is mirrored while the shadow percent is on: a bidirectional stream still gets all its
+    answers from production, in order (the copy streams beside it), and staging logs a shadow row per message."""
+    admin = suite.admin_token()
+    _, inference, monitoring = suite.stubs()
+    ops = suite.md(admin, key="ops")
+    monitoring.SetShadowPercent(monitoring_pb2.SetShadowPercentRequest(percent=100), metadata=ops, timeout=5)
+    try:
+        batch = customers[2000:2005]
+        replies = list(inference.StreamPredict(iter(inference_pb2.StreamPredictRequest(message_id=str(i), customer=c)
+                                                    for i, c in enumerate(batch)),
+                                               metadata=suite.md(suite.service_token), timeout=30))
+        assert [(r.message_id, r.prediction.model.alias) for r in replies] == [(str(i), "production")
+                                                                              for i in range(5)]
+        explained = inference.Explain(inference_pb2.ExplainRequest(customers=batch[:1]), metadata=suite.md(admin),
+                                      timeout=30)
+        assert explained.model.alias == "production"
+        deadline = time.monotonic() + 30
+        while True:
+            copies = suite.rest("GET", f"/v1/predictions?alias=staging&shadow=true&customer_id="
+                                f"{batch[4].customer_id}", token=admin, key="ops").json()["predictions"]
+            if copies or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert [c["record"]["prediction_id"] for c in copies] == [f"{copies[0]['record']['request_id']}-shadow-4"]
+    finally:
+        monitoring.SetShadowPercent(monitoring_pb2.SetShadowPercentRequest(percent=0), metadata=ops, timeout=5)
