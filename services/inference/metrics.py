@@ -8,7 +8,7 @@ from prometheus_client import Counter, Gauge, Histogram
 PREDICTIONS = Counter("churn_inference_predictions_total", "Rows scored, by model version, alias, predicted outcome "
                       "and traffic (live answers; shadow: Envoy's mirrored copies, never answered).",
                       ["model_version", "alias", "outcome", "traffic"])
-BATCH_ROWS = Histogram("churn_inference_batch_rows", "Rows per prediction request.", ["method"],
+BATCH_ROWS = Histogram("churn_inference_batch_rows", "Rows per prediction request.", ["method", "traffic"],
                        buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000, 10000, 50000))
 RETENTION_ROWS = Histogram("churn_inference_retention_rows", "Rows one SuggestRetention request scores in its one "
                            "model call (customers + their feasible variants).",

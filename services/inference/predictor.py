@@ -130,7 +130,7 @@ class Predictor:
             metrics.PREDICTIONS.labels(model.version, model.alias, "churn", traffic).inc(n_churn)
         if len(predictions) - n_churn:
             metrics.PREDICTIONS.labels(model.version, model.alias, "no_churn", traffic).inc(len(predictions) - n_churn)
-        metrics.BATCH_ROWS.labels(method).observe(len(predictions))
+        metrics.BATCH_ROWS.labels(method, traffic).observe(len(predictions))
         return Scored(predictions, model)
 
     def _check_reply_size(self, predictions: list[inference_pb2.Prediction], explain_top_k: int) -> None:
