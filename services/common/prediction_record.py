@@ -16,11 +16,11 @@ from services.common import features as F
 from services.common.errors import InvalidInput
 
 MAX_ID_CHARS = 128  # prediction_id, customer_id, request_id, model name
+MAX_VERSION_CHARS = 32
+MAX_ALIAS_CHARS = 64
 # Prediction ids: `<request id>-<row>` for an answer, `<request id>-shadow-<row>` for the shadow copy of the same
 # row (services/common/shadow.py): never a duplicate of the answer, and its twin is found from its id.
 SHADOW_ID_INFIX = "-shadow"
-MAX_VERSION_CHARS = 32
-MAX_ALIAS_CHARS = 64
 
 Violation = tuple[str, str]
 
