@@ -1,13 +1,17 @@
 """Envoy clusters: one HTTP/2 gRPC cluster per upstream with active gRPC health checks, outlier detection and a
-retry budget; the aggregate `inference_staging` [staging hosts, production] so a dead canary falls back; and the
-plain-HTTP cluster Envoy fetches auth's JWKS through."""
+retry budget; production twice (`inference_production`, the split's side, which mirrors shadow traffic to staging,
+and `inference_production_hosts` for calls bound to that one instance); the aggregate `inference_staging` [staging
+hosts, production] so a dead canary falls back; and the plain-HTTP cluster Envoy fetches auth's JWKS through."""
 from __future__ import annotations
 
 import urllib.parse
 
 from gateway.names import (AUTH_CLUSTER, HEALTH_INTERVAL, HEALTH_TIMEOUT, HEALTHZ_CLUSTER, JWKS_CLUSTER, METADATA_NS,
-                           MONITORING_CLUSTER, PRODUCTION_CLUSTER, STAGING_CLUSTER, STAGING_HOSTS_CLUSTER, typed)
+                           MONITORING_CLUSTER, PRODUCTION_CLUSTER, PRODUCTION_HOSTS_CLUSTER, STAGING_CLUSTER,
+                           STAGING_HOSTS_CLUSTER, typed)
+from services.common import canary_runtime
 from services.common.settings import Settings
+from services.common.shadow import SHADOW_HEADER, SHADOW_VALUE
 
 
 def _endpoint(host: str, port: int, alias: str | None = None) -> dict:
@@ -41,8 +45,25 @@ def _outlier_detection() -> dict:
     }
 
 
+def _shadow_mirror(settings: Settings) -> list[dict]:
+    """Shadow traffic: a cluster-level mirror policy (Envoy copies a request only when it routes it to THIS cluster,
+    so a request the split sent to staging is never copied to staging as well) to the staging hosts, for the
+    runtime share SHADOW_KEY (set live by monitoring). Envoy appends `-shadow` to the copy's authority and the copy
+    carries SHADOW_HEADER (the route config strips it from every incoming request); its reply is discarded."""
+    return [{
+        "cluster": STAGING_HOSTS_CLUSTER,
+        "runtime_fraction": {"default_value": {"numerator": settings.shadow_percent, "denominator": "HUNDRED"},
+                             "runtime_key": canary_runtime.SHADOW_KEY},
+        "request_headers_mutations": [{"append": {"header": {"key": SHADOW_HEADER, "value": SHADOW_VALUE},
+                                                  "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}}],
+    }]
+
+
 def _grpc_cluster(settings: Settings, name: str, host: str, port: int, health_service: str,
-                  alias: str | None = None) -> dict:
+                  alias: str | None = None, mirror: list[dict] | None = None) -> dict:
+    protocol = {"explicit_http_config": {"http2_protocol_options": {}}}
+    if mirror:
+        protocol["request_mirror_policies"] = mirror
     return {
         "name": name,
         "type": "STRICT_DNS",
@@ -51,8 +72,7 @@ def _grpc_cluster(settings: Settings, name: str, host: str, port: int, health_se
         "lb_policy": "ROUND_ROBIN",
         "per_connection_buffer_limit_bytes": settings.max_message_bytes,
         "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(
-            "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            explicit_http_config={"http2_protocol_options": {}})},
+            "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions", **protocol)},
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [_endpoint(host, port, alias)]}]},
         "health_checks": [{
             "timeout": HEALTH_TIMEOUT,
@@ -82,6 +102,9 @@ def clusters(settings: Settings) -> list[dict]:
         _grpc_cluster(settings, MONITORING_CLUSTER, settings.monitoring_host, settings.monitoring_port,
                       "churn.v1.MonitoringService"),
         _grpc_cluster(settings, PRODUCTION_CLUSTER, settings.inference_host("production"),
+                      settings.inference_port("production"), inference, alias="production",
+                      mirror=_shadow_mirror(settings)),
+        _grpc_cluster(settings, PRODUCTION_HOSTS_CLUSTER, settings.inference_host("production"),
                       settings.inference_port("production"), inference, alias="production"),
         _grpc_cluster(settings, STAGING_HOSTS_CLUSTER, settings.inference_host("staging"),
                       settings.inference_port("staging"), inference, alias="staging"),

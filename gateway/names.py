@@ -33,10 +33,15 @@ OPS = "ops"
 AUTH_CLUSTER = "auth"
 JWKS_CLUSTER = "auth_jwks"
 MONITORING_CLUSTER = "monitoring"
+# The production side of the split also mirrors (shadow traffic) to the staging hosts: only requests the split sent
+# to production are copied, never one staging already answers.
 PRODUCTION_CLUSTER = canary_runtime.PRODUCTION_CLUSTER
 STAGING_CLUSTER = canary_runtime.STAGING_CLUSTER  # aggregate: [staging hosts, production]
 STAGING_HOSTS_CLUSTER = "inference_staging_hosts"
-ALIAS_CLUSTERS = {"production": PRODUCTION_CLUSTER, "staging": STAGING_HOSTS_CLUSTER}
+# The same production hosts without the mirror, for calls that name one instance (alias-bound RPCs, ops pins): an
+# admin's ReloadModel or a pinned call is never replayed on staging.
+PRODUCTION_HOSTS_CLUSTER = "inference_production_hosts"
+ALIAS_CLUSTERS = {"production": PRODUCTION_HOSTS_CLUSTER, "staging": STAGING_HOSTS_CLUSTER}
 # The backend that answers reflection for every churn.v1 service at the gateway (start_server(reflect=...)).
 REFLECTION_CLUSTER = AUTH_CLUSTER
 # grpc.health.v1 through the gateway names no upstream in its path: monitoring answers it for every service from

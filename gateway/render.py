@@ -24,6 +24,7 @@ from gateway.names import (API_KEY_HEADER, AUTH_CLUSTER, CLIENT, DESCRIPTOR_SET,
 from gateway.routes import build_routes, transcoded_services
 from services.common import canary_runtime
 from services.common.direct_calls import GATEWAY_HEADER
+from services.common.shadow import SHADOW_HEADER
 from services.common.settings import Settings
 
 
@@ -134,10 +135,12 @@ def _local_replies() -> dict:
 
 def _gateway_stamp(settings: Settings) -> dict:
     """Every forwarded call carries the gateway secret (a client's own value is overwritten, or removed when no
-    secret is set), so services can tell Envoy's calls from direct ones (services/common/direct_calls.py)."""
+    secret is set), so services can tell Envoy's calls from direct ones (services/common/direct_calls.py). A
+    client's shadow mark is removed: only the mirror policy's copy carries one (services/common/shadow.py)."""
     if not settings.gateway_secret:
-        return {"request_headers_to_remove": [GATEWAY_HEADER]}
-    return {"request_headers_to_add": [{"header": {"key": GATEWAY_HEADER, "value": settings.gateway_secret},
+        return {"request_headers_to_remove": [GATEWAY_HEADER, SHADOW_HEADER]}
+    return {"request_headers_to_remove": [SHADOW_HEADER],
+            "request_headers_to_add": [{"header": {"key": GATEWAY_HEADER, "value": settings.gateway_secret},
                                         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]}
 
 
@@ -181,7 +184,8 @@ def render(settings: Settings, descriptor: pathlib.Path = DESCRIPTOR_SET) -> dic
     return extras.extend(settings, {
         "node": {"id": "churn-gateway", "cluster": "churn"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": settings.envoy_admin_port}}},
-        "layered_runtime": {"layers": canary_runtime.runtime_layers(settings.data_dir, settings.canary_percent)},
+        "layered_runtime": {"layers": canary_runtime.runtime_layers(settings.data_dir, settings.canary_percent,
+                                                                     settings.shadow_percent)},
         "static_resources": {"listeners": [_listener(settings, descriptor)], "clusters": clusters(settings)},
     })
 

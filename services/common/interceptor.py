@@ -1,5 +1,5 @@
-"""One server interceptor for every service: request id, API key, token and role (from the access table),
-domain-error → status mapping, and the shared RPC metrics.
+"""One server interceptor for every service: request id, API key, token and role (from the access table), shadow
+detection (services.common.shadow), domain-error → status mapping, and the shared RPC metrics.
 
 Domain code raises `services.common.errors` types; this is the only place they become gRPC statuses. Anything
 else is a bug on our side: it is logged with the request id and the caller gets INTERNAL naming that id.
@@ -14,7 +14,7 @@ from google.protobuf import any_pb2, descriptor_pool
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from services.common import direct_calls, identity
+from services.common import direct_calls, identity, shadow
 from services.common.access import MethodAccess, access_table
 from services.common.errors import (AlreadyExists, DomainError, FailedPrecondition, InvalidInput, NotFound, NotReady,
                                     PermissionDenied, ResourceExhausted, Unauthenticated)
@@ -142,7 +142,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         metadata = {key: value for key, value in context.invocation_metadata() if isinstance(value, str)}
         through_gateway = direct_calls.via_gateway(metadata, self._gateway_secret)
         request_id = direct_calls.request_id(metadata.get("x-request-id"), through_gateway)
-        tokens = (request_id_var.set(request_id), identity.set_current_caller(None))
+        tokens = (request_id_var.set(request_id), identity.set_current_caller(None),
+                  shadow.detect(metadata, through_gateway))
         if self._direct_limit is not None and entry.rate == "auth" and not through_gateway:
             self._direct_limit.check(context.peer())
         identity.set_current_caller(self._authenticate(entry, metadata))
@@ -160,9 +161,11 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
     def _finish(self, entry: MethodAccess, started: float, tokens, status: status_pb2.Status | None) -> None:
         code = grpc.StatusCode.OK if status is None else _CODES[status.code]
-        GRPC_LATENCY.labels(entry.service, entry.method).observe(time.perf_counter() - started)
-        GRPC_REQUESTS.labels(entry.service, entry.method, code.name).inc()
+        traffic = shadow.traffic() if tokens else shadow.LIVE
+        GRPC_LATENCY.labels(entry.service, entry.method, traffic).observe(time.perf_counter() - started)
+        GRPC_REQUESTS.labels(entry.service, entry.method, code.name, traffic).inc()
         if tokens:
+            shadow.reset(tokens[2])
             identity.reset_current_caller(tokens[1])
             request_id_var.reset(tokens[0])
 

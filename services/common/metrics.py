@@ -12,9 +12,11 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, make_wsgi_app
 
-GRPC_REQUESTS = Counter("churn_grpc_requests_total", "RPCs handled, by final status code.",
-                        ["service", "method", "code"])
-GRPC_LATENCY = Histogram("churn_grpc_request_seconds", "RPC handling time.", ["service", "method"],
+# `traffic` is "live" for callers' requests and "shadow" for the copies Envoy mirrors to staging (never answered to
+# anyone): callers' figures select traffic="live".
+GRPC_REQUESTS = Counter("churn_grpc_requests_total", "RPCs handled, by final status code and traffic (live/shadow).",
+                        ["service", "method", "code", "traffic"])
+GRPC_LATENCY = Histogram("churn_grpc_request_seconds", "RPC handling time.", ["service", "method", "traffic"],
                          buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 
 # path -> () -> (status line, content type, body)

@@ -18,6 +18,9 @@ from services.common.errors import InvalidInput
 MAX_ID_CHARS = 128  # prediction_id, customer_id, request_id, model name
 MAX_VERSION_CHARS = 32
 MAX_ALIAS_CHARS = 64
+# Prediction ids: `<request id>-<row>` for an answer, `<request id>-shadow-<row>` for the shadow copy of the same
+# row (services/common/shadow.py): never a duplicate of the answer, and its twin is found from its id.
+SHADOW_ID_INFIX = "-shadow"
 
 Violation = tuple[str, str]
 
@@ -37,6 +40,12 @@ def check_customer_ids(customer_ids: Sequence[str], field_of) -> None:
                   if (reason := _id_problem(cid, MAX_ID_CHARS))][:F.MAX_VIOLATIONS]
     if violations:
         raise InvalidInput(*violations[0], violations=violations)
+
+
+def served_twin(shadow_id: str) -> str | None:
+    """The id of the served prediction a shadow row copies (None when the id is not a shadow row's)."""
+    head, _, row = shadow_id.rpartition("-")
+    return f"{head.removesuffix(SHADOW_ID_INFIX)}-{row}" if head.endswith(SHADOW_ID_INFIX) and row.isdigit() else None
 
 
 def bounded_request_id(request_id: str) -> str:

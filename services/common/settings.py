@@ -117,6 +117,8 @@ class Settings:
     monitoring_database_url: str
     metrics_update_seconds: int
     canary_percent: int
+    # Share of the requests production serves that Envoy also mirrors to staging, until monitoring persists another.
+    shadow_percent: int
     # Rate limits (per minute).
     auth_rate_per_minute: int
     predict_rate_per_minute: int
@@ -224,6 +226,7 @@ class Settings:
             monitoring_database_url=env.get("MONITORING_DATABASE_URL") or f"sqlite:///{data_dir / 'monitoring.db'}",
             metrics_update_seconds=_int(env, "METRICS_UPDATE_SECONDS", 300),
             canary_percent=_int(env, "CANARY_PERCENT", 10),
+            shadow_percent=_int(env, "SHADOW_PERCENT", 0),
             auth_rate_per_minute=_int(env, "AUTH_RATE_PER_MINUTE", 5),
             direct_auth_rate_per_minute=_int(env, "DIRECT_AUTH_RATE_PER_MINUTE", _int(env, "AUTH_RATE_PER_MINUTE", 5)),
             predict_rate_per_minute=_int(env, "PREDICT_RATE_PER_MINUTE", 10),

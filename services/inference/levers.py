@@ -23,6 +23,7 @@ import numpy as np
 from churn.v1 import common_pb2
 
 from services.common import features as F
+from services.common import shadow
 from services.common.errors import InvalidInput, ResourceExhausted
 from services.inference import metrics
 from services.inference.model import LoadedModel, ModelHolder
@@ -251,7 +252,7 @@ class RetentionAdvisor:
         current = scored[:n]
         probabilities = np.full(feasible.shape, np.inf)
         probabilities[rows, variant] = scored[n:]
-        metrics.BATCH_ROWS.labels("SuggestRetention").observe(n)
+        metrics.BATCH_ROWS.labels("SuggestRetention", shadow.traffic()).observe(n)
         metrics.RETENTION_ROWS.observe(len(scored))
         return self._rank(customers, X, monthly, discounted, current, probabilities, top_k), model
 

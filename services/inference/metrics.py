@@ -1,13 +1,14 @@
 """Inference metrics (prefix `churn_inference_`), defined once. Requests by status code and their latency are the
 shared `churn_grpc_*` RPC metrics (services.common.metrics, counted by the interceptor), not repeated here.
-Labels stay low-cardinality: model version, alias, method, status code."""
+Labels stay low-cardinality: model version, alias, method, status code, traffic (live/shadow)."""
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-PREDICTIONS = Counter("churn_inference_predictions_total", "Rows scored, by model version, alias and predicted outcome.",
-                      ["model_version", "alias", "outcome"])
-BATCH_ROWS = Histogram("churn_inference_batch_rows", "Rows per prediction request.", ["method"],
+PREDICTIONS = Counter("churn_inference_predictions_total", "Rows scored, by model version, alias, predicted outcome "
+                      "and traffic (live answers; shadow: Envoy's mirrored copies, never answered).",
+                      ["model_version", "alias", "outcome", "traffic"])
+BATCH_ROWS = Histogram("churn_inference_batch_rows", "Rows per prediction request.", ["method", "traffic"],
                        buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000, 10000, 50000))
 RETENTION_ROWS = Histogram("churn_inference_retention_rows", "Rows one SuggestRetention request scores in its one "
                            "model call (customers + their feasible variants).",

@@ -3,7 +3,9 @@ calling thread → optional reasons → commit the outbox rows → answer.
 
 Prediction ids are `<request id>-<row>`: Envoy gives every request an `x-request-id` and keeps it on retries, so a
 retried request produces the same ids and monitoring drops the duplicate. A direct caller's own id gets a server
-nonce first (services/common/direct_calls.py), so a repeated id never drops a prediction.
+nonce first (services/common/direct_calls.py), so a repeated id never drops a prediction. A shadow call (Envoy's
+mirrored copy, services/common/shadow.py) carries the request id of the call production answered: its rows are
+`<request id>-shadow-<row>`, logged with `shadow` set and the same request id, so monitoring pairs the two answers.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from churn.v1 import common_pb2, inference_pb2, monitoring_pb2
 from google.protobuf import timestamp_pb2
 
 from services.common import features as F
-from services.common import prediction_record, telco_csv
+from services.common import prediction_record, shadow, telco_csv
 from services.common.errors import InvalidInput, ResourceExhausted
 from services.inference import explain, metrics
 from services.inference.model import LoadedModel, ModelHolder
@@ -123,7 +125,8 @@ class Predictor:
         reasons = (explain.top_reasons(model.contributions(X), X, explain_top_k) if explain_top_k
                    else None)
         ref = model_ref(model)
-        prefix = prediction_id_prefix(request_id)
+        mirrored = shadow.is_shadow()
+        prefix = prediction_id_prefix(request_id) + (prediction_record.SHADOW_ID_INFIX if mirrored else "")
         predictions = []
         for i, (cid, p, c) in enumerate(zip(customer_ids, probabilities.tolist(), churn.tolist())):
             prediction = inference_pb2.Prediction(prediction_id=f"{prefix}-{first_index + i}", customer_id=cid,
@@ -134,13 +137,13 @@ class Predictor:
             predictions.append(prediction)
         self._check_reply_size(predictions, explain_top_k)
         latency_ms = (time.perf_counter() - started) * 1000.0
-        self._log(predictions, customers, request_id, latency_ms)
-        n_churn = int(churn.sum())
+        self._log(predictions, customers, request_id, latency_ms, mirrored)
+        n_churn, traffic = int(churn.sum()), shadow.traffic()
         if n_churn:
-            metrics.PREDICTIONS.labels(model.version, model.alias, "churn").inc(n_churn)
+            metrics.PREDICTIONS.labels(model.version, model.alias, "churn", traffic).inc(n_churn)
         if len(predictions) - n_churn:
-            metrics.PREDICTIONS.labels(model.version, model.alias, "no_churn").inc(len(predictions) - n_churn)
-        metrics.BATCH_ROWS.labels(method).observe(len(predictions))
+            metrics.PREDICTIONS.labels(model.version, model.alias, "no_churn", traffic).inc(len(predictions) - n_churn)
+        metrics.BATCH_ROWS.labels(method, traffic).observe(len(predictions))
         return Scored(predictions, model)
 
     def _check_reply_size(self, predictions: list[inference_pb2.Prediction], explain_top_k: int) -> None:
@@ -155,14 +158,14 @@ class Predictor:
                                     f"send fewer rows{' or a smaller explain_top_k' if explain_top_k else ''}")
 
     def _log(self, predictions: list[inference_pb2.Prediction], customers: Sequence[common_pb2.Customer],
-             request_id: str, latency_ms: float) -> None:
+             request_id: str, latency_ms: float, mirrored: bool) -> None:
         """Commit one outbox row per prediction; the answer goes out only after this returns."""
         now = timestamp_pb2.Timestamp()
         now.FromNanoseconds(int(self._clock() * 1e9))
         self._outbox.append([(prediction.prediction_id, monitoring_pb2.PredictionRecord(
             prediction_id=prediction.prediction_id, customer=customer, churn=prediction.churn,
             probability=prediction.probability, model=prediction.model, latency_ms=latency_ms, predicted_at=now,
-            request_id=prediction_record.bounded_request_id(request_id)).SerializeToString())
+            request_id=prediction_record.bounded_request_id(request_id), shadow=mirrored).SerializeToString())
             for prediction, customer in zip(predictions, customers)])
 
     def explain(self, customers: Sequence[common_pb2.Customer]) -> tuple[list[inference_pb2.Explanation], LoadedModel]:

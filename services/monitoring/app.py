@@ -15,7 +15,7 @@ from services.common.server import ServiceHost, start_server
 from services.common.settings import Settings
 from services.monitoring import metrics as M
 from services.monitoring.auto_canary import AutoCanary
-from services.monitoring.canary import CanaryControl, EnvoyAdmin
+from services.monitoring.canary import SHADOW, CanaryControl, EnvoyAdmin
 from services.monitoring.canary_analysis import CanaryAnalyzer, instance_error_rate
 from services.monitoring.drift import DriftAnalyzer
 from services.monitoring.drift_retrain import DriftRetrain
@@ -49,18 +49,19 @@ def build_parts(settings: Settings, *, envoy_admin: str | None = None, database_
     mlflow_config.quiet()
     registry = ModelRegistry(mlflow_config.tracking_uri(settings), settings.model_name)
     drift = DriftAnalyzer(store, TrainingReferences(registry))
-    canary = CanaryControl(EnvoyAdmin(envoy_admin or envoy_admin_url(settings)), runtime_data_dir or settings.data_dir,
-                           on_weight=M.CANARY_PERCENT.set)
+    admin = EnvoyAdmin(envoy_admin or envoy_admin_url(settings))
+    canary = CanaryControl(admin, runtime_data_dir or settings.data_dir, on_weight=M.CANARY_PERCENT.set)
+    shadow = CanaryControl(admin, runtime_data_dir or settings.data_dir, on_weight=M.SHADOW_PERCENT.set, share=SHADOW)
     runs = LifecycleStore(store.engine)
     reload = reload or InferenceReloader(settings).reload
     trainer = Trainer(settings, store, runs, registry, reload)
-    lifecycle = Lifecycle(registry, runs, reload, canary.set)
+    lifecycle = Lifecycle(registry, runs, reload, canary.set, shadow.set)
     analyzer = CanaryAnalyzer(store, registry, settings, instance_error_rate(settings))
     return MonitoringParts(
         settings=settings, store=store,
         predictions=PredictionLog(store, max_rows=settings.max_csv_rows),
         feedback=FeedbackService(store, max_bytes=settings.max_message_bytes, max_rows=settings.max_csv_rows),
-        drift=drift, registry=registry, updater=M.MetricsUpdater(store, drift), canary=canary, runs=runs,
+        drift=drift, registry=registry, updater=M.MetricsUpdater(store, drift), canary=canary, shadow=shadow, runs=runs,
         lifecycle=lifecycle, trainer=trainer, analyzer=analyzer,
         auto_canary=AutoCanary(analyzer, registry, lifecycle, runs, settings.canary_auto_steps,
                                settings.canary_auto_promote),
@@ -110,5 +111,6 @@ def start(settings: Settings, verifier: identity.TokenVerifier, *, parts: Monito
         jobs.append(Periodic("auto-canary", settings.canary_auto_interval_seconds, parts.auto_canary.tick,
                              first_delay=settings.canary_auto_interval_seconds).start())
     if reconcile_seconds > 0:
-        jobs.append(Periodic("canary-reconcile", reconcile_seconds, parts.canary.reconcile, first_delay=0.5).start())
+        jobs.append(Periodic("canary-reconcile", reconcile_seconds,
+                             lambda: (parts.canary.reconcile(), parts.shadow.reconcile()), first_delay=0.5).start())
     return MonitoringApp(host, parts, jobs)

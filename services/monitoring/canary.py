@@ -7,9 +7,13 @@ persisted value is the desired state. If the admin listener does not answer, the
 weight IS persisted and will take effect when Envoy (re)starts or when `reconcile` next reaches it; `reconcile`
 (run periodically) also re-applies the persisted weight whenever Envoy reports a different one (e.g. an admin-layer
 edit by hand), so monitoring stays the single owner of the weight.
+
+The shadow percent (the share of production's requests Envoy mirrors to staging) is a runtime value of the same
+kind, kept the same way: a `CanaryControl` over the `SHADOW` share instead of `CANARY_WEIGHT`.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import pathlib
@@ -18,6 +22,8 @@ import urllib.parse
 import urllib.request
 
 from services.common import canary_runtime as CR
+from typing import Callable
+
 from services.common.errors import FailedPrecondition, InvalidInput, NotReady
 
 log = logging.getLogger("churn.monitoring.canary")
@@ -67,20 +73,47 @@ def weight_from_runtime(values: dict[str, str]) -> int:
     return 0 if total <= 0 else round(100 * staging / total)
 
 
+def shadow_from_runtime(values: dict[str, str]) -> int:
+    """The shadow percent from Envoy's final value of its key."""
+    try:
+        return check_percent(int(values[CR.SHADOW_KEY]))
+    except (KeyError, ValueError, InvalidInput):
+        raise FailedPrecondition(f"Envoy's runtime has no percent for {CR.SHADOW_KEY}: is the gateway rendered with "
+                                 "the shadow mirror?") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Share:
+    """One runtime-controlled percentage: how Envoy's values read as a percent, the runtime keys that set one, and
+    where the disk layer keeps it."""
+
+    name: str
+    from_runtime: Callable[[dict[str, str]], int]
+    keys_for: Callable[[int], dict[str, int]]
+    read_persisted: Callable[[pathlib.Path], int | None]
+    write_persisted: Callable[[pathlib.Path, int], object]
+
+
+CANARY_WEIGHT = Share("canary weight", weight_from_runtime, CR.weights_for, CR.read_persisted, CR.write_persisted)
+SHADOW = Share("shadow percent", shadow_from_runtime, CR.shadow_for, CR.read_persisted_shadow,
+               CR.write_persisted_shadow)
+
+
 class CanaryControl:
-    def __init__(self, admin: EnvoyAdmin, data_dir: pathlib.Path, on_weight=None):
+    def __init__(self, admin: EnvoyAdmin, data_dir: pathlib.Path, on_weight=None, share: Share = CANARY_WEIGHT):
         self.admin = admin
         self.data_dir = data_dir
+        self.share = share
         self._on_weight = on_weight or (lambda percent: None)
 
     def get(self) -> int:
-        """The weight Envoy has now."""
-        percent = weight_from_runtime(self.admin.runtime())
+        """The value Envoy has now."""
+        percent = self.share.from_runtime(self.admin.runtime())
         self._on_weight(percent)
         return percent
 
     def persisted(self) -> int | None:
-        return CR.read_persisted(self.data_dir)
+        return self.share.read_persisted(self.data_dir)
 
     def set(self, percent: int) -> tuple[int, int]:
         """Persist, then apply live; returns (percent, previous). Envoy unreachable → NotReady (still persisted)."""
@@ -90,18 +123,18 @@ class CanaryControl:
         except (NotReady, FailedPrecondition):
             previous = self.persisted()
             previous = percent if previous is None else previous
-        CR.write_persisted(self.data_dir, percent)
+        self.share.write_persisted(self.data_dir, percent)
         try:
-            self.admin.modify(CR.weights_for(percent))
+            self.admin.modify(self.share.keys_for(percent))
         except NotReady as exc:
-            raise NotReady(f"canary weight {percent}% is persisted and Envoy will start with it, but it is not "
+            raise NotReady(f"{self.share.name} {percent}% is persisted and Envoy will start with it, but it is not "
                            f"live yet: {exc.message}") from None
-        log.info("canary weight %s%% (was %s%%)", percent, previous)
+        log.info("%s %s%% (was %s%%)", self.share.name, percent, previous)
         self._on_weight(percent)
         return percent, previous
 
     def reconcile(self) -> bool:
-        """Re-apply the persisted weight if Envoy reports another one; True when it changed something."""
+        """Re-apply the persisted value if Envoy reports another one; True when it changed something."""
         wanted = self.persisted()
         if wanted is None:
             return False
@@ -109,10 +142,10 @@ class CanaryControl:
             live = self.get()
             if live == wanted:
                 return False
-            self.admin.modify(CR.weights_for(wanted))
+            self.admin.modify(self.share.keys_for(wanted))
         except (NotReady, FailedPrecondition) as exc:
-            log.debug("canary reconcile skipped: %s", exc)
+            log.debug("%s reconcile skipped: %s", self.share.name, exc)
             return False
-        log.info("canary weight re-applied: Envoy had %s%%, persisted %s%%", live, wanted)
+        log.info("%s re-applied: Envoy had %s%%, persisted %s%%", self.share.name, live, wanted)
         self._on_weight(wanted)
         return True

@@ -1,11 +1,18 @@
 """AnalyzeCanary: the candidate (`staging`) judged against `production` on the prediction log, the way Flagger
 judges a canary — a few checks with thresholds from settings, and a verdict.
 
-Each side is its alias's CURRENT version, over the last `window_minutes` of logged predictions (shadow rows
-included, so mirrored traffic judges a candidate before any caller sees it). Latency is the logged per-prediction
-time; the divergence is between the two P(churn) histograms (10 equal bins on [0, 1], smoothed); accuracy and ROC
-AUC use the predictions that have a feedback label. The error rate is not in the log (a failed call logs nothing):
-it is read from each instance's own `churn_grpc_requests_total` on its metrics port, since that instance started.
+Each side is its alias's CURRENT version, over the last `window_minutes` of logged predictions. Which records:
+- **Shadow** (`shadow` true in the answer): when the window holds shadow predictions of the staging version — the
+  copies of production's requests Envoy mirrors to staging (SetShadowPercent) — staging is judged on those and
+  production on its answers to the SAME requests and rows (each shadow row paired with its served twin; a shadow row
+  whose twin is not logged yet is left out). Both sides saw the same customers, so the divergence measures the
+  models, not the traffic mix, and the label a customer's answer received (feedback) counts for both — a candidate
+  is judged, accuracy included, before any caller sees it. Staging's live rows in that window are not used.
+- **Live**: otherwise, each side's served predictions (the requests the weighted split sent it).
+Latency is the logged per-prediction time; the divergence is between the two P(churn) histograms (10 equal bins on
+[0, 1], smoothed); accuracy and ROC AUC use the predictions that have a feedback label. The error rate is not in
+the log (a failed call logs nothing): it is read from each instance's own `churn_grpc_requests_total` on its
+metrics port (live and shadow calls), since that instance started.
 
 Verdict: ROLLBACK when a hard check fails (error rate above production's + the allowed increase, p99 latency above
 the maximum, live ROC AUC below production's − the allowed drop); otherwise HOLD while either side has too few
@@ -74,6 +81,7 @@ class Analysis:
     reasons: list[str]
     thresholds: Thresholds
     window_start: dt.datetime
+    shadow: bool = False  # staging judged on its shadow predictions against production's answers to them
 
 
 def _distribution(p: np.ndarray) -> np.ndarray:
@@ -176,17 +184,28 @@ class CanaryAnalyzer:
         return self.analyze_since(utcnow() - dt.timedelta(minutes=window_minutes or
                                                           self._settings.canary_window_minutes))
 
+    def _scores(self, versions: dict[str, str], since: dt.datetime) -> tuple[dict[str, pd.DataFrame], bool]:
+        """Each side's records (see the module docstring): shadow pairs when the window has any, else live rows."""
+        pairs = self._store.shadow_pairs_since(versions[R.ALIAS_STAGING], versions[R.ALIAS_PRODUCTION], since)
+        if len(pairs):
+            return {alias: pd.DataFrame({"probability": pairs[f"{alias}_probability"],
+                                         "latency_ms": pairs[f"{alias}_latency_ms"],
+                                         "actual_churn": pairs["actual_churn"]})
+                    for alias in (R.ALIAS_PRODUCTION, R.ALIAS_STAGING)}, True
+        return {alias: self._store.scores_since(alias, version, since) for alias, version in versions.items()}, False
+
     def analyze_since(self, since: dt.datetime) -> Analysis:
-        sides, scores = {}, {}
+        versions = {}
         for alias in (R.ALIAS_PRODUCTION, R.ALIAS_STAGING):
-            version = self._registry.alias_or_none(alias)
-            if version is None:
+            versions[alias] = self._registry.alias_or_none(alias)
+            if versions[alias] is None:
                 raise FailedPrecondition(f"no version of {self._registry.name!r} has the alias {alias}")
-            scores[alias] = self._store.scores_since(alias, version, since)
-            sides[alias] = side(alias, version, scores[alias], self._error_rate(alias))
+        scores, shadow = self._scores(versions, since)
+        sides = {alias: side(alias, version, scores[alias], self._error_rate(alias))
+                 for alias, version in versions.items()}
         js, psi = divergences(*(scores[a]["probability"].to_numpy(dtype=float)
                                 for a in (R.ALIAS_PRODUCTION, R.ALIAS_STAGING)))
         thresholds = Thresholds.from_settings(self._settings)
         production, staging = sides[R.ALIAS_PRODUCTION], sides[R.ALIAS_STAGING]
         decision, reasons = verdict(production, staging, js, thresholds)
-        return Analysis(production, staging, js, psi, decision, reasons, thresholds, since)
+        return Analysis(production, staging, js, psi, decision, reasons, thresholds, since, shadow)

@@ -1,4 +1,5 @@
-"""Promote, Rollback and canary-weight changes, each recorded as a model event with the caller who did it.
+"""Promote, Rollback, canary-weight and shadow-percent changes, each recorded as a model event with the caller who
+did it.
 
 Promote points `production` at the staging version and keeps the old production as `previous`; Rollback points
 `production` back at `previous`. Both are idempotent: when the aliases already say what was asked, nothing moves
@@ -39,11 +40,13 @@ class AliasChange:
 
 class Lifecycle:
     def __init__(self, registry: R.ModelRegistry, events: LS.LifecycleStore, reload: Reload,
-                 set_weight: Callable[[int], tuple[int, int]]):
+                 set_weight: Callable[[int], tuple[int, int]],
+                 set_shadow: Callable[[int], tuple[int, int]] | None = None):
         self._registry = registry
         self._events = events
         self._reload = reload
         self._set_weight = set_weight
+        self._set_shadow = set_shadow
         self._lock = threading.Lock()  # one alias change at a time in this process
 
     def set_weight(self, percent: int, actor: Actor, detail: str = "", record_unchanged: bool = False
@@ -54,6 +57,16 @@ class Lifecycle:
         if percent != previous or record_unchanged:
             self._events.add_event(LS.CANARY_WEIGHT, actor.subject, canary_percent=percent,
                                    detail=detail or f"staging share {previous}% -> {percent}%")
+        return percent, previous
+
+    def set_shadow(self, percent: int, actor: Actor) -> tuple[int, int]:
+        """The shadow percent (the share of production's requests mirrored to staging), recorded when it changes."""
+        if self._set_shadow is None:
+            raise FailedPrecondition("this monitoring instance does not control the shadow percent")
+        percent, previous = self._set_shadow(percent)
+        if percent != previous:
+            self._events.add_event(LS.SHADOW_PERCENT, actor.subject, shadow_percent=percent,
+                                   detail=f"shadow share {previous}% -> {percent}%")
         return percent, previous
 
     def _settle(self, actor: Actor) -> int:

@@ -1,7 +1,7 @@
 """The model lifecycle's durable state, beside the prediction log in the monitoring database: training runs (so a
 run's state and progress survive a restart of monitoring), the automatic canary's rollouts (so a restarted
 monitoring resumes a rollout at its step and leaves a rolled-back version alone) and the audit trail of model events
-(who retrained, promoted, rolled back or moved the canary weight, and when)."""
+(who retrained, promoted, rolled back, moved the canary weight or the shadow percent, and when)."""
 from __future__ import annotations
 
 import dataclasses
@@ -17,7 +17,7 @@ metadata = sa.MetaData()
 
 RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
 RETRAIN_STARTED, RETRAIN_FINISHED, RETRAIN_FAILED = "retrain_started", "retrain_finished", "retrain_failed"
-PROMOTE, ROLLBACK, CANARY_WEIGHT = "promote", "rollback", "canary_weight"
+PROMOTE, ROLLBACK, CANARY_WEIGHT, SHADOW_PERCENT = "promote", "rollback", "canary_weight", "shadow_percent"
 # A rollout of the automatic canary: RUNNING steps the weight; COMPLETE passed its last step with CANARY_AUTO_PROMOTE
 # off (a human promotes); PROMOTED and ROLLED_BACK are done; SUPERSEDED stopped when staging moved to another version.
 ROLLOUT_RUNNING, ROLLOUT_COMPLETE, ROLLOUT_PROMOTED = "running", "complete", "promoted"
@@ -55,6 +55,7 @@ model_events = sa.Table(
     sa.Column("run_id", sa.String(64), nullable=False, default=""),
     sa.Column("canary_percent", sa.Integer, nullable=True),
     sa.Column("detail", sa.String(1024), nullable=False, default=""),
+    sa.Column("shadow_percent", sa.Integer, nullable=True),
 )
 
 canary_rollouts = sa.Table(
@@ -110,6 +111,7 @@ class ModelEvent:
     run_id: str = ""
     canary_percent: int | None = None
     detail: str = ""
+    shadow_percent: int | None = None
 
 
 _JSON_COLUMNS = ("log_tail", "datasets", "metrics")
@@ -127,6 +129,9 @@ class LifecycleStore:
     def __init__(self, engine: sa.Engine):
         self.engine = engine
         metadata.create_all(engine)
+        if "shadow_percent" not in {c["name"] for c in sa.inspect(engine).get_columns("model_events")}:
+            with engine.begin() as connection:  # a store from before shadow events (create_all never alters)
+                connection.execute(sa.text("ALTER TABLE model_events ADD COLUMN shadow_percent INTEGER"))
 
     # ---- training runs --------------------------------------------------------------------------------------------
     def start_run(self, run: TrainingRun) -> None:

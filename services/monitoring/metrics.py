@@ -29,6 +29,7 @@ DRIFT_SHARE = Gauge("churn_monitoring_drift_share", "Share of feature columns Ev
 DRIFTED_COLUMNS = Gauge("churn_monitoring_drifted_columns", "Feature columns Evidently finds drifted.", VERSION)
 DATASET_DRIFT = Gauge("churn_monitoring_dataset_drift", "1 when Evidently reports dataset drift.", VERSION)
 CANARY_PERCENT = Gauge("churn_monitoring_canary_percent", "Share of prediction traffic Envoy sends to staging.")
+SHADOW_PERCENT = Gauge("churn_monitoring_shadow_percent", "Share of production's requests Envoy mirrors to staging.")
 RECORDS = Counter("churn_monitoring_records_total", "Prediction records received, by outcome.", ["outcome"])
 DEAD_LETTERS = Counter("churn_monitoring_dead_letters_total",
                        "Prediction records refused into the dead-letter table, by the field that broke a rule.",

@@ -100,6 +100,7 @@ class MonitoringParts:
     registry: ModelRegistry
     updater: M.MetricsUpdater
     canary: CanaryControl
+    shadow: CanaryControl
     runs: LifecycleStore
     lifecycle: Lifecycle
     trainer: Trainer
@@ -160,6 +161,13 @@ class MonitoringServicer(monitoring_pb2_grpc.MonitoringServiceServicer):
         percent, previous = self._p.lifecycle.set_weight(request.percent, _actor())
         return monitoring_pb2.SetCanaryWeightResponse(percent=percent, previous=previous)
 
+    def GetShadowPercent(self, request, context):
+        return monitoring_pb2.GetShadowPercentResponse(percent=self._p.shadow.get())
+
+    def SetShadowPercent(self, request, context):
+        percent, previous = self._p.lifecycle.set_shadow(request.percent, _actor())
+        return monitoring_pb2.SetShadowPercentResponse(percent=percent, previous=previous)
+
     def UploadTrainingData(self, request, context):
         record = upload_training_data(self._p.store, request.csv.data, request.name, self._p.settings.max_message_bytes,
                                       self._p.settings.max_csv_rows)
@@ -192,7 +200,8 @@ class MonitoringServicer(monitoring_pb2_grpc.MonitoringServiceServicer):
         return monitoring_pb2.ListModelEventsResponse(next_page_token=token, events=[monitoring_pb2.ModelEvent(
             event_id=e.seq, kind=monitoring_pb2.ModelEventKind.Value(f"MODEL_EVENT_KIND_{e.kind.upper()}"),
             actor=e.actor, at=_ts(e.at), model_version=e.model_version, previous_version=e.previous_version,
-            run_id=e.run_id, canary_percent=e.canary_percent or 0, detail=e.detail) for e in events])
+            run_id=e.run_id, canary_percent=e.canary_percent or 0, detail=e.detail,
+            shadow_percent=e.shadow_percent or 0) for e in events])
 
     def ListPredictions(self, request, context):
         rows, token = listing.list_predictions(
@@ -216,4 +225,4 @@ class MonitoringServicer(monitoring_pb2_grpc.MonitoringServiceServicer):
             staging=_side(a.staging, self._p.settings.model_name), jensen_shannon=a.jensen_shannon, psi=a.psi,
             verdict=monitoring_pb2.CanaryVerdict.Value(f"CANARY_VERDICT_{a.verdict.upper()}"), reasons=a.reasons,
             thresholds=monitoring_pb2.CanaryThresholds(**dataclasses.asdict(a.thresholds)),
-            window_start=_ts(a.window_start))
+            window_start=_ts(a.window_start), shadow=a.shadow)

@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from services.common.db import make_engine
 from services.common import features as F
+from services.common.prediction_record import served_twin
 from services.common.telco_csv import TelcoCsv, parse_telco_csv, typed_frame
 
 metadata = sa.MetaData()
@@ -45,6 +46,7 @@ predictions = sa.Table(
     sa.Column("shadow", sa.Boolean, nullable=False, default=False),
     sa.Index("ix_predictions_customer", "customer_id", "seq"),
     sa.Index("ix_predictions_version", "model_version", "seq"),
+    sa.Index("ix_predictions_request", "request_id"),  # a shadow row finds its served twin
 )
 
 feedback = sa.Table(
@@ -170,11 +172,13 @@ class MonitoringStore:
         self._add_missing_columns()
 
     def _add_missing_columns(self) -> None:
-        """Stores created before `predictions.shadow` existed get the column (create_all never alters a table)."""
+        """Stores created before `predictions.shadow` existed get the column and the request-id index (create_all
+        never alters a table)."""
         present = {c["name"] for c in sa.inspect(self.engine).get_columns("predictions")}
-        if "shadow" not in present:
-            with self.engine.begin() as connection:
+        with self.engine.begin() as connection:
+            if "shadow" not in present:
                 connection.execute(sa.text("ALTER TABLE predictions ADD COLUMN shadow BOOLEAN NOT NULL DEFAULT FALSE"))
+            connection.execute(sa.text("CREATE INDEX IF NOT EXISTS ix_predictions_request ON predictions (request_id)"))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -231,11 +235,13 @@ class MonitoringStore:
             return int(connection.execute(query).scalar_one())
 
     def recent_inputs(self, window: int, model_version: str = "") -> pd.DataFrame:
-        """The last `window` logged inputs (newest first), as a Telco frame in CSV spelling (no customerID)."""
+        """The last `window` logged inputs (newest first), as a Telco frame in CSV spelling (no customerID): a
+        version's own (shadow copies included: that version saw them), or across versions the served ones (a shadow
+        row repeats an input production already logged)."""
         columns = [predictions.c[f.name] for f in F.FEATURES]
         query = sa.select(*columns).order_by(predictions.c.seq.desc()).limit(window)
-        if model_version:
-            query = query.where(predictions.c.model_version == model_version)
+        query = query.where(predictions.c.model_version == model_version if model_version
+                            else predictions.c.shadow.is_(False))
         with self.engine.connect() as connection:
             rows = connection.execute(query).all()
         return typed_frame(pd.DataFrame(rows, columns=list(F.FEATURE_COLUMNS)))
@@ -265,16 +271,37 @@ class MonitoringStore:
             predicted_at=_aware(r["predicted_at"]), request_id=r["request_id"], shadow=bool(r["shadow"])),
             None if r["actual_churn"] is None else bool(r["actual_churn"])) for r in found]
 
-    def scores_since(self, alias: str, model_version: str, since: dt.datetime) -> pd.DataFrame:
-        """One alias+version's predictions since `since` (shadow included): probability, latency_ms and
-        actual_churn (None without feedback) — what a canary analysis compares."""
+    def scores_since(self, alias: str, model_version: str, since: dt.datetime, shadow: bool = False) -> pd.DataFrame:
+        """One alias+version's served (or, with `shadow`, mirrored) predictions since `since`: probability,
+        latency_ms and actual_churn (None without feedback) — what a canary analysis compares."""
         p = predictions.c
         query = (sa.select(p.probability, p.latency_ms, feedback.c.actual_churn)
                  .join(feedback, feedback.c.prediction_id == p.prediction_id, isouter=True)
-                 .where(p.model_alias == alias, p.model_version == model_version, p.predicted_at >= since))
+                 .where(p.model_alias == alias, p.model_version == model_version, p.predicted_at >= since,
+                        p.shadow.is_(shadow)))
         with self.engine.connect() as connection:
             rows = connection.execute(query).all()
         return pd.DataFrame(rows, columns=["probability", "latency_ms", "actual_churn"])
+
+    def shadow_pairs_since(self, staging_version: str, production_version: str, since: dt.datetime) -> pd.DataFrame:
+        """The staging version's shadow predictions since `since`, each beside production's answer to the same
+        request and row (same request id, `<id>-<row>` against `<id>-shadow-<row>`): both probabilities and
+        latencies, and the label of production's answer (the one the customer got). Shadow rows whose twin is
+        missing (not shipped yet, or answered by another production version) are left out."""
+        staging, live = predictions.alias("staging"), predictions.alias("live")
+        query = (sa.select(staging.c.prediction_id, staging.c.probability, staging.c.latency_ms, live.c.prediction_id,
+                           live.c.probability, live.c.latency_ms, feedback.c.actual_churn)
+                 .join(live, sa.and_(live.c.request_id == staging.c.request_id, live.c.shadow.is_(False),
+                                     live.c.model_alias == "production", live.c.model_version == production_version))
+                 .join(feedback, feedback.c.prediction_id == live.c.prediction_id, isouter=True)
+                 .where(staging.c.shadow.is_(True), staging.c.model_alias == "staging",
+                        staging.c.model_version == staging_version, staging.c.predicted_at >= since,
+                        staging.c.request_id != ""))
+        with self.engine.connect() as connection:
+            rows = [r for r in connection.execute(query).all() if served_twin(r[0]) == r[3]]
+        return pd.DataFrame([r[1:3] + r[4:] for r in rows], columns=[
+            "staging_probability", "staging_latency_ms", "production_probability", "production_latency_ms",
+            "actual_churn"])
 
     def labelled_inputs(self) -> tuple[pd.DataFrame, pd.Series]:
         """Every served (not shadow) prediction that has a feedback label: its inputs as a Telco frame and the
@@ -314,11 +341,12 @@ class MonitoringStore:
         return found
 
     def latest_prediction_for_customers(self, customer_ids: Iterable[str]) -> dict[str, str]:
-        """customer id -> prediction id of that customer's most recent logged prediction."""
+        """customer id -> prediction id of that customer's most recent served prediction (a shadow row answered no
+        one: its twin, the answer the customer got, takes the label)."""
         result: dict[str, str] = {}
         ids = list(dict.fromkeys(customer_ids))
         latest = (sa.select(predictions.c.customer_id, sa.func.max(predictions.c.seq).label("seq"))
-                  .group_by(predictions.c.customer_id).subquery())
+                  .where(predictions.c.shadow.is_(False)).group_by(predictions.c.customer_id).subquery())
         with self.engine.connect() as connection:
             for start in range(0, len(ids), 500):
                 chunk = ids[start:start + 500]

@@ -125,6 +125,10 @@ MISTAKES = [
             "/v1/predictions?page_token=junk", names="page_token"),
     Mistake("MonitoringService/AnalyzeCanary", "a negative window", "GET", "/v1/canary/analysis?window_minutes=-1",
             names="window_minutes"),
+    Mistake("MonitoringService/GetShadowPercent", "a query parameter the request has no field for", "GET",
+            "/v1/shadow?percent=10", names="percent", envoy_refuses=True),
+    Mistake("MonitoringService/SetShadowPercent", "a percent over 100", "POST", "/v1/shadow", {"percent": 101},
+            "percent"),
 ]
 # Streaming RPCs have no REST mapping: their mistakes are answered per message over gRPC (test below). The Open
 # Inference Protocol is gRPC only: its mistakes are tested in tests/e2e/test_open_inference.py and

@@ -1,14 +1,17 @@
 """The model lifecycle through Envoy, REST and gRPC: upload a shifted training CSV → Retrain (a child process) →
 version 3 registered as `staging` with its lineage, the staging instance serving it → 400 predictions at weight 50
-with their true labels → AnalyzeCanary shows both versions' figures → Promote → production answers
-with version 3 and `previous` is 1 → Rollback → version 1 again; every step in ListModelEvents with the admin's
-name; the logged predictions with their inputs in ListPredictions; bad input → 400 / INVALID_ARGUMENT naming the
-field; an external load generator (h2load with a pre-encoded gRPC frame through Envoy, driven by bench/load.py)
-running through Promote and Rollback sees no failed prediction, counted by h2load AND by the inference instances'
-own `churn_grpc_requests_total` (an HTTP 200 does not prove a gRPC OK). The registry's aliases are put back
-afterwards, so the other tests see the suite as they expect."""
+with their true labels → AnalyzeCanary shows both versions' figures → shadow 100 % at weight 0 → 500 predictions,
+every one answered by production, each mirrored to staging → AnalyzeCanary judges staging on its 500 shadow rows
+against production's answers to the same requests, labels included → Promote → production answers with version 3
+and `previous` is 1 → Rollback → version 1 again; every step (weight and shadow changes too) in ListModelEvents
+with the admin's name; the logged predictions with their inputs in ListPredictions; bad input → 400 /
+INVALID_ARGUMENT naming the field; an external load generator (h2load with a pre-encoded gRPC frame through Envoy,
+driven by bench/load.py) running through Promote and Rollback sees no failed prediction, counted by h2load AND by
+the inference instances' own `churn_grpc_requests_total` (an HTTP 200 does not prove a gRPC OK). The registry's
+aliases and the shadow percent are put back afterwards, so the other tests see the suite as they expect."""
 from __future__ import annotations
 
+import collections
 import json
 import threading
 import time
@@ -16,6 +19,7 @@ import time
 import grpc
 import pytest
 from google.api import httpbody_pb2
+from google.protobuf import json_format
 
 from bench import load
 from churn.v1 import common_pb2, inference_pb2, monitoring_pb2
@@ -105,17 +109,87 @@ def canary_with_labels(suite, customers, ops) -> monitoring_pb2.AnalyzeCanaryRes
         inference.Predict(inference_pb2.PredictRequest(customer=customer), metadata=suite.md(suite.service_token),
                           timeout=10)
     monitoring.SetCanaryWeight(monitoring_pb2.SetCanaryWeightRequest(percent=0), metadata=ops, timeout=5)
-    labels = parse_telco_csv(TELCO_CSV.read_bytes(), None, 10**6).churn
-    csv = "customerID,Churn\n" + "".join(f"{c.customer_id},{'Yes' if labels[i] else 'No'}\n"
-                                         for i, c in enumerate(customers[:400]))
+    csv = label_csv(customers[:400])
     deadline = time.monotonic() + 30
     while True:
         fed = monitoring.SubmitFeedback(monitoring_pb2.SubmitFeedbackRequest(
-            csv=httpbody_pb2.HttpBody(content_type="text/csv", data=csv.encode())), metadata=ops, timeout=30)
+            csv=httpbody_pb2.HttpBody(content_type="text/csv", data=csv)), metadata=ops, timeout=30)
         analysis = monitoring.AnalyzeCanary(monitoring_pb2.AnalyzeCanaryRequest(window_minutes=30), metadata=ops,
                                             timeout=30)
         sides = (analysis.production, analysis.staging)
         if fed.matched == 400 and sum(s.labelled for s in sides) >= 400 or time.monotonic() > deadline:
+            return analysis
+        time.sleep(1)
+
+
+def label_csv(customers) -> bytes:
+    labels = parse_telco_csv(TELCO_CSV.read_bytes(), None, 10**6).churn
+    return ("customerID,Churn\n" + "".join(f"{c.customer_id},{'Yes' if labels[i] else 'No'}\n"
+                                           for i, c in enumerate(customers))).encode()
+
+
+def shadow_with_labels(suite, customers, admin: str, new: str) -> monitoring_pb2.AnalyzeCanaryResponse:
+    """Shadow 100 % at weight 0 (set over REST, read back over gRPC): 500 predictions (400 gRPC, 100 REST), every
+    answer production's (the mirror's reply never reaches the caller); at weight 100 staging's own answers are not
+    copied; each customer's true label as feedback; the analysis once every shadow row has reached monitoring."""
+    _, inference, monitoring = suite.stubs()
+    ops = suite.md(admin, key="ops")
+    shadow = suite.rest("POST", "/v1/shadow", {"percent": 100}, token=admin, key="ops")
+    assert shadow.status == 200 and shadow.json() == {"percent": 100, "previous": 0}, shadow.body
+    assert monitoring.GetShadowPercent(monitoring_pb2.GetShadowPercentRequest(), metadata=ops, timeout=5).percent == 100
+    assert suite.gateway.runtime()["routing.shadow_percent"] == "100"
+    answered = collections.Counter()
+    for customer in customers[:400]:
+        reply = inference.Predict(inference_pb2.PredictRequest(customer=customer),
+                                  metadata=suite.md(suite.service_token), timeout=10)
+        answered[(reply.prediction.model.alias, reply.prediction.model.version)] += 1
+        assert "-shadow-" not in reply.prediction.prediction_id
+    request_ids = {}
+    for customer in customers[400:500]:
+        reply = suite.rest("POST", "/v1/predict", {"customer": json_format.MessageToDict(
+            customer, preserving_proto_field_name=True)}, token=suite.service_token)
+        assert reply.status == 200 and reply.headers["x-churn-served-by"] == "production", reply.body
+        model = reply.json()["prediction"]["model"]
+        answered[(model["alias"], model["version"])] += 1
+        request_ids[customer.customer_id] = reply.headers["x-request-id"]
+    assert answered == {("production", "1"): 500}, answered
+
+    # the REST caller's request, answered by production, was also answered by staging into the log (marked)
+    one = customers[450].customer_id
+    deadline = time.monotonic() + 30
+    while True:
+        copies = suite.rest("GET", f"/v1/predictions?alias=staging&shadow=true&customer_id={one}", token=admin,
+                            key="ops").json()["predictions"]
+        if copies or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert [(c["record"]["request_id"], c["record"]["model"]["version"], c["record"]["shadow"]) for c in copies] == \
+        [(request_ids[one], new, True)], copies
+
+    # a request the split sends to staging is answered there, and never copied to staging again
+    suite.set_canary(100)
+    live = [inference.Predict(inference_pb2.PredictRequest(customer=c), metadata=suite.md(suite.service_token),
+                              timeout=10).prediction for c in customers[500:520]]
+    suite.set_canary(0)
+    assert {(p.model.alias, p.model.version) for p in live} == {("staging", new)}
+    while True:
+        staged = suite.rest("GET", f"/v1/predictions?alias=staging&customer_id={customers[519].customer_id}",
+                            token=admin, key="ops").json()["predictions"]
+        if staged or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert [c["record"]["shadow"] for c in staged] == [False], staged  # its live row only
+    copies = suite.rest("GET", "/v1/predictions?alias=staging&shadow=true&page_size=1000", token=admin,
+                        key="ops").json()["predictions"]
+    assert not {c["record"]["customer"]["customer_id"] for c in copies} & {p.customer_id for p in live}
+
+    fed = monitoring.SubmitFeedback(monitoring_pb2.SubmitFeedbackRequest(csv=httpbody_pb2.HttpBody(
+        content_type="text/csv", data=label_csv(customers[:500]))), metadata=ops, timeout=30)
+    assert fed.matched == 500  # labels the answers the customers got, never the shadow copies
+    while True:
+        analysis = monitoring.AnalyzeCanary(monitoring_pb2.AnalyzeCanaryRequest(window_minutes=30), metadata=ops,
+                                            timeout=30)
+        if analysis.staging.predictions >= 500 or time.monotonic() > deadline + 30:
             return analysis
         time.sleep(1)
 
@@ -173,6 +247,7 @@ def test_retrain_promote_rollback(suite, customers, record_property):
                                              timeout=10).events
     since = first_event[0].event_id if first_event else 0
     generator = None
+    shadow_off = False
     try:
         upload = suite.rest("POST", "/v1/data/training?name=prices-up-30", shifted_csv(), token=admin, key="ops",
                             headers={"content-type": "text/csv"})
@@ -209,6 +284,17 @@ def test_retrain_promote_rollback(suite, customers, record_property):
             assert side.HasField("error_rate") and side.error_rate == 0.0 and side.latency_p99_ms > 0
         assert analysis.verdict != monitoring_pb2.CANARY_VERDICT_UNSPECIFIED and analysis.reasons
         assert analysis.thresholds.min_predictions == suite.settings.canary_min_predictions
+
+        shadowed = shadow_with_labels(suite, customers, admin, new)
+        assert shadowed.shadow is True, shadowed
+        assert shadowed.production.model.version == "1" and shadowed.staging.model.version == new
+        assert shadowed.staging.predictions == shadowed.production.predictions == 500, shadowed
+        for side in (shadowed.production, shadowed.staging):
+            assert side.labelled == 500 and side.HasField("roc_auc") and side.latency_p99_ms > 0, shadowed
+        assert shadowed.staging.roc_auc > 0.7 and shadowed.reasons
+        off = monitoring.SetShadowPercent(monitoring_pb2.SetShadowPercentRequest(percent=0), metadata=ops, timeout=5)
+        assert (off.percent, off.previous) == (0, 100)
+        shadow_off = True
 
         generator = ExternalLoad(suite, customers[2], suite.workdir)  # nothing may fail while production reloads
         counted = inference_counts(suite, "1", new)
@@ -248,7 +334,11 @@ def test_retrain_promote_rollback(suite, customers, record_property):
         trail = [(e["kind"].removeprefix("MODEL_EVENT_KIND_"), e["model_version"], e["actor"])
                  for e in reversed(events) if int(e["event_id"]) > since]
         assert trail == [("RETRAIN_STARTED", "", ADMIN), ("RETRAIN_FINISHED", new, ADMIN), ("CANARY_WEIGHT", "", ADMIN),
-                         ("CANARY_WEIGHT", "", ADMIN), ("PROMOTE", new, ADMIN), ("ROLLBACK", "1", ADMIN)], trail
+                         ("CANARY_WEIGHT", "", ADMIN), ("SHADOW_PERCENT", "", ADMIN), ("CANARY_WEIGHT", "", ADMIN),
+                         ("CANARY_WEIGHT", "", ADMIN), ("SHADOW_PERCENT", "", ADMIN), ("PROMOTE", new, ADMIN),
+                         ("ROLLBACK", "1", ADMIN)], trail
+        assert [int(e["shadow_percent"]) for e in reversed(events) if int(e["event_id"]) > since
+                and e["kind"] == "MODEL_EVENT_KIND_SHADOW_PERCENT"] == [100, 0]
 
         # the prediction production made with the new version, with its inputs, once the outbox has shipped it
         deadline = time.monotonic() + 30
@@ -266,6 +356,8 @@ def test_retrain_promote_rollback(suite, customers, record_property):
     finally:
         if generator is not None:
             generator.done.set()
+        if not shadow_off:
+            monitoring.SetShadowPercent(monitoring_pb2.SetShadowPercentRequest(percent=0), metadata=ops, timeout=5)
         for alias, version in before.items():
             registry.set_alias(alias, version)
         if R.ALIAS_PREVIOUS in (registry.client.get_registered_model(registry.name).aliases or {}):
@@ -274,3 +366,32 @@ def test_retrain_promote_rollback(suite, customers, record_property):
             reloaded = suite.rest("POST", "/v1/model:reload", {"alias": alias}, token=admin, key="ops",
                                   headers={"x-churn-alias": alias})
             assert reloaded.status == 200, reloaded.body
+
+
+def test_shadow_copies_of_a_stream_and_an_explain_leave_the_callers_answers_alone(suite, customers):
+    """Every canary route is mirrored while the shadow percent is on: a bidirectional stream still gets all its
+    answers from production, in order (the copy streams beside it), and staging logs a shadow row per message."""
+    admin = suite.admin_token()
+    _, inference, monitoring = suite.stubs()
+    ops = suite.md(admin, key="ops")
+    monitoring.SetShadowPercent(monitoring_pb2.SetShadowPercentRequest(percent=100), metadata=ops, timeout=5)
+    try:
+        batch = customers[2000:2005]
+        replies = list(inference.StreamPredict(iter(inference_pb2.StreamPredictRequest(message_id=str(i), customer=c)
+                                                    for i, c in enumerate(batch)),
+                                               metadata=suite.md(suite.service_token), timeout=30))
+        assert [(r.message_id, r.prediction.model.alias) for r in replies] == [(str(i), "production")
+                                                                              for i in range(5)]
+        explained = inference.Explain(inference_pb2.ExplainRequest(customers=batch[:1]), metadata=suite.md(admin),
+                                      timeout=30)
+        assert explained.model.alias == "production"
+        deadline = time.monotonic() + 30
+        while True:
+            copies = suite.rest("GET", f"/v1/predictions?alias=staging&shadow=true&customer_id="
+                                f"{batch[4].customer_id}", token=admin, key="ops").json()["predictions"]
+            if copies or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert [c["record"]["prediction_id"] for c in copies] == [f"{copies[0]['record']['request_id']}-shadow-4"]
+    finally:
+        monitoring.SetShadowPercent(monitoring_pb2.SetShadowPercentRequest(percent=0), metadata=ops, timeout=5)

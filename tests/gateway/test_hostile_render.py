@@ -8,6 +8,7 @@ import pytest
 from gateway import render
 from gateway.names import FILTER
 from services.common.direct_calls import GATEWAY_HEADER
+from services.common.shadow import SHADOW_HEADER
 from services.common.settings import Settings
 
 ENV = {"API_KEY": "client-key", "OPS_API_KEY": "ops-key", "GATEWAY_SECRET": "stamp-secret"}
@@ -52,4 +53,5 @@ def test_every_forwarded_call_carries_the_gateway_stamp(config, tmp_path):
                       "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
     unset = render.render(Settings.from_env(dict(ENV, GATEWAY_SECRET="", DATA_DIR=str(tmp_path),
                                                  SECRETS_DIR=str(tmp_path / "none"))))
-    assert hcm(unset)["route_config"]["request_headers_to_remove"] == [GATEWAY_HEADER]
+    assert hcm(unset)["route_config"]["request_headers_to_remove"] == [GATEWAY_HEADER, SHADOW_HEADER]
+    assert hcm(config)["route_config"]["request_headers_to_remove"] == [SHADOW_HEADER]  # a client cannot mark a shadow

@@ -13,6 +13,7 @@ from gateway import names, render
 from gateway import routes as gateway_routes
 from gateway.__main__ import validate
 from services.common import canary_runtime
+from services.common.shadow import SHADOW_HEADER
 from services.common.access import access_table
 from services.common.settings import Settings
 from tests.gateway.live_envoy import LiveEnvoy
@@ -194,7 +195,7 @@ def test_canary_split_pins_and_alias_routes(live, live_config):
     assert pinned["route"]["cluster"] == names.STAGING_HOSTS_CLUSTER
     assert pinned["typed_per_filter_config"][F["api_key_auth"]]["allowed_clients"] == [names.OPS]
     assert info_staging["route"]["cluster"] == names.STAGING_HOSTS_CLUSTER
-    assert info["route"]["cluster"] == "inference_production"
+    assert info["route"]["cluster"] == names.PRODUCTION_HOSTS_CLUSTER  # the production instance, never mirrored
     assert reload_staging["route"]["cluster"] == names.STAGING_HOSTS_CLUSTER  # no fallback for alias-bound RPCs
     clusters = {c["name"]: c for c in live_config["static_resources"]["clusters"]}
     aggregate = clusters["inference_staging"]["cluster_type"]["typed_config"]["clusters"]
@@ -206,6 +207,23 @@ def test_canary_split_pins_and_alias_routes(live, live_config):
     assert runtime["entries"][staging_key]["final_value"] == "15"
 
 
+def test_shadow_mirror_only_on_the_split_production_side(live, live_config):
+    """Production's side of the split copies requests to the staging hosts at the runtime share; no other cluster
+    mirrors (so a request the split sent to staging, a pinned call or ReloadModel is never copied)."""
+    clusters = {c["name"]: c for c in live_config["static_resources"]["clusters"]}
+    options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    mirrors = {name: c["typed_extension_protocol_options"][options].get("request_mirror_policies")
+               for name, c in clusters.items() if options in c.get("typed_extension_protocol_options", {})}
+    assert [name for name, policies in mirrors.items() if policies] == [names.PRODUCTION_CLUSTER]
+    (policy,) = mirrors[names.PRODUCTION_CLUSTER]
+    assert policy["cluster"] == names.STAGING_HOSTS_CLUSTER
+    assert policy["runtime_fraction"] == {"default_value": {"numerator": 0, "denominator": "HUNDRED"},
+                                          "runtime_key": canary_runtime.SHADOW_KEY}
+    assert policy["request_headers_mutations"][0]["append"]["header"] == {"key": SHADOW_HEADER, "value": "1"}
+    runtime = json.loads(live.get_admin("/runtime"))
+    assert runtime["entries"][canary_runtime.SHADOW_KEY]["final_value"] == "0"  # the static default, off
+
+
 def test_settings_flow_into_the_config(config, settings):
     text = yaml.safe_dump(config)
     listener = config["static_resources"]["listeners"][0]
@@ -215,8 +233,9 @@ def test_settings_flow_into_the_config(config, settings):
     ports = {name: c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
              ["port_value"] for name, c in clusters.items() if "load_assignment" in c}
     assert ports == {"auth": 41001, "auth_jwks": 41002, "monitoring": 41003, "inference_production": 41004,
-                     "inference_staging_hosts": 41005, "monitoring_http": settings.monitoring_http_port}
-    for name in ("auth", "monitoring", "inference_production", "inference_staging_hosts"):
+                     "inference_production_hosts": 41004, "inference_staging_hosts": 41005,
+                     "monitoring_http": settings.monitoring_http_port}
+    for name in ("auth", "monitoring", "inference_production", "inference_production_hosts", "inference_staging_hosts"):
         assert clusters[name]["health_checks"][0]["grpc_health_check"]["service_name"].startswith("churn.v1.")
         assert "outlier_detection" in clusters[name]
         assert "http2_protocol_options" in str(clusters[name]["typed_extension_protocol_options"])

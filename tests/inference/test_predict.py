@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+import sqlite3
 
 import grpc
 import numpy as np
 import pandas as pd
 import pytest
-from churn.v1 import common_pb2, inference_pb2
+from churn.v1 import common_pb2, inference_pb2, monitoring_pb2
 from google.api import httpbody_pb2
 from google.rpc import error_details_pb2
+from prometheus_client import REGISTRY
 
 from services.common import telco_csv
 from tests import natives as natives_
@@ -186,3 +188,40 @@ def test_retried_request_id_gives_the_same_prediction_ids(production, customers,
     assert ids == [p.prediction_id for p in again.predictions] == ["req-retry-1-0", "req-retry-1-1", "req-retry-1-2"]
     other = production.stub.PredictBatch(request, metadata=production.metadata())
     assert not set(ids) & {p.prediction_id for p in other.predictions}
+
+
+def _logged(outbox_file, prediction_id: str) -> monitoring_pb2.PredictionRecord:
+    with sqlite3.connect(outbox_file) as db:
+        (blob,) = db.execute("SELECT record FROM outbox WHERE prediction_id = ?", (prediction_id,)).fetchone()
+    return monitoring_pb2.PredictionRecord.FromString(blob)
+
+
+def test_envoys_shadow_copy_is_logged_marked_and_counted_apart(servers, customers, settings):
+    """The mirror policy's mark on a call Envoy forwarded (its stamp) makes a shadow call: `<id>-shadow-<row>` rows
+    with `shadow` set and the request id of the answer it copies, counted under traffic="shadow". The same mark
+    on a direct call (no stamp) is ignored."""
+    inference, staging = servers["staging"]
+    request = inference_pb2.PredictBatchRequest(customers=customers[:2])
+    stamp = ("x-churn-gateway", settings.gateway_secret)
+    before = {t: REGISTRY.get_sample_value("churn_grpc_requests_total", {
+        "service": "churn.v1.InferenceService", "method": "PredictBatch", "code": "OK", "traffic": t}) or 0.0
+        for t in ("live", "shadow")}
+    mirrored = staging.stub.PredictBatch(request, metadata=[*staging.metadata(request_id="req-mirror-1"), stamp,
+                                                            ("x-churn-shadow", "1")])
+    assert [p.prediction_id for p in mirrored.predictions] == ["req-mirror-1-shadow-0", "req-mirror-1-shadow-1"]
+    record = _logged(inference.outbox.path, "req-mirror-1-shadow-1")
+    assert record.shadow is True and record.request_id == "req-mirror-1"
+    assert record.customer.customer_id == customers[1].customer_id
+    served = staging.stub.PredictBatch(request, metadata=[*staging.metadata(request_id="req-mirror-2"), stamp])
+    assert _logged(inference.outbox.path, served.predictions[0].prediction_id).shadow is False
+    forged = staging.stub.PredictBatch(request, metadata=[*staging.metadata(), ("x-churn-shadow", "1")])
+    assert "-shadow-" not in forged.predictions[0].prediction_id
+    assert _logged(inference.outbox.path, forged.predictions[0].prediction_id).shadow is False
+    after = {t: REGISTRY.get_sample_value("churn_grpc_requests_total", {
+        "service": "churn.v1.InferenceService", "method": "PredictBatch", "code": "OK", "traffic": t})
+        for t in ("live", "shadow")}
+    assert (after["shadow"] - before["shadow"], after["live"] - before["live"]) == (1, 2)
+    rows = REGISTRY.get_sample_value("churn_inference_predictions_total", {
+        "model_version": mirrored.model.version, "alias": "staging",
+        "outcome": "churn" if mirrored.predictions[0].churn else "no_churn", "traffic": "shadow"})
+    assert rows and rows >= 1

@@ -11,6 +11,7 @@ import time
 import urllib.parse
 import urllib.request
 
+import grpc
 import pytest
 from churn.v1 import monitoring_pb2
 
@@ -135,3 +136,42 @@ def test_weight_30_is_live_and_survives_an_envoy_restart(envoy_and_monitoring, t
         assert envoy.runtime()[CR.STAGING_KEY] == str(percent)
         read = monitoring.stub.GetCanaryWeight(monitoring_pb2.GetCanaryWeightRequest(), metadata=agent)
         assert read.percent == percent
+
+
+def test_shadow_percent_is_live_persisted_beside_the_weight_and_audited(envoy_and_monitoring, tmp_path):
+    state, monitoring, data_dir = envoy_and_monitoring
+    envoy = state["envoy"]
+    agent = monitoring.md(role="agent", ops=False)
+    get = monitoring_pb2.GetShadowPercentRequest()
+    assert monitoring.stub.GetShadowPercent(get, metadata=agent).percent == 0  # the static default: off
+    monitoring.stub.SetCanaryWeight(monitoring_pb2.SetCanaryWeightRequest(percent=20), metadata=monitoring.md())
+
+    reply = monitoring.stub.SetShadowPercent(monitoring_pb2.SetShadowPercentRequest(percent=40),
+                                             metadata=monitoring.md())
+    assert (reply.percent, reply.previous) == (40, 0)
+    assert envoy.layer_values(CR.SHADOW_KEY)[-1] == "40" and CR.read_persisted_shadow(data_dir) == 40
+    assert CR.read_persisted(data_dir) == 20  # one snapshot holds both values: setting one keeps the other
+    monitoring.stub.SetCanaryWeight(monitoring_pb2.SetCanaryWeightRequest(percent=5), metadata=monitoring.md())
+    assert CR.read_persisted_shadow(data_dir) == 40
+
+    envoy.stop()
+    state["envoy"] = envoy = Envoy(tmp_path, data_dir, admin_port=envoy.admin_port)
+    assert envoy.layer_values(CR.SHADOW_KEY)[:2] == ["0", "40"]  # the disk layer holds it from the start
+    assert monitoring.stub.GetShadowPercent(get, metadata=agent).percent == 40
+    envoy.modify(SHADOW_KEY=90)  # a hand edit is reconciled back
+    assert wait_for(lambda: envoy.layer_values(CR.SHADOW_KEY)[-1] == "40"), "monitoring did not re-apply it"
+
+    for bad in (-1, 101):
+        with pytest.raises(grpc.RpcError) as refused:
+            monitoring.stub.SetShadowPercent(monitoring_pb2.SetShadowPercentRequest(percent=bad),
+                                             metadata=monitoring.md())
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "percent" in refused.value.details()
+    with pytest.raises(grpc.RpcError) as denied:
+        monitoring.stub.SetShadowPercent(monitoring_pb2.SetShadowPercentRequest(percent=10), metadata=agent)
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert CR.read_persisted_shadow(data_dir) == 40
+
+    monitoring.stub.SetShadowPercent(monitoring_pb2.SetShadowPercentRequest(percent=40), metadata=monitoring.md())
+    events = monitoring.stub.ListModelEvents(monitoring_pb2.ListModelEventsRequest(), metadata=monitoring.md()).events
+    shadow = [(e.actor, e.shadow_percent) for e in events if e.kind == monitoring_pb2.MODEL_EVENT_KIND_SHADOW_PERCENT]
+    assert shadow == [("test-admin", 40)]  # a change is an event; setting the same value again is not

@@ -14,6 +14,7 @@ from services.common import features as F
 from services.common import mlflow_config
 from services.common import model_registry as R
 from services.common.errors import FailedPrecondition, InvalidInput
+from services.common.prediction_record import served_twin
 from services.common.settings import Settings
 from services.monitoring import canary_analysis as CA
 from services.monitoring.store import MonitoringStore, PredictionRow, utcnow
@@ -93,3 +94,59 @@ def test_both_sides_figures_from_the_log(tmp_path):
     assert analysis.verdict == CA.ROLLBACK
     assert any(r.startswith("failed: live ROC AUC") for r in analysis.reasons)
     store.close()
+
+
+def test_shadow_rows_are_judged_against_productions_answers_to_the_same_requests(tmp_path):
+    """Staging's shadow rows pair with production's answers by request and row; the label the customer's answer
+    got counts for both; staging's live rows, a shadow row without its twin and another production version's
+    answers stay out."""
+    settings = Settings.from_env({"DATA_DIR": str(tmp_path / "var"), "MODEL_NAME": "shadow-test",
+                                  "CANARY_MIN_PREDICTIONS": "100", "CANARY_MIN_LABELLED": "50"})
+    registry = R.ModelRegistry(mlflow_config.tracking_uri(settings), settings.model_name)
+    store = MonitoringStore(f"sqlite:///{tmp_path / 'monitoring.db'}")
+    analyzer = CA.CanaryAnalyzer(store, registry, settings, error_rate=lambda alias: 0.0)
+    registry.client.create_registered_model(registry.name)
+    for _ in range(3):
+        registry.client.create_model_version(registry.name, source="file:///nowhere")
+    registry.set_alias(R.ALIAS_PRODUCTION, "1")
+    registry.set_alias(R.ALIAS_STAGING, "3")
+
+    rng = np.random.default_rng(5)
+    n = 200
+    y = rng.random(n) < 0.3
+    served = np.clip(np.where(y, 0.7, 0.3) + rng.normal(0, 0.15, n), 0, 1)
+    candidate = np.clip(np.where(y, 0.8, 0.2) + rng.normal(0, 0.1, n), 0, 1)
+    now, inputs = utcnow(), {f.name: None for f in F.FEATURES}
+
+    def row(prediction_id, request, customer, p, version, alias, latency, shadow=False):
+        return PredictionRow(prediction_id, customer, inputs, bool(p >= 0.5), float(p), "m", version, alias, latency,
+                             now, request, shadow)
+
+    answers = [row(f"req{i}-{i % 2}", f"req{i}", f"c{i}", served[i], "1", "production", 2.0) for i in range(n)]
+    shadows = [row(f"req{i}-shadow-{i % 2}", f"req{i}", f"c{i}", candidate[i], "3", "staging", 9.0, True)
+               for i in range(n)]
+    strays = [row("req-lost-shadow-0", "req-lost", "c-lost", 0.99, "3", "staging", 9.0, True),  # no twin logged
+              row("live-0", "live", "c-live", 0.99, "3", "staging", 500.0),  # a live staging answer
+              row("old-shadow-0", "old", "c-old", 0.99, "3", "staging", 9.0, True),
+              row("old-0", "old", "c-old", 0.01, "2", "production", 2.0)]  # another production version's answer
+    store.record_predictions(answers + shadows + strays)
+    assert served_twin("req7-shadow-1") == "req7-1" and served_twin("req7-1") is None
+    # feedback by customer labels the answer the customer got, never its shadow copy
+    matched = store.latest_prediction_for_customers(f"c{i}" for i in range(n))
+    assert matched == {f"c{i}": f"req{i}-{i % 2}" for i in range(n)}
+    store.save_feedback({matched[f"c{i}"]: bool(y[i]) for i in range(n)})
+
+    analysis = analyzer.analyze(60)
+    assert analysis.shadow is True
+    assert (analysis.production.predictions, analysis.staging.predictions) == (n, n)
+    assert analysis.staging.labelled == analysis.production.labelled == n
+    assert analysis.staging.roc_auc == pytest.approx(roc_auc_score(y, candidate))
+    assert analysis.production.roc_auc == pytest.approx(roc_auc_score(y, served))
+    assert (analysis.staging.latency_p99_ms, analysis.production.latency_p50_ms) == (9.0, 2.0)
+    reference = jensenshannon(CA._distribution(served), CA._distribution(candidate), base=2) ** 2
+    assert analysis.jensen_shannon == pytest.approx(reference)
+
+    later = analyzer.analyze_since(utcnow() + dt.timedelta(seconds=1))  # no shadow rows in the window: live mode
+    assert later.shadow is False and later.staging.predictions == 0
+    store.close()
+

@@ -120,6 +120,39 @@ def test_event_pages_are_stable_and_tokens_are_checked(store):
     assert bad.value.field == "end_time"
 
 
+def test_an_events_table_from_before_shadow_events_gets_the_column(tmp_path):
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = MonitoringStore(url)
+    LS.LifecycleStore(old.engine)
+    with old.engine.begin() as connection:
+        connection.execute(sa.text("ALTER TABLE model_events DROP COLUMN shadow_percent"))
+    old.close()
+    store = MonitoringStore(url)
+    events = LS.LifecycleStore(store.engine)
+    events.add_event(LS.SHADOW_PERCENT, "admin-ann", shadow_percent=100)
+    assert [(e.kind, e.actor, e.shadow_percent) for e in events.events(10)] == [(LS.SHADOW_PERCENT, "admin-ann", 100)]
+    store.close()
+
+
+def test_shadow_changes_are_recorded_with_who(registry, store):
+    events = LS.LifecycleStore(store.engine)
+    shadow = [0]
+
+    def set_shadow(percent):
+        shadow.append(percent)
+        return percent, shadow[-2]
+
+    lifecycle = Lifecycle(registry, events, reload=lambda alias, token: "", set_weight=lambda p: (p, p),
+                          set_shadow=set_shadow)
+    assert lifecycle.set_shadow(100, Actor("admin-ann")) == (100, 0)
+    assert lifecycle.set_shadow(100, Actor("admin-ann")) == (100, 100)  # unchanged: no event
+    assert lifecycle.set_shadow(0, Actor("admin-bob")) == (0, 100)
+    assert [(e.kind, e.actor, e.shadow_percent) for e in reversed(events.events(10))] == [
+        (LS.SHADOW_PERCENT, "admin-ann", 100), (LS.SHADOW_PERCENT, "admin-bob", 0)]
+
+
 @pytest.mark.parametrize("spec, field", [
     (RetrainSpec(False, [], False, ""), "include_shipped_data"),
     (RetrainSpec(True, [], False, "lightgbm"), "flavor"),

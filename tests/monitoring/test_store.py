@@ -130,3 +130,24 @@ def test_a_store_from_before_the_shadow_column_gets_it(tmp_path, telco):
     store = MonitoringStore(url)
     assert store.record_predictions(rows_from(telco, 0, 3)) == 3
     store.close()
+
+
+def test_shadow_rows_pair_with_the_answer_they_copy_and_never_take_its_label(store, telco):
+    answers = [dataclasses.replace(r, prediction_id=f"req{i}-0", request_id=f"req{i}", model_alias="production",
+                                   probability=0.2) for i, r in enumerate(rows_from(telco, 0, 4))]
+    copies = [dataclasses.replace(r, prediction_id=f"req{i}-shadow-0", model_version="3", model_alias="staging",
+                                  probability=0.7, latency_ms=9.0, shadow=True) for i, r in enumerate(answers)]
+    orphan = dataclasses.replace(copies[0], prediction_id="gone-shadow-0", request_id="gone")
+    store.record_predictions(answers + copies[:3] + [orphan])  # the 4th copy has not arrived
+    latest = store.latest_prediction_for_customers(r.customer_id for r in answers)
+    assert latest == {r.customer_id: r.prediction_id for r in answers}  # the answer, not its later shadow copy
+    store.save_feedback({"req1-0": True})
+    since = answers[0].predicted_at - dt.timedelta(days=1)
+    pairs = store.shadow_pairs_since("3", "1", since)
+    assert len(pairs) == 3 and set(pairs["staging_probability"]) == {0.7}
+    assert set(pairs["production_probability"]) == {0.2}
+    assert pairs["actual_churn"].tolist().count(True) == 1 and set(pairs["staging_latency_ms"]) == {9.0}
+    assert store.shadow_pairs_since("3", "2", since).empty  # production's answers came from version 1
+    assert len(store.scores_since("staging", "3", since, shadow=True)) == 4
+    assert store.scores_since("staging", "3", since).empty  # staging served nothing itself
+    assert len(store.recent_inputs(100)) == 4 and len(store.recent_inputs(100, "3")) == 4  # no input counted twice
