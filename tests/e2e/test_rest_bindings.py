@@ -276,6 +276,20 @@ def canary_set(ctx: Context):
         ctx.suite.set_canary(0)
 
 
+@binding("GET", "/v1/shadow")
+def shadow_get(ctx: Context):
+    assert ok(ctx.rest("GET", "/v1/shadow", token="agent")) == {"percent": 0}
+
+
+@binding("POST", "/v1/shadow")
+def shadow_set(ctx: Context):
+    try:
+        assert ok(ctx.rest("POST", "/v1/shadow", {"percent": 15}, key="ops")) == {"percent": 15, "previous": 0}
+        assert ctx.suite.gateway.runtime()["routing.shadow_percent"] == "15"
+    finally:
+        assert ok(ctx.rest("POST", "/v1/shadow", {"percent": 0}, key="ops")) == {"percent": 0, "previous": 15}
+
+
 @binding("POST", "/v1/data/training")
 def upload(ctx: Context):
     for content_type in CSV_TYPES:
