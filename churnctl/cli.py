@@ -23,8 +23,11 @@ from services.common.telco_csv import parse_telco_csv
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 canary_app = typer.Typer(help="The share of prediction traffic Envoy sends to the staging model.")
+shadow_app = typer.Typer(help="The share of production's prediction requests Envoy copies to staging (answers "
+                                "discarded, logged as shadow rows for the canary analysis).")
 users_app = typer.Typer(help="Users (admin).")
 app.add_typer(canary_app, name="canary")
+app.add_typer(shadow_app, name="shadow")
 app.add_typer(users_app, name="users")
 lifecycle.register(app, canary_app)
 MAX_ROWS = 10_000_000  # a local file: the gateway's limits apply per chunk
@@ -152,6 +155,21 @@ def canary_set(percent: int = typer.Argument(..., help="0-100")):
     """Send PERCENT of prediction traffic to staging (ops key, admin)."""
     cli = current_client()
     reply = cli.call(cli.monitoring, "SetCanaryWeight", monitoring_pb2.SetCanaryWeightRequest(percent=percent))
+    out.print(reply.percent)
+
+
+@shadow_app.command("get")
+def shadow_get():
+    """Show the shadow share in percent."""
+    cli = current_client()
+    out.print(cli.call(cli.monitoring, "GetShadowPercent", monitoring_pb2.GetShadowPercentRequest()).percent)
+
+
+@shadow_app.command("set")
+def shadow_set(percent: int = typer.Argument(..., help="0-100")):
+    """Copy PERCENT of production's prediction requests to staging (ops key, admin)."""
+    cli = current_client()
+    reply = cli.call(cli.monitoring, "SetShadowPercent", monitoring_pb2.SetShadowPercentRequest(percent=percent))
     out.print(reply.percent)
 
 

@@ -99,6 +99,13 @@ def test_drift_report_download(logged_in):
 def test_canary_users_and_models(suite, logged_in):
     current = logged_in("canary", "get").stdout.strip()
     assert logged_in("canary", "set", current).stdout.strip() == current
+    assert logged_in("shadow", "get").stdout.strip() == "0"
+    try:
+        assert logged_in("shadow", "set", "20").stdout.strip() == "20"
+        assert suite.gateway.runtime()["routing.shadow_percent"] == "20"
+        assert logged_in("shadow", "get").stdout.strip() == "20"
+    finally:
+        assert logged_in("shadow", "set", "0").stdout.strip() == "0"
     username = f"cli-{uuid.uuid4().hex[:8]}"
     auth, _, _ = suite.stubs()
     auth.Register(auth_pb2.RegisterRequest(username=username, password="pw-" + secrets.token_urlsafe(12)),
@@ -115,8 +122,9 @@ def test_mistakes_are_one_line_errors(churnctl, logged_in):
     fields[5] = "many"  # tenure
     bad = logged_in("predict", "--csv", ",".join(fields), check=False)
     assert bad.returncode == 1 and "tenure" in bad.stderr and "Traceback" not in bad.stderr
-    wrong = logged_in("canary", "set", "101", check=False)
-    assert wrong.returncode == 1 and "INVALID_ARGUMENT" in wrong.stderr and "Traceback" not in wrong.stderr
+    for share in ("canary", "shadow"):
+        wrong = logged_in(share, "set", "101", check=False)
+        assert wrong.returncode == 1 and "INVALID_ARGUMENT" in wrong.stderr and "Traceback" not in wrong.stderr
     (logged_in.config / "session.json").unlink()
     anonymous = churnctl("models", check=False)
     assert anonymous.returncode == 1 and "churnctl login" in anonymous.stderr
