@@ -73,9 +73,13 @@ def supervisor_config(folder: pathlib.Path, processes: dict[str, str], ports_dir
 
 
 def process_states(config: pathlib.Path) -> dict[str, str]:
-    """name -> supervisor state (RUNNING, STARTING, BACKOFF, FATAL, …) from `supervisorctl status`."""
-    done = subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", str(config), "status"],
-                          capture_output=True, text=True, timeout=10)
+    """name -> supervisor state (RUNNING, STARTING, BACKOFF, FATAL, …) from `supervisorctl status`; nothing
+    while supervisorctl does not answer within 10 s (a loaded machine: asked again a second later)."""
+    try:
+        done = subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", str(config), "status"],
+                              capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        return {}
     return dict(line.split()[:2] for line in done.stdout.splitlines() if len(line.split()) >= 2)
 
 
