@@ -225,17 +225,17 @@ def main() -> int:
     conf = supervisor_config(settings.data_dir / "supervisor", procfile(), ports_dir)
     supervisord = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)], cwd=ROOT,
                                    env=env)
-    stopping = []
 
     def stop(*_):
-        stopping.append(True)
         supervisord.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
     try:
         print(banner(wait_ready(settings, supervisord, conf)), flush=True)
+        # supervisord exits 0 only when told to stop (Ctrl-C, SIGTERM, `supervisorctl shutdown`): on a loaded
+        # machine it may be gone before this process has handled the same Ctrl-C, which is still a clean stop
         code = supervisord.wait()
-        return 0 if stopping and code == 0 else code or 1
+        return code if code >= 0 else 1
     except KeyboardInterrupt:  # Ctrl-C: the terminal signalled supervisord too, which stops its children
         try:
             code = supervisord.wait(timeout=2)
