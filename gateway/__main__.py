@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import pathlib
 import shutil
@@ -15,7 +16,10 @@ import subprocess
 import sys
 
 from gateway import render
-from services.common.settings import Settings
+from services.common.settings import ENVOY_ADMIN_FILE, Settings
+
+BACKENDS = ("auth", "monitoring", "inference_production", "inference_staging")  # the Procfile's process names
+GATEWAY = "gateway"  # its port file (PORTS_DIR/gateway.json): the listener and admin ports of the first start
 
 
 def envoy_binary() -> str:
@@ -31,6 +35,20 @@ def envoy_binary() -> str:
 
 def default_config(settings: Settings) -> pathlib.Path:
     return settings.data_dir / "envoy.yaml"
+
+
+def admin_address_path(settings: Settings) -> pathlib.Path:
+    """Where Envoy writes its admin address: in PORTS_DIR under `make run` (monitoring and the runner read it)."""
+    return (settings.ports_dir or settings.data_dir) / ENVOY_ADMIN_FILE
+
+
+def run_settings(settings: Settings) -> Settings:
+    """Settings for `run`: the backends' ports (port 0: waits for the ports they report in PORTS_DIR), and Envoy's
+    own listener and admin port as its first start bound them (the runner writes them to gateway.json), so an Envoy
+    that supervisord restarts listens where clients already call."""
+    settings = settings.with_bound_ports(*BACKENDS)
+    return dataclasses.replace(settings, gateway_port=settings.gateway_port or settings.bound_port(GATEWAY),
+                               envoy_admin_port=settings.envoy_admin_port or settings.bound_port(GATEWAY, "admin"))
 
 
 def envoy_command(config: pathlib.Path, *, admin_address_path: pathlib.Path | None = None,
@@ -66,11 +84,13 @@ def main(argv: list[str] | None = None) -> int:
         done = validate(args.config or default_config(settings))
         print(done.stdout + done.stderr, end="")
         return done.returncode
+    if args.command == "run":
+        settings = run_settings(settings)
     out = render.prepare(settings, args.out or default_config(settings))
     print(f"rendered {out}", file=sys.stderr)
     if args.command == "render":
         return 0
-    command = envoy_command(out, admin_address_path=settings.data_dir / "envoy-admin.address")
+    command = envoy_command(out, admin_address_path=admin_address_path(settings))
     sys.stderr.flush()
     os.execv(command[0], command)  # Envoy becomes this process: signals from the process runner reach it directly
     return 1

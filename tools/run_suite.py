@@ -8,13 +8,21 @@ is restarted at once and logged (a crashed canary never takes production down: E
 one that keeps dying while starting is retried with a growing delay (1 s, 2 s, 3 s, … `START_RETRIES` times) and
 then left FATAL. Ctrl-C (or SIGTERM) stops supervisord, which stops every process with SIGTERM and waits up to
 `STOP_WAIT_SECONDS` for it to drain.
+
+Any port may be 0 (the tests run it so): each process writes the ports it bound to PORTS_DIR (default
+`DATA_DIR/ports`, emptied at each start), a process waits there for the peers it connects to at start, `gateway run`
+renders Envoy's config with the real upstream ports, and this runner reads Envoy's listener from its admin
+`/listeners`, writes it to PORTS_DIR/gateway.json and prints the real ports. A process supervisord restarts binds
+the ports its first start reported, so Envoy's config and every peer stay right.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,8 +30,9 @@ import time
 import urllib.request
 
 from gateway import render
-from gateway.__main__ import default_config, validate
+from gateway.__main__ import BACKENDS, GATEWAY, default_config, validate
 from services.common.health import cluster_health
+from services.common.server import write_port_file
 from services.common.settings import ROOT, Settings
 
 READY_TIMEOUT = float(os.environ.get("READY_TIMEOUT_SECONDS", "240"))
@@ -43,9 +52,9 @@ def procfile(path: pathlib.Path = ROOT / "Procfile") -> dict[str, str]:
     return processes
 
 
-def supervisor_config(folder: pathlib.Path, processes: dict[str, str]) -> pathlib.Path:
+def supervisor_config(folder: pathlib.Path, processes: dict[str, str], ports_dir: pathlib.Path) -> pathlib.Path:
     """supervisord.conf: in the foreground, its own log and every child's output on stdout, a private control
-    socket, and per process: restart always, start backoff, SIGTERM with time to drain."""
+    socket, and per process: restart always, start backoff, SIGTERM with time to drain, its port file."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     lines = ["[supervisord]", "nodaemon=true", "logfile=/dev/stdout", "logfile_maxbytes=0", "loglevel=info",
              f"pidfile={folder / 'supervisord.pid'}", f"childlogdir={folder}", "",
@@ -55,6 +64,7 @@ def supervisor_config(folder: pathlib.Path, processes: dict[str, str]) -> pathli
              "[supervisorctl]", f"serverurl=unix://{folder / 'supervisor.sock'}", ""]
     for name, command in processes.items():
         lines += [f"[program:{name}]", f"command={command}", f"directory={ROOT}", "autostart=true",
+                  f'environment=PORT_FILE="{ports_dir / name}.json"',
                   "autorestart=true", f"startsecs={START_SECONDS}", f"startretries={START_RETRIES}",
                   "stopsignal=TERM", f"stopwaitsecs={STOP_WAIT_SECONDS}", "stopasgroup=true", "killasgroup=true",
                   "redirect_stderr=true", "stdout_logfile=/dev/stdout", "stdout_logfile_maxbytes=0", ""]
@@ -65,9 +75,13 @@ def supervisor_config(folder: pathlib.Path, processes: dict[str, str]) -> pathli
 
 
 def process_states(config: pathlib.Path) -> dict[str, str]:
-    """name -> supervisor state (RUNNING, STARTING, BACKOFF, FATAL, …) from `supervisorctl status`."""
-    done = subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", str(config), "status"],
-                          capture_output=True, text=True, timeout=10)
+    """name -> supervisor state (RUNNING, STARTING, BACKOFF, FATAL, …) from `supervisorctl status`; nothing
+    while supervisorctl does not answer within 10 s (a loaded machine: asked again a second later)."""
+    try:
+        done = subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", str(config), "status"],
+                              capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        return {}
     return dict(line.split()[:2] for line in done.stdout.splitlines() if len(line.split()) >= 2)
 
 
@@ -93,14 +107,29 @@ def envoy_unhealthy(admin: str) -> list[str] | None:
     return [name for name, healthy in cluster_health(clusters).items() if not healthy]
 
 
-def wait_ready(settings: Settings, supervisord: subprocess.Popen, config: pathlib.Path) -> None:
-    services = {
-        "auth": f"{settings.auth_host}:{settings.auth_port}",
-        "monitoring": f"{settings.monitoring_host}:{settings.monitoring_port}",
-        "inference production": settings.inference_address("production"),
-        "inference staging": settings.inference_address("staging"),
-    }
-    admin = f"http://127.0.0.1:{settings.envoy_admin_port}"
+def bound(settings: Settings) -> Settings | None:
+    """Settings with every backend's real ports, or None while one has not reported them yet."""
+    try:
+        return dataclasses.replace(settings, peer_wait_seconds=0).with_bound_ports(*BACKENDS)
+    except TimeoutError:
+        return None
+
+
+def envoy_ports(admin: str) -> tuple[int, int] | None:
+    """(gateway listener, admin) ports as Envoy bound them, from its admin `/listeners` (None while it is not up)."""
+    try:
+        with urllib.request.urlopen(f"{admin}/listeners?format=json", timeout=2) as response:
+            listeners = json.loads(response.read())["listener_statuses"]
+    except (OSError, ValueError, KeyError):
+        return None
+    port = next((item["local_address"]["socket_address"]["port_value"] for item in listeners
+                 if item.get("name") == "gateway"), 0)
+    return (port, int(admin.rsplit(":", 1)[1])) if port else None
+
+
+def wait_ready(settings: Settings, supervisord: subprocess.Popen, config: pathlib.Path) -> Settings:
+    """Waits until every service is SERVING and Envoy sees every upstream healthy; returns the Settings with the
+    ports everything really bound (and writes Envoy's to PORTS_DIR, where a restarted Envoy finds them)."""
     deadline = time.monotonic() + READY_TIMEOUT
     waiting: list[str] = []
     while time.monotonic() < deadline:
@@ -109,14 +138,24 @@ def wait_ready(settings: Settings, supervisord: subprocess.Popen, config: pathli
         fatal = [name for name, state in process_states(config).items() if state == "FATAL"]
         if fatal:
             raise SystemExit(f"gave up starting {', '.join(fatal)} (see the log above)")
-        waiting = [name for name, address in services.items() if not grpc_serving(address)]
-        unhealthy = envoy_unhealthy(admin)
-        if unhealthy is None:
-            waiting.append("envoy")
-        else:
-            waiting += [f"envoy→{name}" for name in unhealthy]
-        if not waiting:
-            return
+        waiting = ["ports"]
+        real = bound(settings)
+        if real is not None:
+            services = {"auth": real.auth_address, "monitoring": real.monitoring_address,
+                        "inference production": real.inference_address("production"),
+                        "inference staging": real.inference_address("staging")}
+            waiting = [name for name, address in services.items() if not grpc_serving(address)]
+            admin = real.envoy_admin_url()
+            unhealthy = envoy_unhealthy(admin)
+            ports = envoy_ports(admin)
+            if unhealthy is None or ports is None:
+                waiting.append("envoy")
+            else:
+                waiting += [f"envoy→{name}" for name in unhealthy]
+            if not waiting:
+                real = dataclasses.replace(real, gateway_port=ports[0], envoy_admin_port=ports[1])
+                write_port_file(str(real.peer_port_file(GATEWAY)), ports[0], None, admin=ports[1])
+                return real
         time.sleep(1)
     raise TimeoutError(f"not ready after {READY_TIMEOUT:.0f}s: {', '.join(waiting)}")
 
@@ -163,10 +202,30 @@ def load_dotenv(path: pathlib.Path = ROOT / ".env") -> None:
                 os.environ.setdefault(key, value)
 
 
+def fresh_ports_dir() -> pathlib.Path:
+    """PORTS_DIR (default DATA_DIR/ports), emptied: each `make run` starts on the ports it is configured with."""
+    os.environ.setdefault("PORTS_DIR", str(Settings.from_env().data_dir / "ports"))
+    folder = pathlib.Path(os.environ["PORTS_DIR"])
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(mode=0o700, parents=True)
+    return folder
+
+
+def stand_in_ports(settings: Settings) -> Settings:
+    """For the check before anything starts: a backend on port 0 has not bound yet, so port 1 stands in for it
+    (`gateway run` renders the real ports later; the check is of everything else)."""
+    names = ("auth_port", "auth_http_port", "monitoring_port", "monitoring_http_port", "inference_production_port",
+             "inference_staging_port")
+    stand_in = dataclasses.replace(settings, **{name: getattr(settings, name) or 1 for name in names})
+    return dataclasses.replace(stand_in, jwks_url=settings.jwks_url.replace(
+        f":{settings.auth_http_port}/", f":{stand_in.auth_http_port}/", 1))
+
+
 def main() -> int:
     load_dotenv()
+    ports_dir = fresh_ports_dir()
     settings = Settings.from_env()
-    config = render.prepare(settings, default_config(settings))
+    config = render.prepare(stand_in_ports(settings), default_config(settings))
     checked = validate(config)
     if checked.returncode != 0:
         print(checked.stdout + checked.stderr, file=sys.stderr)
@@ -175,21 +234,20 @@ def main() -> int:
     env["PATH"] = os.pathsep.join([str(pathlib.Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "gen"), env.get("PYTHONPATH")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
-    conf = supervisor_config(settings.data_dir / "supervisor", procfile())
+    conf = supervisor_config(settings.data_dir / "supervisor", procfile(), ports_dir)
     supervisord = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)], cwd=ROOT,
                                    env=env)
-    stopping = []
 
     def stop(*_):
-        stopping.append(True)
         supervisord.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        wait_ready(settings, supervisord, conf)
-        print(banner(settings), flush=True)
+        print(banner(wait_ready(settings, supervisord, conf)), flush=True)
+        # supervisord exits 0 only when told to stop (Ctrl-C, SIGTERM, `supervisorctl shutdown`): on a loaded
+        # machine it may be gone before this process has handled the same Ctrl-C, which is still a clean stop
         code = supervisord.wait()
-        return 0 if stopping and code == 0 else code or 1
+        return code if code >= 0 else 1
     except KeyboardInterrupt:  # Ctrl-C: the terminal signalled supervisord too, which stops its children
         try:
             code = supervisord.wait(timeout=2)

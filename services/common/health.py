@@ -41,8 +41,9 @@ class EnvoyView:
     """Envoy's upstream health from its admin listener (loopback), read at most once a second; an admin that does
     not answer means nothing is known to be healthy."""
 
-    def __init__(self, admin_url: str, timeout: float = 1.0, clock: Callable[[], float] = time.monotonic):
-        self._url = f"{admin_url.rstrip('/')}/clusters?format=json"
+    def __init__(self, admin_url: str | Callable[[], str], timeout: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self._admin_url = admin_url if callable(admin_url) else (lambda: admin_url)  # a function: asked each read
         self._timeout = timeout
         self._clock = clock
         self._cached: tuple[float, dict[str, bool]] | None = None
@@ -53,7 +54,8 @@ class EnvoyView:
             if self._cached and self._clock() - self._cached[0] < VIEW_MAX_AGE_SECONDS:
                 return self._cached[1]
             try:
-                with urllib.request.urlopen(self._url, timeout=self._timeout) as response:
+                url = f"{self._admin_url().rstrip('/')}/clusters?format=json"
+                with urllib.request.urlopen(url, timeout=self._timeout) as response:
                     view = cluster_health(json.loads(response.read()))
             except (OSError, ValueError):
                 view = {}

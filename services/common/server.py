@@ -71,6 +71,10 @@ def start_server(
     reflection (the gateway's designated backend reflects every churn.v1 service); `health_view` makes this the
     gateway's health backend (services.common.health)."""
     private_folder(settings.data_dir)  # stores, outboxes and the registry live below it
+    previous = reported_ports(settings)
+    port = port or previous.get("grpc") or 0
+    if http_port == 0:
+        http_port = previous.get("http") or 0
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
                          interceptors=[interceptor], options=settings.grpc_options())
     register(server)
@@ -92,13 +96,25 @@ def start_server(
     return host
 
 
-def write_port_file(target: str, grpc_port: int, http_port: int | None) -> None:
+def reported_ports(settings: Settings) -> dict:
+    """Under `make run` (PORTS_DIR set) the ports this process's first start reported in its PORT_FILE: when
+    supervisord restarts it, it binds them again, because Envoy's config and its peers name them (the runner
+    clears PORTS_DIR before each `make run`, so a first start binds port 0 afresh)."""
+    if settings.ports_dir is None or not settings.port_file:
+        return {}
+    try:
+        return json.loads(pathlib.Path(settings.port_file).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_port_file(target: str, grpc_port: int, http_port: int | None, **more: int) -> None:
     """Tests and the process runner start servers on port 0 and read the bound ports from PORT_FILE."""
     if not target:
         return
     path = pathlib.Path(target)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"grpc": grpc_port, "http": http_port}))
+    tmp.write_text(json.dumps({"grpc": grpc_port, "http": http_port, **more}))
     tmp.replace(path)
 
 

@@ -7,12 +7,15 @@ Secrets (API keys) come from the environment or, when unset, from the git-ignore
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
+import time
 from typing import Mapping
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
+ENVOY_ADMIN_FILE = "envoy-admin.address"  # in PORTS_DIR: Envoy's --admin-address-path under `make run`
 # SuggestRetention's allowed moves (RETENTION_MOVES, comma-separated; vocabulary and start-up validation in
 # services/inference/levers.py): contract upgrades, any other payment method, paperless billing either way, the four
 # protective add-ons switched on, and monthly discounts in percent.
@@ -52,6 +55,10 @@ def _steps(env: Mapping[str, str], name: str, default: tuple[int, ...]) -> tuple
     if not steps or any(not 0 < s <= 100 for s in steps) or list(steps) != sorted(set(steps)):
         raise ValueError(f"environment variable {name}={raw!r} must rise strictly within 1-100")
     return steps
+
+
+def _default_jwks_url(auth_host: str, auth_http_port: int) -> str:
+    return f"http://{auth_host}:{auth_http_port}/.well-known/jwks.json"
 
 
 def data_dir_from(env: Mapping[str, str]) -> pathlib.Path:
@@ -175,6 +182,11 @@ class Settings:
     inference_workers: int = 1
     # Envoy's Prometheus stats on their own listener (the admin stays on loopback); -1 = no such listener, 0 = any.
     envoy_stats_port: int = -1
+    # `make run`: where each process writes its bound ports (<process>.json, Envoy's admin address in
+    # envoy-admin.address), so a peer configured with port 0 is found there (see with_bound_ports).
+    ports_dir: pathlib.Path | None = None
+    # How long a process waits for the port files of the peers it needs to start (with_bound_ports).
+    peer_wait_seconds: float = 120.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -211,7 +223,7 @@ class Settings:
             jwt_audience=env.get("JWT_AUDIENCE", "churn-api"),
             access_token_ttl_seconds=_int(env, "ACCESS_TOKEN_TTL_SECONDS", 900),
             service_token_ttl_seconds=_int(env, "SERVICE_TOKEN_TTL_SECONDS", 30 * 24 * 3600),
-            jwks_url=env.get("JWKS_URL") or f"http://{auth_host}:{auth_http_port}/.well-known/jwks.json",
+            jwks_url=env.get("JWKS_URL") or _default_jwks_url(auth_host, auth_http_port),
             jwks_cache_seconds=jwks_cache,
             key_propagation_seconds=_int(env, "KEY_PROPAGATION_SECONDS", jwks_cache + 5),
             session_check_seconds=_int(env, "SESSION_CHECK_SECONDS", 5),
@@ -264,6 +276,8 @@ class Settings:
             log_level=env.get("LOG_LEVEL", "INFO"),
             compile_models=env.get("COMPILE_MODELS", "true").lower() in ("1", "true", "yes"),
             inference_workers=max(1, _int(env, "INFERENCE_WORKERS", os.cpu_count() or 1)),
+            ports_dir=pathlib.Path(env["PORTS_DIR"]).resolve() if env.get("PORTS_DIR") else None,
+            peer_wait_seconds=_float(env, "PEER_WAIT_SECONDS", 120.0),
         )
 
     @property
@@ -281,10 +295,63 @@ class Settings:
         return self.inference_staging_host if alias == "staging" else self.inference_production_host
 
     def inference_port(self, alias: str) -> int:
-        return self.inference_staging_port if alias == "staging" else self.inference_production_port
+        """The configured port, else (port 0) the one the instance reported in PORTS_DIR: monitoring starts before
+        the instances it reloads, so it looks them up when it calls."""
+        port = self.inference_staging_port if alias == "staging" else self.inference_production_port
+        return port or self.bound_port(f"inference_{alias}")
 
     def inference_http_port(self, alias: str) -> int:
-        return self.inference_staging_http_port if alias == "staging" else self.inference_production_http_port
+        port = self.inference_staging_http_port if alias == "staging" else self.inference_production_http_port
+        return port or self.bound_port(f"inference_{alias}", "http")
+
+    def envoy_admin_url(self) -> str:
+        """Envoy's admin (loopback only): the configured port, else (port 0) the address Envoy wrote in PORTS_DIR
+        (an empty port while it has not started: calls to it fail as to a stopped Envoy)."""
+        if self.envoy_admin_port or self.ports_dir is None:
+            return f"http://127.0.0.1:{self.envoy_admin_port}"
+        try:
+            return "http://" + (self.ports_dir / ENVOY_ADMIN_FILE).read_text().strip()
+        except OSError:
+            return "http://127.0.0.1:0"
+
+    def peer_port_file(self, process: str) -> pathlib.Path | None:
+        return self.ports_dir / f"{process}.json" if self.ports_dir is not None else None
+
+    def bound_port(self, process: str, kind: str = "grpc") -> int:
+        """The port (`grpc` or `http`) a process reported in PORTS_DIR; 0 while it has not bound, or no PORTS_DIR."""
+        path = self.peer_port_file(process)
+        try:
+            return int(json.loads(path.read_text())[kind] or 0) if path is not None else 0
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
+    def with_bound_ports(self, *processes: str) -> "Settings":
+        """These Settings with each named peer configured with port 0 given the ports it reported in PORTS_DIR,
+        waiting up to `peer_wait_seconds` for it to bind (processes: auth, monitoring, inference_production,
+        inference_staging). How `make run` starts everything on port 0: a process needs the peers it connects to
+        at start; monitoring finds the instances and Envoy later, when it calls them."""
+        if self.ports_dir is None:
+            return self
+        fields = {"auth": ("auth_port", "auth_http_port"), "monitoring": ("monitoring_port", "monitoring_http_port"),
+                  "inference_production": ("inference_production_port", "inference_production_http_port"),
+                  "inference_staging": ("inference_staging_port", "inference_staging_http_port")}
+        changes: dict[str, int] = {}
+        deadline = time.monotonic() + self.peer_wait_seconds
+        for process in processes:
+            grpc_field, http_field = fields[process]
+            if getattr(self, grpc_field):
+                continue
+            while not self.bound_port(process):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{process} reported no ports in {self.ports_dir} "
+                                       f"within {self.peer_wait_seconds:.0f}s")
+                time.sleep(0.1)
+            changes[grpc_field] = self.bound_port(process)
+            changes[http_field] = getattr(self, http_field) or self.bound_port(process, "http")
+        bound = dataclasses.replace(self, **changes)
+        if "auth_http_port" in changes and self.jwks_url == _default_jwks_url(self.auth_host, self.auth_http_port):
+            bound = dataclasses.replace(bound, jwks_url=_default_jwks_url(self.auth_host, changes["auth_http_port"]))
+        return bound
 
     def grpc_options(self) -> list[tuple[str, int]]:
         """Server and channel options: the one message-size limit."""

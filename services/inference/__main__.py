@@ -10,7 +10,7 @@ from services.common.settings import Settings
 
 
 def main() -> int:
-    settings = Settings.from_env()
+    settings = Settings.from_env().with_bound_ports("auth", "monitoring")
     if settings.model_alias not in ("production", "staging"):
         print(f"MODEL_ALIAS must be production or staging, got {settings.model_alias!r}", file=sys.stderr)
         return 2

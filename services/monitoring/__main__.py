@@ -12,7 +12,7 @@ from services.monitoring import app
 
 
 def main() -> int:
-    settings = Settings.from_env()
+    settings = Settings.from_env().with_bound_ports("auth")  # the instances and Envoy: looked up when called
     if not settings.api_key or not settings.ops_api_key:
         print("API_KEY and OPS_API_KEY must be set (environment or secrets folder): no default key ever works",
               file=sys.stderr)

@@ -34,11 +34,6 @@ SERVICE_NAME = monitoring_pb2.DESCRIPTOR.services_by_name["MonitoringService"].f
 log = logging.getLogger("churn.monitoring")
 
 
-def envoy_admin_url(settings: Settings) -> str:
-    """Envoy's admin listener is loopback-only, so monitoring runs beside the Envoy it controls."""
-    return f"http://127.0.0.1:{settings.envoy_admin_port}"
-
-
 def build_parts(settings: Settings, *, envoy_admin: str | None = None, database_url: str | None = None,
                 runtime_data_dir=None, reload=None) -> MonitoringParts:
     """The domain objects; imports MLflow and Evidently now (seconds), never while serving a call.
@@ -49,7 +44,8 @@ def build_parts(settings: Settings, *, envoy_admin: str | None = None, database_
     mlflow_config.quiet()
     registry = ModelRegistry(mlflow_config.tracking_uri(settings), settings.model_name)
     drift = DriftAnalyzer(store, TrainingReferences(registry))
-    admin = EnvoyAdmin(envoy_admin or envoy_admin_url(settings))
+    # Envoy's admin listener is loopback-only, so monitoring runs beside the Envoy it controls.
+    admin = EnvoyAdmin(envoy_admin or settings.envoy_admin_url)
     canary = CanaryControl(admin, runtime_data_dir or settings.data_dir, on_weight=M.CANARY_PERCENT.set)
     shadow = CanaryControl(admin, runtime_data_dir or settings.data_dir, on_weight=M.SHADOW_PERCENT.set, share=SHADOW)
     runs = LifecycleStore(store.engine)
@@ -95,7 +91,7 @@ def start(settings: Settings, verifier: identity.TokenVerifier, *, parts: Monito
     """Build (unless given), serve, and schedule the metrics refresh and the canary reconcile."""
     parts = parts or build_parts(settings)
     # The gateway's health backend: Health/Check for every churn.v1 service and /healthz, from Envoy's own view.
-    view = EnvoyView(parts.canary.admin.url)
+    view = EnvoyView(lambda: parts.canary.admin.url)
     parts.trainer.resume()
     host = start_server(
         settings, port=settings.monitoring_port if port is None else port,

@@ -20,6 +20,7 @@ import pathlib
 import urllib.error
 import urllib.parse
 import urllib.request
+from typing import Callable
 
 from services.common import canary_runtime as CR
 from typing import Callable
@@ -36,11 +37,16 @@ def check_percent(percent: int) -> int:
 
 
 class EnvoyAdmin:
-    """The two admin endpoints we use: `GET /runtime` and `POST /runtime_modify`."""
+    """The two admin endpoints we use: `GET /runtime` and `POST /runtime_modify`. The URL may be a function, asked
+    at each call: under `make run` with port 0, Envoy starts after monitoring and its admin port is read then."""
 
-    def __init__(self, url: str, timeout: float = 2.0):
-        self.url = url.rstrip("/")
+    def __init__(self, url: str | Callable[[], str], timeout: float = 2.0):
+        self._url = url if callable(url) else (lambda: url)
         self._timeout = timeout
+
+    @property
+    def url(self) -> str:
+        return self._url().rstrip("/")
 
     def _open(self, request: urllib.request.Request) -> bytes:
         try:

@@ -88,32 +88,49 @@ def test_rerun_reuses_versions_and_if_missing_does_nothing(trained, client, regi
     assert registry.version_for("staging") == staging
 
 
-@pytest.mark.parametrize("alias", ["production", "staging"])
-def test_pyfunc_in_a_fresh_process_matches_the_native_model(trained, settings, registry, alias, tmp_path):
-    env, data_dir, name = trained
+@pytest.fixture(scope="module")
+def fresh_pyfunc(trained, settings, tmp_path_factory) -> dict[str, tuple[list[float], str]]:
+    """{alias: (P(churn) of rows 480-519, the file its features module came from)}: each alias's registered pyfunc
+    loaded and called in one fresh interpreter outside the repo, without gen/ or the repo on its path. MLflow keeps
+    the first model's modules when it loads the next one, so the script forgets them (and that code/ on sys.path)
+    before each load: each version runs on its own copy of the code, as in an interpreter of its own."""
+    env, _, name = trained
     rows = ROOT / "data" / "telco_churn.csv"
     script = (
         "import sys, json\n"
         f"sys.path = [p for p in sys.path if p not in ({str(ROOT)!r}, {str(ROOT / 'gen')!r})]\n"
         "import mlflow, pandas as pd\n"
         f"mlflow.set_tracking_uri({mlflow_config.tracking_uri(settings)!r})\n"
-        f"m = mlflow.pyfunc.load_model('models:/{name}@{alias}')\n"
         f"df = pd.read_csv({str(rows)!r}, dtype={{'TotalCharges': str}}).iloc[480:520]\n"
         "df['TotalCharges'] = pd.to_numeric(df['TotalCharges'].str.strip(), errors='coerce')\n"
-        "print(json.dumps([float(p) for p in m.predict(df.drop(columns=['customerID', 'Churn']))]))\n"
-        "print(sys.modules['services.common.features'].__file__)\n"
+        "out = {}\n"
+        "for alias in ('production', 'staging'):\n"
+        f"    m = mlflow.pyfunc.load_model(f'models:/{name}@{{alias}}')\n"
+        "    p = [float(p) for p in m.predict(df.drop(columns=['customerID', 'Churn']))]\n"
+        "    out[alias] = (p, sys.modules['services.common.features'].__file__)\n"
+        "    code = [path for path in sys.path if path.endswith('/code')]\n"
+        "    sys.path = [path for path in sys.path if path not in code]\n"
+        "    for module in [k for k in sys.modules if k == 'services' or k.startswith('services.')]:\n"
+        "        del sys.modules[module]\n"
+        "print(json.dumps(out))\n"
     )
-    # a fresh interpreter outside the repo, without gen/ or the repo on its path: only the version's code/
     clean_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, env=clean_env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path_factory.mktemp("pyfunc"), env=clean_env,
+                          capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
-    *_, probabilities, features_file = done.stdout.strip().splitlines()
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("alias", ["production", "staging"])
+def test_pyfunc_in_a_fresh_process_matches_the_native_model(fresh_pyfunc, registry, alias, tmp_path):
+    probabilities, features_file = fresh_pyfunc[alias]
     assert "/code/services/common/features.py" in features_file and not features_file.startswith(str(ROOT / "services"))
-    pyfunc = np.array(json.loads(probabilities))
+    assert fresh_pyfunc["production"][1] != fresh_pyfunc["staging"][1]  # each version's own copy of the code
+    pyfunc = np.array(probabilities)
 
     _, root = natives.download(registry, alias, tmp_path / "native")
     flavor, model = natives.raw_native(root)
+    rows = ROOT / "data" / "telco_churn.csv"
     parsed = parse_telco_csv(rows.read_bytes(), 1 << 30, 100_000)
     native = natives.raw_probability(flavor, model, F.encode_customers(parsed.customers()[480:520]))
     assert pyfunc.shape == (40,) and ((0 < pyfunc) & (pyfunc < 1)).all()
