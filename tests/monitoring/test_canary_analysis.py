@@ -17,6 +17,7 @@ from services.common.errors import FailedPrecondition, InvalidInput
 from services.common.settings import Settings
 from services.monitoring import canary_analysis as CA
 from services.monitoring.store import MonitoringStore, PredictionRow, utcnow
+from tests.monitoring.conftest import batch_of
 
 T = CA.Thresholds(min_predictions=100, min_labelled=50, max_error_rate_increase=0.01, max_latency_p99_ms=50.0,
                   max_jensen_shannon=0.1, max_roc_auc_drop=0.02)
@@ -78,8 +79,8 @@ def test_both_sides_figures_from_the_log(tmp_path):
     y = rng.random(300) < 0.3
     good = np.clip(np.where(y, 0.7, 0.3) + rng.normal(0, 0.15, 300), 0, 1)
     noise = rng.random(300)  # a candidate that learnt nothing
-    store.record_predictions(rows("production", "1", good, 0) + rows("staging", "3", noise, 0)
-                             + rows("staging", "2", good, 1000))  # an older staging version is not judged
+    store.record_predictions(batch_of(rows("production", "1", good, 0) + rows("staging", "3", noise, 0)
+                                      + rows("staging", "2", good, 1000)))  # an older staging version is not judged
     store.save_feedback({**{f"production-{i}": bool(v) for i, v in enumerate(y)},
                          **{f"staging-{i}": bool(v) for i, v in enumerate(y)}})
     analysis = analyzer.analyze(60)
@@ -136,7 +137,7 @@ def test_auto_canary_steps_a_good_candidate_to_100_and_rolls_a_bad_one_back_at_o
                 records.append(PredictionRow(pid, pid, {f.name: None for f in F.FEATURES}, bool(value >= 0.5),
                                              float(value), "m", v, alias, 3.0, utcnow(), "r"))
                 labels[pid] = bool(label)
-        store.record_predictions(records)
+        store.record_predictions(batch_of(records))
         store.save_feedback(labels)
 
     registry.set_alias(R.ALIAS_STAGING, "2")
