@@ -6,10 +6,13 @@ import socket
 import threading
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 from churn.v1 import inference_pb2, monitoring_pb2
+from google.api import httpbody_pb2
 
+from services.common import features as F
 from services.common import telco_csv
 from services.inference.outbox import RECORD, Entry, Outbox
 from services.inference.shipper import MonitoringSink, ServiceToken, ShipError, Shipper
@@ -196,3 +199,40 @@ def test_without_a_service_token_rows_wait_until_one_appears(settings, keys, tmp
         shipper.stop()
         outbox.close()
         monitoring.stop(0)
+
+
+def test_a_request_commits_its_predictions_as_columns_and_the_csv_path_logs_the_same_inputs(settings, keys, tmp_path):
+    """PredictBatch of 1,000 rows: two PredictionColumns records of 500 (not 1,000 messages), holding the ids and
+    probabilities answered and the field values of the request; PredictCsv of the same rows logs the same values."""
+    inference = start_app(settings, keys, tmp_path, "production")
+    client = Client(f"127.0.0.1:{inference.port}", settings, keys)
+    frame = pd.read_csv(TELCO_CSV, nrows=1000, dtype=str, keep_default_na=False)
+    customers = telco_csv.frame_to_customers(frame.assign(TotalCharges=pd.to_numeric(frame.TotalCharges,
+                                                                                     errors="coerce")))
+    try:
+        reply = client.stub.PredictBatch(inference_pb2.PredictBatchRequest(customers=customers),
+                                         metadata=client.metadata())
+        rows = inference.outbox.pending(10_000)
+        assert [(r.kind, r.predictions) for r in rows] == [("columns", 500), ("columns", 500)]
+        assert inference.outbox.backlog() == 1000
+        batches = [monitoring_pb2.PredictionColumns.FromString(r.record) for r in rows]
+        assert [pid for b in batches for pid in b.prediction_ids] == [p.prediction_id for p in reply.predictions]
+        assert [p for b in batches for p in b.probabilities] == [p.probability for p in reply.predictions]
+        assert [c for b in batches for c in b.churn] == [p.churn for p in reply.predictions]
+        assert all(b.model == reply.model and list(b.feature_names) == list(F.FEATURE_NAMES) for b in batches)
+        logged = np.vstack([np.frombuffer(b.feature_values, dtype="<f8").reshape(-1, len(F.FEATURES))
+                            for b in batches])
+        expected, _ = F.customer_values(customers)
+        np.testing.assert_array_equal(logged, expected)  # NaN where TotalCharges was blank
+        assert np.isnan(logged[:, F.FEATURE_NAMES.index("total_charges")]).any()
+        inference.outbox.acknowledge(rows)
+        csv_body = frame.to_csv(index=False).encode()
+        client.stub.PredictCsv(inference_pb2.PredictCsvRequest(csv=httpbody_pb2.HttpBody(
+            content_type="text/csv", data=csv_body)), metadata=client.metadata())
+        csv_batches = [monitoring_pb2.PredictionColumns.FromString(r.record) for r in inference.outbox.pending(10_000)]
+        np.testing.assert_array_equal(np.vstack([np.frombuffer(b.feature_values, dtype="<f8").reshape(
+            -1, len(F.FEATURES)) for b in csv_batches]), expected)
+        assert [c for b in csv_batches for c in b.customer_ids] == frame.customerID.tolist()
+    finally:
+        client.close()
+        inference.stop(0)
