@@ -40,8 +40,15 @@ def _id_problem(value: str, limit: int) -> str | None:
     return None
 
 
+def _all_fit(column: Sequence[str], limit: int) -> bool:
+    """Every value fits `_id_problem`'s rules: the usual case, checked at C speed (a loop then names the bad ones)."""
+    return max(map(len, column), default=0) <= limit and all(map(str.isprintable, column))
+
+
 def check_customer_ids(customer_ids: Sequence[str], field_of) -> None:
     """InvalidInput naming every customer id the log could not store; `field_of(i)` names row i's id field."""
+    if _all_fit(customer_ids, MAX_ID_CHARS):
+        return
     violations = [(field_of(i), reason) for i, cid in enumerate(customer_ids)
                   if (reason := _id_problem(cid, MAX_ID_CHARS))][:F.MAX_VIOLATIONS]
     if violations:
@@ -193,6 +200,8 @@ def check(log: LogColumns) -> None:
     found: dict[int, Violation] = {}
 
     def need(field: str, column: list[str], limit: int, required: bool = True) -> None:
+        if _all_fit(column, limit) and (not required or all(column)):
+            return
         for i, value in enumerate(column):
             reason = "is required" if required and not value else _id_problem(value, limit)
             if reason:

@@ -73,7 +73,7 @@ dead_letters = sa.Table(
     sa.Column("field", sa.String(256), nullable=False),
     sa.Column("reason", sa.String(512), nullable=False),
     sa.Column("record", sa.LargeBinary, nullable=False),  # as received, serialized: see `kind`
-    # "record": a PredictionRecord; "columns": a PredictionColumns (one bad row cut from its batch, or a malformed batch)
+    # "record": a PredictionRecord; "columns": a PredictionColumns (a bad row cut from its batch, or a malformed one)
     sa.Column("kind", sa.String(16), nullable=False, default="record"),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
 )
@@ -215,11 +215,8 @@ class MonitoringStore:
         """Store rows idempotently by prediction id; returns how many were new (the rest were duplicates)."""
         if not len(batch):
             return 0
-        columns = {"prediction_id": batch.prediction_id, "customer_id": batch.customer_id, **batch.inputs,
-                   "churn": batch.churn, "probability": batch.probability, "model_name": batch.model_name,
-                   "model_version": batch.model_version, "model_alias": batch.model_alias,
-                   "latency_ms": batch.latency_ms, "predicted_at": batch.predicted_at, "request_id": batch.request_id,
-                   "recorded_at": [utcnow()] * len(batch), "shadow": batch.shadow}
+        columns = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch) if f.name != "inputs"}
+        columns.update(batch.inputs, recorded_at=[utcnow()] * len(batch))
         names = list(columns)
         values = [dict(zip(names, row)) for row in zip(*columns.values())]  # the DB-API's shape: a mapping per row
         statement = (self._insert(predictions).on_conflict_do_nothing(index_elements=["prediction_id"])
