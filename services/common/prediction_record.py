@@ -85,7 +85,8 @@ def columns_messages(prediction_ids: Sequence[str], customer_ids: Sequence[str],
 class LogColumns:
     """Predictions as received, column by column (one entry per row everywhere); `values` the inputs as field values
     (NaN = absent, unless `absent` tells a sent NaN apart), `where[i]` how row i is named in errors
-    (`records[3]`, `batches[0][17]`) and `source(i)` the row as received, serialized, for a dead letter."""
+    (`records[3]`, `batches[0][17]`) and `source(i)` the row as received, for a dead letter: (kind, serialized),
+    kind "record" (a PredictionRecord) or "columns" (a one-row PredictionColumns)."""
 
     prediction_ids: list[str]
     customer_ids: list[str]
@@ -101,8 +102,7 @@ class LogColumns:
     values: np.ndarray
     absent: np.ndarray | None
     where: list[str]
-    source: Callable[[int], bytes]
-    kind: str  # what `source` serializes: "record" (a PredictionRecord) or "columns" (a PredictionColumns)
+    source: Callable[[int], tuple[str, bytes]]
     problems: dict[int, Violation] = dataclasses.field(default_factory=dict)  # row -> the first rule it breaks
 
     def __len__(self) -> int:
@@ -131,7 +131,7 @@ def from_records(records: Sequence[monitoring_pb2.PredictionRecord]) -> LogColum
         latency_ms=np.array([r.latency_ms for r in records], dtype=np.float64), predicted_at=[t for t, _ in times],
         request_ids=[r.request_id for r in records], shadow=[r.shadow for r in records], values=values,
         absent=absent, where=[f"records[{i}]" for i in range(len(records))],
-        source=lambda i: records[i].SerializeToString(), kind="record")
+        source=lambda i: ("record", records[i].SerializeToString()))
     for i, record in enumerate(records):
         if not times[i][1]:
             log.problems.setdefault(i, (f"records[{i}].predicted_at", _BAD_TIME))
@@ -171,6 +171,8 @@ def from_columns(batch: monitoring_pb2.PredictionColumns, b: int) -> LogColumns:
         shape = "prediction_ids", "customer_ids, probabilities and churn must have one entry per prediction id"
     elif len(set(batch.feature_names)) != width:
         shape = "feature_names", "must not repeat a name"
+    elif list(batch.feature_names) == _FEATURE_NAMES:  # what this version writes
+        values = np.frombuffer(batch.feature_values, dtype=_BYTE_ORDER).reshape(n, width).astype(np.float64)
     else:  # columns by name: a field the writer did not know stays absent, one this side does not know is ignored
         sent = np.frombuffer(batch.feature_values, dtype=_BYTE_ORDER).reshape(n, width)
         position = {name: j for j, name in enumerate(batch.feature_names)}
@@ -185,13 +187,36 @@ def from_columns(batch: monitoring_pb2.PredictionColumns, b: int) -> LogColumns:
         model_names=[batch.model.name] * n, model_versions=[batch.model.version] * n,
         model_aliases=[batch.model.alias] * n, latency_ms=np.full(n, batch.latency_ms), predicted_at=[moment] * n,
         request_ids=[batch.request_id] * n, shadow=[batch.shadow] * n, values=values, absent=None, where=where,
-        source=lambda i: row_of(batch, i).SerializeToString(), kind="columns")
+        source=lambda i: ("columns", row_of(batch, i).SerializeToString()))
     for i in range(n):
         if shape is not None:
             log.problems[i] = (f"{where[i]}.{shape[0]}", shape[1])
         elif not valid_time:
             log.problems[i] = (f"{where[i]}.predicted_at", _BAD_TIME)
     return log
+
+
+def joined(parts: Sequence[LogColumns]) -> LogColumns:
+    """The parts as one: checked and stored together (a shipped batch holds many one-row requests)."""
+    if len(parts) == 1:
+        return parts[0]
+    starts = np.cumsum([0] + [len(p) for p in parts])
+
+    def source(i: int) -> tuple[str, bytes]:
+        k = int(np.searchsorted(starts, i, side="right")) - 1
+        return parts[k].source(i - int(starts[k]))
+
+    def cat(name: str) -> list:
+        return [v for p in parts for v in getattr(p, name)]
+    arrays = {name: np.concatenate([getattr(p, name) for p in parts])
+              for name in ("probabilities", "churn", "latency_ms")}
+    absent = None if all(p.absent is None for p in parts) else np.vstack(
+        [np.isnan(p.values) if p.absent is None else p.absent for p in parts])
+    return LogColumns(
+        **{name: cat(name) for name in ("prediction_ids", "customer_ids", "model_names", "model_versions",
+                                        "model_aliases", "predicted_at", "request_ids", "shadow", "where")},
+        **arrays, values=np.vstack([p.values for p in parts]), absent=absent, source=source,
+        problems={int(start) + i: v for p, start in zip(parts, starts) for i, v in p.problems.items()})
 
 
 def check(log: LogColumns) -> None:

@@ -37,34 +37,21 @@ class RecordResult:
         return self.received - self.inserted - self.dead_lettered
 
 
-def _kept(part: LogColumns) -> list[int]:
-    return [i for i in range(len(part)) if i not in part.problems]
-
-
-def _good_rows(part: LogColumns) -> PredictionBatch:
-    """The rows of `part` that broke no rule, as the store takes them."""
-    keep = _kept(part) if part.problems else range(len(part))
+def _good_rows(log: LogColumns) -> tuple[PredictionBatch, list[int]]:
+    """The rows that broke no rule, as the store takes them, and their rows in `log`."""
+    keep = [i for i in range(len(log)) if i not in log.problems]
 
     def pick(column):
-        return column if not part.problems else [column[i] for i in keep]
+        return column if len(keep) == len(log) else [column[i] for i in keep]
     index = np.asarray(keep, dtype=np.intp)
     now = utcnow()
     return PredictionBatch(
-        prediction_id=pick(part.prediction_ids), customer_id=pick(part.customer_ids),
-        inputs=spelled_columns(part.values[index]), churn=part.churn[index].tolist(),
-        probability=part.probabilities[index].tolist(), model_name=pick(part.model_names),
-        model_version=pick(part.model_versions), model_alias=pick(part.model_aliases),
-        latency_ms=part.latency_ms[index].tolist(), predicted_at=[t or now for t in pick(part.predicted_at)],
-        request_id=pick(part.request_ids), shadow=pick(part.shadow))
-
-
-def _joined(batches: Sequence[PredictionBatch]) -> PredictionBatch:
-    if len(batches) == 1:
-        return batches[0]
-    joined = {f.name: [v for b in batches for v in getattr(b, f.name)] for f in dataclasses.fields(PredictionBatch)
-              if f.name != "inputs"}
-    inputs = {name: [v for b in batches for v in b.inputs[name]] for name in batches[0].inputs}
-    return PredictionBatch(inputs=inputs, **joined)
+        prediction_id=pick(log.prediction_ids), customer_id=pick(log.customer_ids),
+        inputs=spelled_columns(log.values[index]), churn=log.churn[index].tolist(),
+        probability=log.probabilities[index].tolist(), model_name=pick(log.model_names),
+        model_version=pick(log.model_versions), model_alias=pick(log.model_aliases),
+        latency_ms=log.latency_ms[index].tolist(), predicted_at=[t or now for t in pick(log.predicted_at)],
+        request_id=pick(log.request_ids), shadow=pick(log.shadow)), keep
 
 
 def _sliced(batch: PredictionBatch, rows: slice) -> PredictionBatch:
@@ -88,14 +75,13 @@ class PredictionLog:
             raise InvalidInput("records", "no records in the batch")
         if received > self._max_rows:
             raise ResourceExhausted(f"batch has {received} records, the limit is {self._max_rows}")
-        parts = ([prediction_record.from_records(records)] if records else []) + [
-            prediction_record.from_columns(b, i) for i, b in enumerate(batches)]
-        letters: list[DeadLetter] = []
-        for part in parts:
-            prediction_record.check(part)
-            letters += [DeadLetter(part.prediction_ids[i], field, reason, part.source(i), part.kind)
-                        for i, (field, reason) in sorted(part.problems.items())]
-        inserted = self._insert(_joined([_good_rows(p) for p in parts]), 0, letters, parts)
+        received_log = prediction_record.joined(([prediction_record.from_records(records)] if records else []) + [
+            prediction_record.from_columns(b, i) for i, b in enumerate(batches)])
+        prediction_record.check(received_log)
+        letters = [self._letter(received_log, i, field, reason)
+                   for i, (field, reason) in sorted(received_log.problems.items())]
+        good, rows = _good_rows(received_log)
+        inserted = self._insert(good, rows, letters, received_log)
         if letters:
             self._store.dead_letter(letters)
             for letter in letters:
@@ -104,33 +90,25 @@ class PredictionLog:
                 count=len(letters), first_field=letters[0].field, first_reason=letters[0].reason))
         return RecordResult(received=received, inserted=inserted, dead_lettered=len(letters))
 
-    def _insert(self, batch: PredictionBatch, offset: int, letters: list[DeadLetter],
-                parts: Sequence[LogColumns]) -> int:
+    @staticmethod
+    def _letter(log: LogColumns, i: int, field: str, reason: str) -> DeadLetter:
+        kind, record = log.source(i)
+        return DeadLetter(log.prediction_ids[i], field, reason, record, kind)
+
+    def _insert(self, batch: PredictionBatch, rows: list[int], letters: list[DeadLetter], log: LogColumns) -> int:
         """Insert; when the database refuses the batch for its data, split it in halves until the refused rows
-        are alone, and dead-letter those (`offset`: where `batch` starts among the good rows of `parts`)."""
+        are alone, and dead-letter those (`rows`: the batch's rows in `log`)."""
         if not len(batch):
             return 0
         try:
             return self._store.record_predictions(batch)
         except RowsRefused as refused:
             if len(batch) == 1:
-                part, i = _origin(parts, offset)
-                letters.append(DeadLetter(part.prediction_ids[i], "record", f"refused by the store: {refused}",
-                                          part.source(i), part.kind))
+                letters.append(self._letter(log, rows[0], "record", f"refused by the store: {refused}"))
                 return 0
             middle = len(batch) // 2
-            return (self._insert(_sliced(batch, slice(None, middle)), offset, letters, parts)
-                    + self._insert(_sliced(batch, slice(middle, None)), offset + middle, letters, parts))
-
-
-def _origin(parts: Sequence[LogColumns], good_row: int) -> tuple[LogColumns, int]:
-    """(part, row in it) of the `good_row`-th row that broke no rule."""
-    for part in parts:
-        kept = _kept(part)
-        if good_row < len(kept):
-            return part, kept[good_row]
-        good_row -= len(kept)
-    raise IndexError(good_row)
+            return (self._insert(_sliced(batch, slice(None, middle)), rows[:middle], letters, log)
+                    + self._insert(_sliced(batch, slice(middle, None)), rows[middle:], letters, log))
 
 
 def _field_class(field: str) -> str:
