@@ -194,13 +194,14 @@ def _numeric_reason(v: float, top: float, whole: bool) -> str:
             f"must be at most {top:g}" if v > top else "must be a whole number" if whole else "")
 
 
-def bad_cells(values: np.ndarray, skip: np.ndarray | None = None,
-              absent: np.ndarray | None = None) -> list[tuple[int, int, str]]:
+def bad_cells(values: np.ndarray, skip: np.ndarray | None = None, absent: np.ndarray | None = None,
+              cat_cols: np.ndarray | None = None) -> list[tuple[int, int, str]]:
     """THE input rules, on field values (see `customer_values`): (row, feature index, reason) of every cell that
     breaks them, [] when all hold. An enum must be a known number (0 = UNSPECIFIED), a boolean 0 or 1, a number
     finite within [0, NUMERIC_MAX] (tenure whole); only total_charges may be absent. NaN is absent unless `absent`
-    (a mask) says which NaN were absent and which were sent; `skip` marks cells already reported (unparsable text)."""
-    cat_cols = _cat_cols(values)
+    (a mask) says which NaN were absent and which were sent; `skip` marks cells already reported (unparsable text);
+    `cat_cols`: `_cat_cols(values)` when the caller has it."""
+    cat_cols = _cat_cols(values) if cat_cols is None else cat_cols
     bools = values[:, _BOOL_IDX]
     nums = values[:, _NUM_IDX]
     num_ok = (nums >= 0) & (nums <= _NUM_MAX)
@@ -256,8 +257,9 @@ def encode_values(values: np.ndarray, label: str | Callable[[int], str] = "custo
     Bad fields raise InvalidInput naming them as `<label>[i].<field>` (label a str prefix) or `<label(i)>.<field>`
     (label a function: single Predict passes `lambda i: "customer"`); all violations are collected."""
     row_label = _label_fn(label)
-    _raise(bad_cells(values, absent=absent), lambda r, i: f"{row_label(r)}.{FEATURE_NAMES[i]}")
-    return _scatter(values, _cat_cols(values))
+    cat_cols = _cat_cols(values)
+    _raise(bad_cells(values, absent=absent, cat_cols=cat_cols), lambda r, i: f"{row_label(r)}.{FEATURE_NAMES[i]}")
+    return _scatter(values, cat_cols)
 
 
 def encode_customers(customers: Sequence[common_pb2.Customer],
