@@ -152,6 +152,10 @@ for _k, _i in enumerate(_CAT):
         _ENUM_LUT[_k, _num] = _OFFSETS[_i] + _pos
 _CAT_RANGE = np.arange(len(_CAT))
 _CAT_IDX, _NUM_IDX, _DIRECT_IDX, _BOOL_IDX = (np.array(x, dtype=np.intp) for x in (_CAT, _NUM, _DIRECT, _BOOL))
+# The usual case in one pass: every boolean/number within its bounds, booleans and tenure whole.
+_LOW = np.zeros(len(_DIRECT))
+_HIGH = np.array([1.0 if FEATURES[i].kind == BOOLEAN else NUMERIC_MAX[FEATURES[i].name] for i in _DIRECT])
+_WHOLE_IDX = np.array(_BOOL + [_TENURE], dtype=np.intp)
 _ROWS = np.arange(4096)[:, None]
 _GETTER = operator.attrgetter(*FEATURE_NAMES)
 
@@ -159,8 +163,13 @@ _GETTER = operator.attrgetter(*FEATURE_NAMES)
 def _cat_cols(values: np.ndarray) -> np.ndarray:
     """(n, n_cat) destination column of each categorical's one; -1 where the value is no known enum number."""
     cats = values[:, _CAT_IDX]
-    known = (cats >= 0) & (cats < _SENTINEL) & (cats == np.floor(cats))  # False for NaN
-    return _ENUM_LUT[_CAT_RANGE, np.where(known, cats, _SENTINEL).astype(np.intp)]
+    with np.errstate(invalid="ignore"):  # NaN and infinities cast to garbage here, caught by `whole` below
+        numbers = cats.astype(np.int64)
+    cat_cols = _ENUM_LUT[_CAT_RANGE, np.minimum(numbers.view(np.uint64), _SENTINEL)]  # negatives wrap to huge
+    whole = numbers == cats
+    if not whole.all():  # NaN, infinite or fractional: no enum number
+        cat_cols[~whole] = -1
+    return cat_cols
 
 
 def _scatter(values: np.ndarray, cat_cols: np.ndarray) -> np.ndarray:
@@ -202,6 +211,10 @@ def bad_cells(values: np.ndarray, skip: np.ndarray | None = None, absent: np.nda
     (a mask) says which NaN were absent and which were sent; `skip` marks cells already reported (unparsable text);
     `cat_cols`: `_cat_cols(values)` when the caller has it."""
     cat_cols = _cat_cols(values) if cat_cols is None else cat_cols
+    direct, whole = values[:, _DIRECT_IDX], values[:, _WHOLE_IDX]
+    if (cat_cols.min(initial=0) >= 0 and ((direct >= _LOW) & (direct <= _HIGH)).all()
+            and (whole == np.floor(whole)).all()):
+        return []  # NaN fails the bounds: an absent field takes the full check below
     bools = values[:, _BOOL_IDX]
     nums = values[:, _NUM_IDX]
     num_ok = (nums >= 0) & (nums <= _NUM_MAX)
