@@ -68,8 +68,10 @@ def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
 
 def columns_messages(prediction_ids: Sequence[str], customer_ids: Sequence[str], probabilities: np.ndarray,
                      churn: np.ndarray, values: np.ndarray, *, model: common_pb2.ModelRef, latency_ms: float,
-                     predicted_at: timestamp_pb2.Timestamp, request_id: str) -> list[monitoring_pb2.PredictionColumns]:
-    """One request's predictions as records of at most RECORD_ROWS rows (inputs: checked field values)."""
+                     predicted_at: timestamp_pb2.Timestamp, request_id: str,
+                     shadow: bool = False) -> list[monitoring_pb2.PredictionColumns]:
+    """One request's predictions as records of at most RECORD_ROWS rows (inputs: checked field values; `shadow`: a
+    mirrored call's, logged and never answered)."""
     out = []
     for start in range(0, len(prediction_ids), RECORD_ROWS):
         rows = slice(start, start + RECORD_ROWS)
@@ -77,7 +79,7 @@ def columns_messages(prediction_ids: Sequence[str], customer_ids: Sequence[str],
             prediction_ids=prediction_ids[rows], customer_ids=customer_ids[rows],
             probabilities=probabilities[rows].tolist(), churn=churn[rows].tolist(), model=model,
             latency_ms=latency_ms, predicted_at=predicted_at, request_id=bounded_request_id(request_id),
-            feature_names=_FEATURE_NAMES, feature_values=values[rows].astype(_BYTE_ORDER).tobytes()))
+            shadow=shadow, feature_names=_FEATURE_NAMES, feature_values=values[rows].astype(_BYTE_ORDER).tobytes()))
     return out
 
 

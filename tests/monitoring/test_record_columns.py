@@ -72,6 +72,11 @@ def test_old_records_and_columns_store_the_same_rows(tmp_path, versions):
         assert new_rows[2][1]["total_charges"] is None and new_rows[0][1]["contract"] in {
             "Month-to-month", "One year", "Two year"}
         assert log.record(old[:3], columns(customers[:3], "new")).duplicates == 6  # both formats in one request
+        mirrored = prediction_record.columns_messages(
+            ["shadow-0"], [""], np.array([0.5]), np.array([True]), F.customer_values(customers[:1])[0], model=MODEL,
+            latency_ms=1.0, predicted_at=prediction_record.timestamp(0), request_id="r", shadow=True)
+        assert log.record([], mirrored).inserted == 1
+        assert [r.row.shadow for r in store.list_predictions(PredictionFilter(shadow=True), 10)] == [True]
     finally:
         store.close()
 
