@@ -136,30 +136,50 @@ _CAT = [i for i, f in enumerate(FEATURES) if f.kind == CATEGORICAL]
 _DIRECT = [i for i, f in enumerate(FEATURES) if f.kind != CATEGORICAL]  # one column each, copied as is
 _DIRECT_DST = _OFFSETS[_DIRECT]
 _NUM = [i for i, f in enumerate(FEATURES) if f.kind == NUMERIC]
+_BOOL = [i for i, f in enumerate(FEATURES) if f.kind == BOOLEAN]
 _TOTAL = FEATURE_NAMES.index("total_charges")
 _TENURE = FEATURE_NAMES.index("tenure")
+_TOTAL_DST = _OFFSETS[_TOTAL]
 _NUM_MAX = np.array([NUMERIC_MAX[FEATURES[i].name] for i in _NUM], dtype=np.float64)
+_NUM_TOTAL, _NUM_TENURE = _NUM.index(_TOTAL), _NUM.index(_TENURE)
 _OPTIONAL = [(i, f.name) for i, f in enumerate(FEATURES) if f.kind != CATEGORICAL]  # proto3 `optional` fields
 # Per categorical: enum number -> destination column, -1 for UNSPECIFIED/unknown; the last slot catches every
-# out-of-range number (negatives wrap to huge as uint64, then np.minimum clips them onto it).
+# number out of range (and every value that is no whole number).
 _SENTINEL = max(max(f.enum_numbers) for f in FEATURES if f.kind == CATEGORICAL) + 1
 _ENUM_LUT = np.full((len(_CAT), _SENTINEL + 1), -1, dtype=np.intp)
 for _k, _i in enumerate(_CAT):
     for _pos, _num in enumerate(FEATURES[_i].enum_numbers):
         _ENUM_LUT[_k, _num] = _OFFSETS[_i] + _pos
 _CAT_RANGE = np.arange(len(_CAT))
-_CAT_IDX, _NUM_IDX, _DIRECT_IDX = (np.array(x, dtype=np.intp) for x in (_CAT, _NUM, _DIRECT))  # fancy-index fast
+_CAT_IDX, _NUM_IDX, _DIRECT_IDX, _BOOL_IDX = (np.array(x, dtype=np.intp) for x in (_CAT, _NUM, _DIRECT, _BOOL))
+# The usual case in one pass: every boolean/number within its bounds, booleans and tenure whole.
+_LOW = np.zeros(len(_DIRECT))
+_HIGH = np.array([1.0 if FEATURES[i].kind == BOOLEAN else NUMERIC_MAX[FEATURES[i].name] for i in _DIRECT])
+_WHOLE_IDX = np.array(_BOOL + [_TENURE], dtype=np.intp)
 _ROWS = np.arange(4096)[:, None]
 _GETTER = operator.attrgetter(*FEATURE_NAMES)
 
 
+def _cat_cols(values: np.ndarray) -> np.ndarray:
+    """(n, n_cat) destination column of each categorical's one; -1 where the value is no known enum number."""
+    cats = values[:, _CAT_IDX]
+    with np.errstate(invalid="ignore"):  # NaN and infinities cast to garbage here, caught by `whole` below
+        numbers = cats.astype(np.int64)
+    cat_cols = _ENUM_LUT[_CAT_RANGE, np.minimum(numbers.view(np.uint64), _SENTINEL)]  # negatives wrap to huge
+    whole = numbers == cats
+    if not whole.all():  # NaN, infinite or fractional: no enum number
+        cat_cols[~whole] = -1
+    return cat_cols
+
+
 def _scatter(values: np.ndarray, cat_cols: np.ndarray) -> np.ndarray:
-    """values: (n, n_features) float64 (categoricals ignored, blank TotalCharges already filled);
-    cat_cols: (n, n_cat) destination column of each categorical's one."""
+    """values: (n, n_features) field values (categoricals ignored, a blank TotalCharges NaN); cat_cols: (n, n_cat)
+    destination column of each categorical's one."""
     n = values.shape[0]
     out = np.zeros((n, N_ENCODED), dtype=np.float32)
     out[_ROWS[:n] if n <= len(_ROWS) else np.arange(n)[:, None], cat_cols] = 1.0
     out[:, _DIRECT_DST] = values[:, _DIRECT_IDX]
+    out[:, _TOTAL_DST] = fill_blank_total_charges(values[:, _TOTAL])
     return out
 
 
@@ -174,62 +194,100 @@ def _raise(cells: list[tuple[int, int, str]], where: Callable[[int, int], str]) 
         raise InvalidInput(*violations[0], violations=violations)
 
 
-def _check_numeric(values: np.ndarray, missing: np.ndarray, cells: list[tuple[int, int, str]]) -> None:
-    """Finite numerics within [0, NUMERIC_MAX]; tenure a whole number. Appends (row, feature, reason) per bad
-    cell."""
-    for i, top in zip(_NUM, _NUM_MAX):
-        col = values[:, i]
-        bad = ~missing[:, i] & ~((col >= 0) & (col <= top))
-        if i == _TENURE:
-            bad |= ~missing[:, i] & np.isfinite(col) & (col != np.floor(col))
-        for r in np.flatnonzero(bad)[:MAX_VIOLATIONS]:
-            v = float(col[r])
-            reason = ("must be finite" if not math.isfinite(v) else
-                      "must not be negative" if v < 0 else f"must be at most {top:g}" if v > top else
-                      "must be a whole number")
-            cells.append((int(r), i, f"{reason}, got {v!r}"))
+def _number(v: float) -> object:
+    return int(v) if math.isfinite(v) and v == int(v) else v
 
 
-def encode_customers(customers: Sequence[common_pb2.Customer],
-                     label: str | Callable[[int], str] = "customers") -> np.ndarray:
-    """Encode Customer messages to a (n, N_ENCODED) float32 matrix, validating every row.
+def _numeric_reason(v: float, top: float, whole: bool) -> str:
+    return ("must be finite" if not math.isfinite(v) else "must not be negative" if v < 0 else
+            f"must be at most {top:g}" if v > top else "must be a whole number" if whole else "")
 
-    Bad fields raise InvalidInput naming them as `<label>[i].<field>` (label a str prefix) or `<label(i)>.<field>`
-    (label a function: single Predict passes `lambda i: "customer"`); all violations are collected. A field is bad
-    when an enum is UNSPECIFIED/unknown, a boolean/tenure/monthly_charges is absent, or a number is NaN, infinite,
-    negative or above its `NUMERIC_MAX`. An absent total_charges follows `fill_blank_total_charges`.
-    """
-    rows, missing_cells = [], []
+
+def bad_cells(values: np.ndarray, skip: np.ndarray | None = None, absent: np.ndarray | None = None,
+              cat_cols: np.ndarray | None = None) -> list[tuple[int, int, str]]:
+    """THE input rules, on field values (see `customer_values`): (row, feature index, reason) of every cell that
+    breaks them, [] when all hold. An enum must be a known number (0 = UNSPECIFIED), a boolean 0 or 1, a number
+    finite within [0, NUMERIC_MAX] (tenure whole); only total_charges may be absent. NaN is absent unless `absent`
+    (a mask) says which NaN were absent and which were sent; `skip` marks cells already reported (unparsable text);
+    `cat_cols`: `_cat_cols(values)` when the caller has it."""
+    cat_cols = _cat_cols(values) if cat_cols is None else cat_cols
+    direct, whole = values[:, _DIRECT_IDX], values[:, _WHOLE_IDX]
+    if (cat_cols.min(initial=0) >= 0 and ((direct >= _LOW) & (direct <= _HIGH)).all()
+            and (whole == np.floor(whole)).all()):
+        return []  # NaN fails the bounds: an absent field takes the full check below
+    bools = values[:, _BOOL_IDX]
+    nums = values[:, _NUM_IDX]
+    num_ok = (nums >= 0) & (nums <= _NUM_MAX)
+    num_ok[:, _NUM_TOTAL] |= np.isnan(nums[:, _NUM_TOTAL]) if absent is None else absent[:, _TOTAL]
+    num_ok[:, _NUM_TENURE] &= nums[:, _NUM_TENURE] == np.floor(nums[:, _NUM_TENURE])
+    bad = np.zeros(values.shape, dtype=bool)
+    bad[:, _CAT_IDX] = cat_cols < 0
+    bad[:, _BOOL_IDX] = (bools != 0) & (bools != 1)
+    bad[:, _NUM_IDX] = ~num_ok
+    if skip is not None:
+        bad &= ~skip
+    if not bad.any():
+        return []
+    cells = []
+    for r, i in zip(*np.nonzero(bad)):
+        v, f = float(values[r, i]), FEATURES[i]
+        if math.isnan(v) and (absent is None or absent[r, i]):
+            reason = "is required"
+        elif f.kind == CATEGORICAL:
+            reason = "is required (UNSPECIFIED)" if v == 0 else f"unknown value {_number(v)}"
+        elif f.kind == BOOLEAN:
+            reason = f"must be 0 or 1 (false or true), got {_number(v)}"
+        else:
+            reason = f"{_numeric_reason(v, NUMERIC_MAX[f.name], i == _TENURE)}, got {v!r}"
+        cells.append((int(r), int(i), reason))
+        if len(cells) >= MAX_VIOLATIONS:
+            break
+    return cells
+
+
+def customer_values(customers: Sequence[common_pb2.Customer]) -> tuple[np.ndarray, np.ndarray]:
+    """The Customer messages' fields as numbers, (n, len(FEATURES)) float64 in FEATURES order: an enum's number, a
+    boolean 0/1, a number as sent; NaN where an optional field is absent (what the encoder reads and the prediction
+    log keeps), with the mask of absent fields (a NaN sent as a value is not absent). Not checked: `bad_cells`."""
+    rows, missing_rows, missing_cols = [], [], []
     for r, c in enumerate(customers):
         v = _GETTER(c)  # one C-level call for all 19 values
         rows.append(v)
         for i, name in _OPTIONAL:
             if not v[i] and not c.HasField(name):  # presence only matters for falsy values: one call per zero
-                missing_cells.append((r, i))
-    n = len(rows)
-    values = np.array(rows, dtype=np.float64).reshape(n, len(FEATURES))
-    enums = np.minimum(values[:, _CAT_IDX].astype(np.int64).view(np.uint64), _SENTINEL)
-    cat_cols = _ENUM_LUT[_CAT_RANGE, enums]
-    nums = values[:, _NUM_IDX]
-    required = [(r, i) for r, i in missing_cells if i != _TOTAL]
-    if required or (n and cat_cols.min() < 0) or not ((nums >= 0) & (nums <= _NUM_MAX)).all():
-        row_label = _label_fn(label)
-        cells: list[tuple[int, int, str]] = [(r, i, "is required") for r, i in required]
-        for r, k in zip(*np.nonzero(cat_cols < 0)):
-            e = int(values[r, _CAT[k]])
-            cells.append((int(r), _CAT[k], "is required (UNSPECIFIED)" if e == 0 else f"unknown value {e}"))
-        _check_numeric(values, np.zeros(values.shape, dtype=bool), cells)
-        _raise(cells, lambda r, i: f"{row_label(r)}.{FEATURE_NAMES[i]}")
-    blank = [r for r, i in missing_cells if i == _TOTAL]
-    if blank:
-        values[blank, _TOTAL] = fill_blank_total_charges(np.full(len(blank), np.nan))
+                missing_rows.append(r)
+                missing_cols.append(i)
+    values = np.array(rows, dtype=np.float64).reshape(len(rows), len(FEATURES))
+    absent = np.zeros(values.shape, dtype=bool)
+    absent[missing_rows, missing_cols] = True
+    values[absent] = np.nan
+    return values, absent
+
+
+def encode_values(values: np.ndarray, label: str | Callable[[int], str] = "customers",
+                  absent: np.ndarray | None = None) -> np.ndarray:
+    """Check field values (`customer_values`) by `bad_cells` and encode them to the (n, N_ENCODED) float32 matrix.
+    Bad fields raise InvalidInput naming them as `<label>[i].<field>` (label a str prefix) or `<label(i)>.<field>`
+    (label a function: single Predict passes `lambda i: "customer"`); all violations are collected."""
+    row_label = _label_fn(label)
+    cat_cols = _cat_cols(values)
+    _raise(bad_cells(values, absent=absent, cat_cols=cat_cols), lambda r, i: f"{row_label(r)}.{FEATURE_NAMES[i]}")
     return _scatter(values, cat_cols)
 
 
-def encode_frame(df: pd.DataFrame, line_of: Callable[[int], str] | None = None) -> np.ndarray:
-    """Encode a DataFrame with the Telco CSV columns and spellings (extra columns ignored) exactly like
-    `encode_customers`. Booleans/categoricals are matched as strings (so SeniorCitizen 0/1 ints work), a blank or
-    NaN TotalCharges is the blank rule. Bad cells raise InvalidInput named `row <i>: <Column>` (or `line_of(i)`)."""
+def encode_customers(customers: Sequence[common_pb2.Customer],
+                     label: str | Callable[[int], str] = "customers") -> np.ndarray:
+    """Encode Customer messages to a (n, N_ENCODED) float32 matrix, validating every row (`encode_values`). A field
+    is bad when an enum is UNSPECIFIED/unknown, a boolean/tenure/monthly_charges is absent, or a number is NaN,
+    infinite, negative or above its `NUMERIC_MAX`. An absent total_charges follows `fill_blank_total_charges`."""
+    values, absent = customer_values(customers)
+    return encode_values(values, label, absent)
+
+
+def frame_values(df: pd.DataFrame, line_of: Callable[[int], str] | None = None) -> np.ndarray:
+    """A DataFrame with the Telco CSV columns and spellings (extra columns ignored) as checked field values (see
+    `customer_values`). Booleans/categoricals are matched as strings (so SeniorCitizen 0/1 ints work), a blank or NaN
+    TotalCharges is absent. Bad cells raise InvalidInput named `row <i>: <Column>` (or `line_of(i)`)."""
     n = len(df)
     where = (lambda r, i: f"{line_of(r)}: {FEATURE_COLUMNS[i]}") if line_of else \
         (lambda r, i: f"row {r}: {FEATURE_COLUMNS[i]}")
@@ -237,9 +295,7 @@ def encode_frame(df: pd.DataFrame, line_of: Callable[[int], str] | None = None) 
     if absent:
         raise InvalidInput("columns", f"missing columns: {', '.join(absent)}")
     values = np.zeros((n, len(FEATURES)), dtype=np.float64)
-    missing = np.zeros((n, len(FEATURES)), dtype=bool)
-    unreadable = np.zeros((n, len(FEATURES)), dtype=bool)  # reported once, as "not a number"
-    cat_cols = np.zeros((n, len(_CAT)), dtype=np.intp)
+    unreadable = np.zeros((n, len(FEATURES)), dtype=bool)  # reported once, as text
     cells: list[tuple[int, int, str]] = []
     for i, f in enumerate(FEATURES):
         col = df[f.column]
@@ -251,7 +307,6 @@ def encode_frame(df: pd.DataFrame, line_of: Callable[[int], str] | None = None) 
             unparsed = np.isnan(nums) & ~blank & ~col.isna().to_numpy()
             for r in np.flatnonzero(unparsed)[:MAX_VIOLATIONS]:
                 cells.append((int(r), i, f"not a number: {shown(col.iloc[r])}"))
-            missing[:, i] = np.isnan(nums) & ~unparsed
             unreadable[:, i] = unparsed
             values[:, i] = nums
             continue
@@ -259,17 +314,17 @@ def encode_frame(df: pd.DataFrame, line_of: Callable[[int], str] | None = None) 
         unknown = codes.isna().to_numpy()
         for r in np.flatnonzero(unknown)[:MAX_VIOLATIONS]:
             cells.append((int(r), i, f"unknown value {shown(col.iloc[r])}, expected one of {list(f.categories)}"))
+        unreadable[:, i] = unknown
         codes = codes.fillna(0).to_numpy(dtype=np.intp)
-        if f.kind == BOOLEAN:
-            values[:, i] = codes
-        else:
-            cat_cols[:, _CAT.index(i)] = _OFFSETS[i] + codes
-    _check_numeric(values, missing | unreadable, cells)
-    missing[:, _TOTAL] = False  # absent TotalCharges is allowed: NaN stays, the blank rule fills it
-    cells += [(int(r), int(i), "is required") for r, i in zip(*np.nonzero(missing))]
-    _raise(cells, where)
-    values[:, _TOTAL] = fill_blank_total_charges(values[:, _TOTAL])
-    return _scatter(values, cat_cols)
+        values[:, i] = codes if f.kind == BOOLEAN else np.asarray(f.enum_numbers, dtype=np.float64)[codes]
+    _raise(cells + bad_cells(values, skip=unreadable), where)
+    return values
+
+
+def encode_frame(df: pd.DataFrame, line_of: Callable[[int], str] | None = None) -> np.ndarray:
+    """`frame_values` encoded exactly like `encode_customers`."""
+    values = frame_values(df, line_of)
+    return _scatter(values, _cat_cols(values))
 
 
 def decode_matrix(X: np.ndarray, where: Callable[[int], str]) -> pd.DataFrame:

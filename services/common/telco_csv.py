@@ -69,11 +69,13 @@ def read_csv(data: bytes, max_bytes: int | None, max_rows: int) -> CsvTable:
 
 @dataclass
 class TelcoCsv:
-    """A parsed CSV: `frame` (the cleaned feature frame, see module doc), `encoded` (the model's float32 matrix,
-    made once while validating), `customer_ids` (str per row, "" when the CSV has no customerID column), `churn`
+    """A parsed CSV: `frame` (the cleaned feature frame, see module doc), `values` (the checked field values, as
+    `features.customer_values` gives them: what the prediction log keeps), `encoded` (the model's float32 matrix,
+    made once from them), `customer_ids` (str per row, "" when the CSV has no customerID column), `churn`
     (None without a Churn column, else a nullable boolean Series) and `lines` (each row's CSV line number)."""
 
     frame: pd.DataFrame
+    values: np.ndarray
     encoded: np.ndarray
     customer_ids: list[str]
     churn: pd.Series | None
@@ -136,7 +138,7 @@ def typed_frame(raw: pd.DataFrame) -> pd.DataFrame:
 
 def _clean(raw: pd.DataFrame, lines: list[int]) -> TelcoCsv:
     """Validate every value by encoding it (one rule set, the result kept), then type the columns."""
-    encoded = F.encode_frame(raw, line_of=lambda r: f"csv line {lines[r]}")
+    values = F.frame_values(raw, line_of=lambda r: f"csv line {lines[r]}")
     frame = typed_frame(raw)
     ids = raw[F.ID_COLUMN].str.strip().tolist() if F.ID_COLUMN in raw.columns else [""] * len(raw)
     churn = None
@@ -148,7 +150,7 @@ def _clean(raw: pd.DataFrame, lines: list[int]) -> TelcoCsv:
             raise InvalidInput(f"csv line {lines[r]}: {F.LABEL_COLUMN}",
                                f"unknown value {labels.iloc[r][:40]!r}, expected 'Yes', 'No' or blank")
         churn = labels.map({"Yes": True, "No": False, "": None}).astype("boolean")
-    return TelcoCsv(frame, encoded, ids, churn, lines)
+    return TelcoCsv(frame, values, F.encode_values(values), ids, churn, lines)
 
 
 # ---- proto <-> CSV spelling -------------------------------------------------------------------------------------
@@ -166,6 +168,27 @@ def customer_to_csv_row(customer: common_pb2.Customer) -> dict[str, object]:
         else:
             row[f.column] = value
     return row
+
+
+def spelled_columns(values: np.ndarray) -> dict[str, list]:
+    """Checked field values (`features.customer_values`) as {feature name: CSV-spelling values}, column by column:
+    str for categoricals and booleans (SeniorCitizen "0"/"1"), float for numbers, None where absent."""
+    out: dict[str, list] = {}
+    for i, f in enumerate(F.FEATURES):
+        column = values[:, i]
+        if f.kind == F.NUMERIC:
+            spelled = column.astype(object)
+            spelled[np.isnan(column)] = None
+        elif f.kind == F.BOOLEAN:
+            spelled = np.asarray(f.categories, dtype=object)[column.astype(np.intp)]
+        else:
+            spelled = _SPELLING_BY_NUMBER[f.name][column.astype(np.intp)]
+        out[f.name] = spelled.tolist()
+    return out
+
+
+_SPELLING_BY_NUMBER = {f.name: np.array([F.ENUM_TO_SPELLING[f.name].get(k) for k in range(max(f.enum_numbers) + 1)],
+                                        dtype=object) for f in F.FEATURES if f.kind == F.CATEGORICAL}
 
 
 def customers_to_frame(customers: Iterable[common_pb2.Customer]) -> pd.DataFrame:

@@ -74,6 +74,7 @@ def build_parts(settings: Settings, alias: str | None = None, *, ship: bool = Tr
         limits=Limits.from_settings(settings), retention=Policy.from_settings(settings),
         outbox_file=outbox_path(settings, alias), port=settings.inference_port(alias),
         http_port=settings.inference_http_port(alias), sink=sink,
+        shipper_options={"linger": settings.outbox_linger_ms / 1000},
         compiled_dir=settings.data_dir / "compiled" if settings.compile_models else None)
 
 

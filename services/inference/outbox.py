@@ -6,8 +6,10 @@ SQLite in WAL mode with `synchronous=NORMAL`: a commit survives a process crash 
 call returns) without an fsync per request. Throughput comes from group commit: concurrent callers queue their
 rows and whichever finds no commit in progress becomes the leader, writes everything queued in ONE transaction and
 wakes the others — under load one commit serves many requests; alone, a request commits itself with no thread
-hand-off. Rows are keyed by prediction id (INSERT OR IGNORE): a retried request whose rows are still waiting adds
-nothing. One file per instance.
+hand-off. A row holds one record: the predictions of one request (`columns`, up to RECORD_ROWS of them), or one
+prediction (`record`, what outboxes written before the columnar format hold). Rows are keyed by their first
+prediction id (INSERT OR IGNORE): a retried request whose rows are still waiting adds nothing. The backlog counts
+predictions. One file per instance.
 """
 from __future__ import annotations
 
@@ -27,7 +29,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     prediction_id TEXT NOT NULL UNIQUE,
     record BLOB NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'record',
+    predictions INTEGER NOT NULL DEFAULT 1
 )"""
 # Rows monitoring refused on their own (after the shipper split their batch down to one row): kept, never resent,
 # so one refused row cannot hold back the rows behind it.
@@ -37,21 +41,39 @@ CREATE TABLE IF NOT EXISTS set_aside (
     prediction_id TEXT NOT NULL,
     record BLOB NOT NULL,
     reason TEXT NOT NULL,
-    set_aside_at REAL NOT NULL
+    set_aside_at REAL NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'record'
 )"""
+# Outboxes written before the columnar format lack the last columns; their rows are PredictionRecords, one each.
+_ADDED_COLUMNS = (("outbox", "kind", "TEXT NOT NULL DEFAULT 'record'"),
+                  ("outbox", "predictions", "INTEGER NOT NULL DEFAULT 1"),
+                  ("set_aside", "kind", "TEXT NOT NULL DEFAULT 'record'"))
+RECORD, COLUMNS = "record", "columns"  # a serialized churn.v1.PredictionRecord / churn.v1.PredictionColumns
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One record to commit: `key` its (first) prediction id, `predictions` how many it holds."""
+
+    key: str
+    record: bytes
+    kind: str = COLUMNS
+    predictions: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
 class OutboxRow:
     seq: int
-    prediction_id: str
-    record: bytes  # a serialized churn.v1.PredictionRecord
+    prediction_id: str  # the first prediction id of the record
+    record: bytes
+    kind: str = RECORD
+    predictions: int = 1
 
 
 class _Ticket:
     __slots__ = ("rows", "done", "error")
 
-    def __init__(self, rows: list[tuple[str, bytes]]):
+    def __init__(self, rows: list[Entry]):
         self.rows = rows
         self.done = False
         self.error: BaseException | None = None
@@ -65,6 +87,9 @@ class Outbox:
         self._writer = self._connect()
         self._writer.execute(_SCHEMA)
         self._writer.execute(_SET_ASIDE_SCHEMA)
+        for table, column, ddl in _ADDED_COLUMNS:
+            if column not in {row[1] for row in self._writer.execute(f"PRAGMA table_info({table})")}:
+                self._writer.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
         self._reader = self._connect()  # the shipper's side: reads and deletes, under its own lock
         self._reader_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -72,7 +97,7 @@ class Outbox:
         self._writing = False
         self._closed = False
         self._rows_added = threading.Event()
-        self._backlog = self._reader.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        self._backlog = self._reader.execute("SELECT coalesce(sum(predictions), 0) FROM outbox").fetchone()[0]
         self._backlog_lock = threading.Lock()
         metrics.OUTBOX_BACKLOG.set(self._backlog)
 
@@ -84,9 +109,9 @@ class Outbox:
         return connection
 
     # ---- the prediction side --------------------------------------------------------------------------------
-    def append(self, rows: Sequence[tuple[str, bytes]]) -> None:
-        """Commit (prediction_id, record) rows; returns only once they are durable. Raises NotReady when the
-        outbox cannot be written (the prediction must then not be answered)."""
+    def append(self, rows: Sequence[Entry]) -> None:
+        """Commit records; returns only once they are durable. Raises NotReady when the outbox cannot be written
+        (the prediction must then not be answered)."""
         if not rows:
             return
         ticket = _Ticket(list(rows))
@@ -117,52 +142,64 @@ class Outbox:
 
     def _commit(self, batch: list[_Ticket]) -> None:
         now = time.time()
-        values = [(pid, record, now) for ticket in batch for pid, record in ticket.rows]
-        before = self._writer.total_changes
+        values = [(e.key, e.record, now, e.kind, e.predictions) for ticket in batch for e in ticket.rows]
+        added = 0
         self._writer.execute("BEGIN IMMEDIATE")
         try:
-            self._writer.executemany(
-                "INSERT OR IGNORE INTO outbox (prediction_id, record, created_at) VALUES (?, ?, ?)", values)
+            for value in values:  # one statement per record (a request's), not per prediction
+                added += value[4] * self._writer.execute(
+                    "INSERT OR IGNORE INTO outbox (prediction_id, record, created_at, kind, predictions) "
+                    "VALUES (?, ?, ?, ?, ?)", value).rowcount
             self._writer.execute("COMMIT")
         except BaseException:
             self._writer.execute("ROLLBACK")
             raise
-        metrics.OUTBOX_COMMIT_ROWS.observe(len(values))
-        self._adjust_backlog(self._writer.total_changes - before)
+        metrics.OUTBOX_COMMIT_ROWS.observe(sum(v[4] for v in values))
+        self._adjust_backlog(added)
         self._rows_added.set()
 
     # ---- the shipper side -----------------------------------------------------------------------------------
     def pending(self, limit: int) -> list[OutboxRow]:
-        """The oldest rows not yet acknowledged, in commit order."""
+        """The oldest records not yet acknowledged, in commit order, holding `limit` predictions at most (always at
+        least one record)."""
         with self._reader_lock:
-            cursor = self._reader.execute("SELECT seq, prediction_id, record FROM outbox ORDER BY seq LIMIT ?",
-                                          (limit,))
-            return [OutboxRow(seq, pid, record) for seq, pid, record in cursor.fetchall()]
+            cursor = self._reader.execute(
+                "SELECT seq, prediction_id, record, kind, predictions FROM outbox ORDER BY seq LIMIT ?", (limit,))
+            rows, total = [], 0
+            for row in cursor.fetchall():
+                total += row[4]
+                if rows and total > limit:
+                    break
+                rows.append(OutboxRow(*row))
+            return rows
 
-    def acknowledge(self, seqs: Iterable[int]) -> int:
-        """Delete rows monitoring has stored; returns how many went."""
-        seqs = [(seq,) for seq in seqs]
+    def acknowledge(self, rows: Iterable[OutboxRow]) -> int:
+        """Delete records monitoring has stored; returns how many predictions went."""
+        rows = list(rows)
         with self._reader_lock:
-            before = self._reader.total_changes
+            deleted = 0
             self._reader.execute("BEGIN IMMEDIATE")
             try:
-                self._reader.executemany("DELETE FROM outbox WHERE seq = ?", seqs)
+                for row in rows:
+                    deleted += row.predictions * self._reader.execute("DELETE FROM outbox WHERE seq = ?",
+                                                                      (row.seq,)).rowcount
                 self._reader.execute("COMMIT")
             except BaseException:
                 self._reader.execute("ROLLBACK")
                 raise
-            deleted = self._reader.total_changes - before
         self._adjust_backlog(-deleted)
         return deleted
 
     def set_aside(self, row: OutboxRow, reason: str) -> None:
-        """Move one row monitoring refused out of the queue, with why."""
+        """Move one record monitoring refused out of the queue, with why."""
         with self._reader_lock:
             self._reader.execute("BEGIN IMMEDIATE")
             try:
-                self._reader.execute("INSERT OR REPLACE INTO set_aside VALUES (?, ?, ?, ?, ?)",
-                                     (row.seq, row.prediction_id, row.record, reason[:500], time.time()))
-                deleted = self._reader.execute("DELETE FROM outbox WHERE seq = ?", (row.seq,)).rowcount
+                self._reader.execute("INSERT OR REPLACE INTO set_aside (seq, prediction_id, record, reason, "
+                                     "set_aside_at, kind) VALUES (?, ?, ?, ?, ?, ?)",
+                                     (row.seq, row.prediction_id, row.record, reason[:500], time.time(), row.kind))
+                deleted = row.predictions * self._reader.execute("DELETE FROM outbox WHERE seq = ?",
+                                                                 (row.seq,)).rowcount
                 self._reader.execute("COMMIT")
             except BaseException:
                 self._reader.execute("ROLLBACK")

@@ -1,5 +1,7 @@
 """The inference data plane, free of gRPC: validate → encode (features module, straight to numpy) → score on the
-calling thread → optional reasons → commit the outbox rows → answer.
+calling thread → optional reasons → commit the outbox record → answer. The record is the request's predictions in
+columns (`prediction_record.columns_messages`): the field values the encoder read, the ids and the probabilities as
+arrays, one message per request rather than one per row.
 
 Prediction ids are `<request id>-<row>`: Envoy gives every request an `x-request-id` and keeps it on retries, so a
 retried request produces the same ids and monitoring drops the duplicate. A direct caller's own id gets a server
@@ -16,15 +18,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from churn.v1 import common_pb2, inference_pb2, monitoring_pb2
-from google.protobuf import timestamp_pb2
+from churn.v1 import common_pb2, inference_pb2
 
 from services.common import features as F
 from services.common import prediction_record, shadow, telco_csv
 from services.common.errors import InvalidInput, ResourceExhausted
 from services.inference import explain, metrics
 from services.inference.model import LoadedModel, ModelHolder
-from services.inference.outbox import Outbox
+from services.inference.outbox import Entry, Outbox
 from services.inference.workers import WorkerGroup
 
 MAX_REQUEST_ID_CHARS = 64
@@ -47,6 +48,7 @@ class Limits:
 class Scored:
     predictions: list[inference_pb2.Prediction]
     model: LoadedModel
+    churn: np.ndarray  # bool per row
 
 
 def model_ref(model: LoadedModel) -> common_pb2.ModelRef:
@@ -83,25 +85,26 @@ class Predictor:
         started = time.perf_counter()
         self._check_rows(len(customers), label if isinstance(label, str) else label(0))
         row_label = label if callable(label) else (lambda i: f"{label}[{i}]")
-        prediction_record.check_customer_ids([c.customer_id for c in customers],
-                                             lambda i: f"{row_label(i)}.customer_id")
-        X = F.encode_customers(customers, label=label)
-        return self._score(X, customers, [c.customer_id for c in customers], request_id=request_id,
-                           explain_top_k=explain_top_k, method=method, started=started, first_index=first_index)
+        customer_ids = [c.customer_id for c in customers]
+        prediction_record.check_customer_ids(customer_ids, lambda i: f"{row_label(i)}.customer_id")
+        values, absent = F.customer_values(customers)
+        X = F.encode_values(values, label, absent)
+        return self._score(X, values, customer_ids, request_id=request_id, explain_top_k=explain_top_k,
+                           method=method, started=started, first_index=first_index)
 
     def predict_csv(self, data: bytes, *, request_id: str, explain_top_k: int = 0) -> tuple[Scored, float | None]:
         """Score a Telco CSV; with a Churn column, also the accuracy against it (rows with a blank label skipped)."""
         started = time.perf_counter()
         parsed = telco_csv.parse_telco_csv(data, self.limits.max_csv_bytes, self.limits.max_csv_rows)
         prediction_record.check_customer_ids(parsed.customer_ids, lambda i: f"csv line {parsed.lines[i]}: customerID")
-        scored = self._score(parsed.encoded, parsed.customers(), parsed.customer_ids, request_id=request_id,
+        scored = self._score(parsed.encoded, parsed.values, parsed.customer_ids, request_id=request_id,
                              explain_top_k=explain_top_k, method="PredictCsv", started=started)
         accuracy = None
         if parsed.churn is not None:
             known = parsed.churn.notna().to_numpy()
             if known.any():
                 truth = parsed.churn.to_numpy(dtype=bool, na_value=False)[known]
-                predicted = np.array([p.churn for p in scored.predictions], dtype=bool)[known]
+                predicted = scored.churn[known]
                 accuracy = float((truth == predicted).mean())
         return scored, accuracy
 
@@ -112,13 +115,13 @@ class Predictor:
         started = time.perf_counter()
         self._check_rows(len(raw), rows_field)
         prediction_record.check_customer_ids(customer_ids, lambda i: f"{where(i)}: {F.ID_COLUMN}")
-        X = F.encode_frame(raw, line_of=where)
-        customers = telco_csv.frame_to_customers(telco_csv.typed_frame(raw), customer_ids)
-        return self._score(X, customers, customer_ids, request_id=request_id, explain_top_k=0, method=method,
-                           started=started)
+        values = F.frame_values(raw, line_of=where)
+        return self._score(F.encode_values(values, where), values, customer_ids, request_id=request_id,
+                           explain_top_k=0, method=method, started=started)
 
-    def _score(self, X: np.ndarray, customers: Sequence[common_pb2.Customer], customer_ids: Sequence[str], *,
+    def _score(self, X: np.ndarray, values: np.ndarray, customer_ids: Sequence[str], *,
                request_id: str, explain_top_k: int, method: str, started: float, first_index: int = 0) -> Scored:
+        """`values`: the rows' field values (`features.customer_values`), logged as the inputs."""
         model = self._holder.current  # read once: a reload mid-request does not mix two models
         probabilities = np.asarray(model.native.probability(X), dtype=np.float64)
         churn = probabilities >= model.threshold
@@ -127,24 +130,27 @@ class Predictor:
         ref = model_ref(model)
         mirrored = shadow.is_shadow()
         prefix = prediction_id_prefix(request_id) + (prediction_record.SHADOW_ID_INFIX if mirrored else "")
-        predictions = []
-        for i, (cid, p, c) in enumerate(zip(customer_ids, probabilities.tolist(), churn.tolist())):
-            prediction = inference_pb2.Prediction(prediction_id=f"{prefix}-{first_index + i}", customer_id=cid,
-                                                  churn=c, probability=p, model=ref)
-            if reasons is not None:
-                prediction.reasons.extend(inference_pb2.Reason(feature=f, value=v, contribution=x)
-                                          for f, v, x in reasons[i])
-            predictions.append(prediction)
+        ids = [f"{prefix}-{i}" for i in range(first_index, first_index + len(customer_ids))]
+        predictions = [inference_pb2.Prediction(prediction_id=pid, customer_id=cid, churn=c, probability=p, model=ref)
+                       for pid, cid, p, c in zip(ids, customer_ids, probabilities.tolist(), churn.tolist())]
+        if reasons is not None:
+            for prediction, row in zip(predictions, reasons):
+                prediction.reasons.extend(inference_pb2.Reason(feature=f, value=v, contribution=x) for f, v, x in row)
         self._check_reply_size(predictions, explain_top_k)
         latency_ms = (time.perf_counter() - started) * 1000.0
-        self._log(predictions, customers, request_id, latency_ms, mirrored)
+        self._outbox.append([Entry(record.prediction_ids[0], record.SerializeToString(),
+                                   predictions=len(record.prediction_ids))
+                             for record in prediction_record.columns_messages(
+                                 ids, customer_ids, probabilities, churn, values, model=ref, latency_ms=latency_ms,
+                                 predicted_at=prediction_record.timestamp(self._clock()), request_id=request_id,
+                                 shadow=mirrored)])
         n_churn, traffic = int(churn.sum()), shadow.traffic()
         if n_churn:
             metrics.PREDICTIONS.labels(model.version, model.alias, "churn", traffic).inc(n_churn)
         if len(predictions) - n_churn:
             metrics.PREDICTIONS.labels(model.version, model.alias, "no_churn", traffic).inc(len(predictions) - n_churn)
         metrics.BATCH_ROWS.labels(method, traffic).observe(len(predictions))
-        return Scored(predictions, model)
+        return Scored(predictions, model, churn)
 
     def _check_reply_size(self, predictions: list[inference_pb2.Prediction], explain_top_k: int) -> None:
         """A reply over the message size would fail after the fact (the caller gets nothing, yet every row would be
@@ -156,17 +162,6 @@ class Predictor:
         if size > self.limits.max_reply_bytes:
             raise ResourceExhausted(f"the reply would be {size} bytes, the limit is {self.limits.max_reply_bytes}: "
                                     f"send fewer rows{' or a smaller explain_top_k' if explain_top_k else ''}")
-
-    def _log(self, predictions: list[inference_pb2.Prediction], customers: Sequence[common_pb2.Customer],
-             request_id: str, latency_ms: float, mirrored: bool) -> None:
-        """Commit one outbox row per prediction; the answer goes out only after this returns."""
-        now = timestamp_pb2.Timestamp()
-        now.FromNanoseconds(int(self._clock() * 1e9))
-        self._outbox.append([(prediction.prediction_id, monitoring_pb2.PredictionRecord(
-            prediction_id=prediction.prediction_id, customer=customer, churn=prediction.churn,
-            probability=prediction.probability, model=prediction.model, latency_ms=latency_ms, predicted_at=now,
-            request_id=prediction_record.bounded_request_id(request_id), shadow=mirrored).SerializeToString())
-            for prediction, customer in zip(predictions, customers)])
 
     def explain(self, customers: Sequence[common_pb2.Customer]) -> tuple[list[inference_pb2.Explanation], LoadedModel]:
         """Full TreeSHAP per customer field; base + Σ shap_value == margin (log-odds for both flavours)."""

@@ -3,7 +3,9 @@
 
 A row leaves the outbox only after monitoring acknowledged its batch (monitoring stores idempotently by prediction
 id, so a batch resent after a lost acknowledgement is harmless). Monitoring down → the attempt fails, the thread
-backs off exponentially (with jitter) and tries again; predictions are never affected. The token is the setting
+backs off exponentially (with jitter) and tries again; predictions are never affected. A batch that is not full
+waits `linger` seconds for more rows before it goes (Kafka's linger.ms): at one request at a time each prediction
+would otherwise be an RPC of its own, and monitoring's cost per call dwarfs its cost per row. The token is the setting
 `SERVICE_TOKEN` or the file `<SECRETS_DIR>/service_token` (written by `python -m services.auth
 create-service-token`), re-read whenever the file changes, so a re-minted token is picked up without a restart.
 """
@@ -22,7 +24,7 @@ from services.common.logs import fields
 from services.common.settings import Settings
 from services.common.token_file import TokenFile
 from services.inference import metrics
-from services.inference.outbox import Outbox, OutboxRow
+from services.inference.outbox import COLUMNS, Outbox, OutboxRow
 
 log = logging.getLogger("churn.inference.shipper")
 # Codes that refuse the batch itself (its content or size): resending it unchanged can never succeed.
@@ -36,8 +38,8 @@ class ShipError(Exception):
 
 
 class Sink(Protocol):
-    def send(self, records: Sequence[bytes]) -> None:
-        """Deliver serialized PredictionRecords; return only when the receiver stored them, else raise ShipError."""
+    def send(self, rows: Sequence[OutboxRow]) -> None:
+        """Deliver outbox records; return only when the receiver stored them, else raise ShipError."""
 
 
 class ServiceToken(TokenFile):
@@ -66,30 +68,32 @@ class MonitoringSink:
         self._api_key = api_key
         self._timeout = timeout
 
-    def send(self, records: Sequence[bytes]) -> None:
+    def send(self, rows: Sequence[OutboxRow]) -> None:
         request = monitoring_pb2.RecordPredictionsRequest()
-        for record in records:
-            request.records.add().MergeFromString(record)
+        for row in rows:
+            (request.batches if row.kind == COLUMNS else request.records).add().MergeFromString(row.record)
         metadata = (("authorization", f"Bearer {self._token.get()}"), ("x-api-key", self._api_key))
         try:
             reply = self._stub.RecordPredictions(request, metadata=metadata, timeout=self._timeout)
         except grpc.RpcError as error:
             raise ShipError(error.code().name, error.details() or "") from None
-        if reply.received != len(records):
-            raise ShipError("SHORT_ACK", f"monitoring acknowledged {reply.received} of {len(records)} rows")
+        sent = sum(row.predictions for row in rows)
+        if reply.received != sent:
+            raise ShipError("SHORT_ACK", f"monitoring acknowledged {reply.received} of {sent} rows")
 
     def close(self) -> None:
         self._channel.close()
 
 
 class Shipper:
-    """Ships outbox rows until stopped. One thread; batches of up to `batch_size` rows, oldest first."""
+    """Ships outbox rows until stopped. One thread; batches of up to `batch_size` predictions, oldest first."""
 
     def __init__(self, outbox: Outbox, sink: Sink, batch_size: int = 500, idle_wait: float = 1.0,
-                 initial_backoff: float = 0.2, max_backoff: float = 30.0):
+                 initial_backoff: float = 0.2, max_backoff: float = 30.0, linger: float = 0.0):
         self._outbox = outbox
         self._sink = sink
         self._batch_size = batch_size
+        self._linger = linger
         self._idle_wait = idle_wait
         self._initial_backoff = initial_backoff
         self._max_backoff = max_backoff
@@ -107,17 +111,17 @@ class Shipper:
         self._thread.join(timeout)
 
     def ship_once(self) -> int:
-        """Send one batch; returns rows acknowledged (0 when the outbox is empty). Raises ShipError."""
+        """Send one batch; returns predictions acknowledged (0 when the outbox is empty). Raises ShipError."""
         rows: list[OutboxRow] = self._outbox.pending(self._batch_size)
         if not rows:
             return 0
         return self._deliver(rows)
 
     def _deliver(self, rows: list[OutboxRow]) -> int:
-        """A batch monitoring refuses as such (not a transient failure) is split in halves until the refused row is
-        alone; that row is set aside in the outbox (metric, error log) and everything else is delivered."""
+        """A batch monitoring refuses as such (not a transient failure) is split in halves until the refused record
+        is alone; that record is set aside in the outbox (metric, error log) and everything else is delivered."""
         try:
-            self._sink.send([row.record for row in rows])
+            self._sink.send(rows)
         except ShipError as error:
             if error.code not in REFUSED:
                 raise
@@ -130,8 +134,8 @@ class Shipper:
             log.error("monitoring refused a prediction record; set aside in the outbox",
                       extra=fields(prediction_id=rows[0].prediction_id[:128], error=str(error)[:300]))
             return 0
-        acknowledged = self._outbox.acknowledge(row.seq for row in rows)
-        metrics.SHIPPED.inc(len(rows))
+        acknowledged = self._outbox.acknowledge(rows)
+        metrics.SHIPPED.inc(sum(row.predictions for row in rows))
         return acknowledged
 
     def _run(self) -> None:
@@ -159,3 +163,5 @@ class Shipper:
             backoff = self._initial_backoff
             if shipped == 0:
                 self._outbox.wait_for_rows(self._idle_wait)
+            if shipped < self._batch_size and self._linger:
+                self._stop.wait(self._linger)

@@ -114,7 +114,7 @@ class MonitoringServicer(monitoring_pb2_grpc.MonitoringServiceServicer):
         self._p = parts
 
     def RecordPredictions(self, request, context):
-        result = self._p.predictions.record(list(request.records))
+        result = self._p.predictions.record(request.records, request.batches)
         M.RECORDS.labels("inserted").inc(result.inserted)
         M.RECORDS.labels("duplicate").inc(result.duplicates)
         M.RECORDS.labels("dead_letter").inc(result.dead_lettered)

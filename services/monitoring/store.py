@@ -74,7 +74,9 @@ dead_letters = sa.Table(
     sa.Column("prediction_id", sa.String(128), nullable=False, default=""),  # cut to fit; may repeat
     sa.Column("field", sa.String(256), nullable=False),
     sa.Column("reason", sa.String(512), nullable=False),
-    sa.Column("record", sa.LargeBinary, nullable=False),  # the serialized PredictionRecord as received
+    sa.Column("record", sa.LargeBinary, nullable=False),  # as received, serialized: see `kind`
+    # "record": a PredictionRecord; "columns": a PredictionColumns (a bad row cut from its batch, or a malformed one)
+    sa.Column("kind", sa.String(16), nullable=False, default="record"),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
 )
 
@@ -114,6 +116,28 @@ class PredictionRow:
 
 
 @dataclasses.dataclass(frozen=True)
+class PredictionBatch:
+    """Predictions to store, column by column (every sequence has one entry per row); `inputs` maps proto feature
+    names to CSV-spelling values (None = absent), as PredictionRow's do. One insert, no object per row."""
+
+    prediction_id: Sequence[str]
+    customer_id: Sequence[str]
+    inputs: dict[str, Sequence[object]]
+    churn: Sequence[bool]
+    probability: Sequence[float]
+    model_name: Sequence[str]
+    model_version: Sequence[str]
+    model_alias: Sequence[str]
+    latency_ms: Sequence[float]
+    predicted_at: Sequence[dt.datetime]
+    request_id: Sequence[str]
+    shadow: Sequence[bool]
+
+    def __len__(self) -> int:
+        return len(self.prediction_id)
+
+
+@dataclasses.dataclass(frozen=True)
 class PredictionFilter:
     """ListPredictions' filters (empty / None = any); `before_seq` pages backwards from a previous page."""
 
@@ -139,6 +163,7 @@ class DeadLetter:
     field: str
     reason: str
     record: bytes
+    kind: str = "record"  # what `record` holds: see the dead_letters table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,12 +197,15 @@ class MonitoringStore:
         self._add_missing_columns()
 
     def _add_missing_columns(self) -> None:
-        """Stores created before `predictions.shadow` existed get the column and the request-id index (create_all
-        never alters a table)."""
-        present = {c["name"] for c in sa.inspect(self.engine).get_columns("predictions")}
+        """Stores created before `predictions.shadow` or `dead_letters.kind` existed get the column, and the
+        request-id index (create_all never alters a table)."""
+        inspector = sa.inspect(self.engine)
+        for table, column, ddl in (("predictions", "shadow", "BOOLEAN NOT NULL DEFAULT FALSE"),
+                                   ("dead_letters", "kind", "VARCHAR(16) NOT NULL DEFAULT 'record'")):
+            if column not in {c["name"] for c in inspector.get_columns(table)}:
+                with self.engine.begin() as connection:
+                    connection.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
         with self.engine.begin() as connection:
-            if "shadow" not in present:
-                connection.execute(sa.text("ALTER TABLE predictions ADD COLUMN shadow BOOLEAN NOT NULL DEFAULT FALSE"))
             connection.execute(sa.text("CREATE INDEX IF NOT EXISTS ix_predictions_request ON predictions (request_id)"))
 
     def close(self) -> None:
@@ -187,15 +215,14 @@ class MonitoringStore:
         return (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(table)
 
     # ---- prediction log ------------------------------------------------------------------------------------
-    def record_predictions(self, rows: Sequence[PredictionRow]) -> int:
+    def record_predictions(self, batch: PredictionBatch) -> int:
         """Store rows idempotently by prediction id; returns how many were new (the rest were duplicates)."""
-        if not rows:
+        if not len(batch):
             return 0
-        now = utcnow()
-        values = [{"prediction_id": r.prediction_id, "customer_id": r.customer_id, **r.inputs, "churn": r.churn,
-                   "probability": r.probability, "model_name": r.model_name, "model_version": r.model_version,
-                   "model_alias": r.model_alias, "latency_ms": r.latency_ms, "predicted_at": r.predicted_at,
-                   "request_id": r.request_id, "recorded_at": now, "shadow": r.shadow} for r in rows]
+        columns = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch) if f.name != "inputs"}
+        columns.update(batch.inputs, recorded_at=[utcnow()] * len(batch))
+        names = list(columns)
+        values = [dict(zip(names, row)) for row in zip(*columns.values())]  # the DB-API's shape: a mapping per row
         statement = (self._insert(predictions).on_conflict_do_nothing(index_elements=["prediction_id"])
                      .returning(predictions.c.prediction_id))  # RETURNING names only the rows really inserted
         inserted = 0
@@ -214,13 +241,13 @@ class MonitoringStore:
         with self.engine.begin() as connection:
             connection.execute(dead_letters.insert(), [
                 {"prediction_id": d.prediction_id[:128], "field": d.field[:256], "reason": d.reason[:512],
-                 "record": d.record, "received_at": now} for d in letters])
+                 "record": d.record, "kind": d.kind, "received_at": now} for d in letters])
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The most recent dead letters, newest first."""
         query = sa.select(dead_letters).order_by(dead_letters.c.seq.desc()).limit(limit)
         with self.engine.connect() as connection:
-            return [DeadLetter(r.prediction_id, r.field, r.reason, bytes(r.record))
+            return [DeadLetter(r.prediction_id, r.field, r.reason, bytes(r.record), r.kind)
                     for r in connection.execute(query)]
 
     def count_dead_letters(self) -> int:

@@ -6,12 +6,15 @@ import socket
 import threading
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 from churn.v1 import inference_pb2, monitoring_pb2
+from google.api import httpbody_pb2
 
+from services.common import features as F
 from services.common import telco_csv
-from services.inference.outbox import Outbox
+from services.inference.outbox import RECORD, Entry, Outbox
 from services.inference.shipper import MonitoringSink, ServiceToken, ShipError, Shipper
 from tests.inference.conftest import TELCO_CSV, Client, start_app
 from tests.inference.monitoring_server import RecordingMonitoring, start_monitoring
@@ -50,10 +53,10 @@ def test_outbox_group_commits_concurrent_rows_and_keeps_them_across_reopen(tmp_p
         real_commit(batch)
     monkeypatch.setattr(outbox, "_commit", held_commit)
 
-    first = threading.Thread(target=outbox.append, args=([(f"first-{i}", b"x") for i in range(785)],))
+    first = threading.Thread(target=outbox.append, args=([Entry(f"first-{i}", b"x") for i in range(785)],))
     first.start()
     wait_for(lambda: commits == [785], what="the first commit")
-    queued = [threading.Thread(target=outbox.append, args=([(f"t{t}", b"x")],)) for t in range(15)]
+    queued = [threading.Thread(target=outbox.append, args=([Entry(f"t{t}", b"x")],)) for t in range(15)]
     for thread in queued:
         thread.start()
     wait_for(lambda: len(outbox._queue) == 15, what="15 queued appends")
@@ -61,14 +64,14 @@ def test_outbox_group_commits_concurrent_rows_and_keeps_them_across_reopen(tmp_p
     for thread in [first, *queued]:
         thread.join(10)
     assert commits == [785, 15] and outbox.backlog() == 800
-    outbox.append([("t0", b"again")])  # a retried prediction id adds nothing
+    outbox.append([Entry("t0", b"again", predictions=40)])  # a retried prediction id adds nothing
     assert outbox.backlog() == 800
     outbox.close()
     reopened = Outbox(tmp_path / "o.db")
     assert reopened.backlog() == 800
     rows = reopened.pending(1000)
     assert len({r.prediction_id for r in rows}) == 800 and rows[0].record == b"x"
-    assert reopened.acknowledge(r.seq for r in rows[:300]) == 300 and reopened.backlog() == 500
+    assert reopened.acknowledge(rows[:300]) == 300 and reopened.backlog() == 500
     reopened.close()
 
 
@@ -113,7 +116,7 @@ def test_monitoring_down_then_up_then_restarted_every_row_arrives_once(settings,
         records = store.records()
         assert sorted(records) == sorted(answered) and len(answered) == 35 and store.duplicates == 0
         record = records[answered[0]]
-        assert record.model.alias == "production" and record.customer.customer_id == CUSTOMERS[0].customer_id
+        assert record.model.alias == "production" and list(record.customer_ids) == [CUSTOMERS[0].customer_id]
         assert record.predicted_at.seconds > 0 and record.request_id and record.latency_ms > 0
         monitoring.stop(0)
     finally:
@@ -161,8 +164,8 @@ def test_resent_batch_is_deduplicated_by_prediction_id(settings, keys, tmp_path,
     store = RecordingMonitoring(tmp_path / "monitoring.db")
     monitoring = start_monitoring(settings, keys.verifier(), port, store)
     outbox = Outbox(tmp_path / "dedup.db")
-    outbox.append([(f"req-{i}", monitoring_pb2.PredictionRecord(prediction_id=f"req-{i}").SerializeToString())
-                   for i in range(25)])
+    outbox.append([Entry(f"req-{i}", monitoring_pb2.PredictionRecord(prediction_id=f"req-{i}").SerializeToString(),
+                         RECORD) for i in range(25)])
     sink = LosesFirstAck(sink_for(settings, port, token_file))
     shipper = Shipper(outbox, sink, batch_size=10, **FAST).start()
     try:
@@ -181,7 +184,7 @@ def test_without_a_service_token_rows_wait_until_one_appears(settings, keys, tmp
     monitoring = start_monitoring(settings, keys.verifier(), port, store)
     token_path = tmp_path / "later_token"
     outbox = Outbox(tmp_path / "token.db")
-    outbox.append([("t-1", monitoring_pb2.PredictionRecord(prediction_id="t-1").SerializeToString())])
+    outbox.append([Entry("t-1", monitoring_pb2.PredictionRecord(prediction_id="t-1").SerializeToString(), RECORD)])
     shipper = Shipper(outbox, sink_for(settings, port, token_path), **FAST).start()
     try:
         time.sleep(0.5)
@@ -196,3 +199,40 @@ def test_without_a_service_token_rows_wait_until_one_appears(settings, keys, tmp
         shipper.stop()
         outbox.close()
         monitoring.stop(0)
+
+
+def test_a_request_commits_its_predictions_as_columns_and_the_csv_path_logs_the_same_inputs(settings, keys, tmp_path):
+    """PredictBatch of 1,000 rows: two PredictionColumns records of 500 (not 1,000 messages), holding the ids and
+    probabilities answered and the field values of the request; PredictCsv of the same rows logs the same values."""
+    inference = start_app(settings, keys, tmp_path, "production")
+    client = Client(f"127.0.0.1:{inference.port}", settings, keys)
+    frame = pd.read_csv(TELCO_CSV, nrows=1000, dtype=str, keep_default_na=False)
+    customers = telco_csv.frame_to_customers(frame.assign(TotalCharges=pd.to_numeric(frame.TotalCharges,
+                                                                                     errors="coerce")))
+    try:
+        reply = client.stub.PredictBatch(inference_pb2.PredictBatchRequest(customers=customers),
+                                         metadata=client.metadata())
+        rows = inference.outbox.pending(10_000)
+        assert [(r.kind, r.predictions) for r in rows] == [("columns", 500), ("columns", 500)]
+        assert inference.outbox.backlog() == 1000
+        batches = [monitoring_pb2.PredictionColumns.FromString(r.record) for r in rows]
+        assert [pid for b in batches for pid in b.prediction_ids] == [p.prediction_id for p in reply.predictions]
+        assert [p for b in batches for p in b.probabilities] == [p.probability for p in reply.predictions]
+        assert [c for b in batches for c in b.churn] == [p.churn for p in reply.predictions]
+        assert all(b.model == reply.model and list(b.feature_names) == list(F.FEATURE_NAMES) for b in batches)
+        logged = np.vstack([np.frombuffer(b.feature_values, dtype="<f8").reshape(-1, len(F.FEATURES))
+                            for b in batches])
+        expected, _ = F.customer_values(customers)
+        np.testing.assert_array_equal(logged, expected)  # NaN where TotalCharges was blank
+        assert np.isnan(logged[:, F.FEATURE_NAMES.index("total_charges")]).any()
+        inference.outbox.acknowledge(rows)
+        csv_body = frame.to_csv(index=False).encode()
+        client.stub.PredictCsv(inference_pb2.PredictCsvRequest(csv=httpbody_pb2.HttpBody(
+            content_type="text/csv", data=csv_body)), metadata=client.metadata())
+        csv_batches = [monitoring_pb2.PredictionColumns.FromString(r.record) for r in inference.outbox.pending(10_000)]
+        np.testing.assert_array_equal(np.vstack([np.frombuffer(b.feature_values, dtype="<f8").reshape(
+            -1, len(F.FEATURES)) for b in csv_batches]), expected)
+        assert [c for b in csv_batches for c in b.customer_ids] == frame.customerID.tolist()
+    finally:
+        client.close()
+        inference.stop(0)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import REGISTRY
 
-from services.inference.outbox import Outbox
+from services.inference.outbox import RECORD, Entry, Outbox
 from services.inference.shipper import ShipError, Shipper
 
 
@@ -19,17 +19,18 @@ class RefusingReceiver:
         self.stored: list[bytes] = []
         self.calls = 0
 
-    def send(self, records):
+    def send(self, rows):
         self.calls += 1
-        if any(r.startswith(b"poison") for r in records):
+        if any(r.record.startswith(b"poison") for r in rows):
             raise ShipError(self.code, "records[3].customer.customer_id: longer than 128 characters")
-        self.stored += records
+        self.stored += [r.record for r in rows]
 
 
 def fill(outbox: Outbox, good: int, poison_at: tuple[int, ...]) -> list[bytes]:
-    rows = [(f"p{i}", (b"poison" if i in poison_at else b"good") + str(i).encode()) for i in range(good)]
+    rows = [Entry(f"p{i}", (b"poison" if i in poison_at else b"good") + str(i).encode(), RECORD)
+            for i in range(good)]
     outbox.append(rows)
-    return [record for _, record in rows if not record.startswith(b"poison")]
+    return [row.record for row in rows if not row.record.startswith(b"poison")]
 
 
 def test_a_refused_batch_is_split_and_only_the_refused_rows_stay_behind(tmp_path):

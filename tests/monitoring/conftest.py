@@ -16,10 +16,18 @@ from services.common import model_registry as R
 from services.common.settings import Settings
 from services.common.telco_csv import TelcoCsv, parse_telco_csv
 from services.monitoring import app
+from services.monitoring.store import PredictionBatch, PredictionRow
 from tests import natives
 from tests.tokens import LocalKeys
 
 TELCO_CSV = pathlib.Path(__file__).resolve().parents[2] / "data" / "telco_churn.csv"
+
+
+def batch_of(rows: list[PredictionRow]) -> PredictionBatch:
+    """PredictionRows (the store's read-side shape) as the columns the store takes."""
+    columns = {f.name: [getattr(r, f.name) for r in rows] for f in dataclasses.fields(PredictionBatch)
+               if f.name != "inputs"}
+    return PredictionBatch(inputs={name: [r.inputs[name] for r in rows] for name in rows[0].inputs}, **columns)
 
 
 def free_port() -> int:

@@ -20,6 +20,7 @@ from services.monitoring import lifecycle_store as LS
 from services.monitoring.auto_canary import AutoCanary
 from services.monitoring.lifecycle import Lifecycle
 from services.monitoring.store import MonitoringStore, PredictionRow, utcnow
+from tests.monitoring.conftest import batch_of
 
 STEPS = (10, 50, 100)
 
@@ -93,7 +94,7 @@ def traffic(world: World, version: str, good: bool, rng=np.random.default_rng(3)
             records.append(PredictionRow(pid, pid, {f.name: None for f in F.FEATURES}, bool(value >= 0.5),
                                          float(value), "m", v, alias, 3.0, utcnow(), "r"))
             labels[pid] = bool(label)
-    world.store.record_predictions(records)
+    world.store.record_predictions(batch_of(records))
     world.store.save_feedback(labels)
 
 

@@ -18,6 +18,7 @@ from services.common.prediction_record import served_twin
 from services.common.settings import Settings
 from services.monitoring import canary_analysis as CA
 from services.monitoring.store import MonitoringStore, PredictionRow, utcnow
+from tests.monitoring.conftest import batch_of
 
 T = CA.Thresholds(min_predictions=100, min_labelled=50, max_error_rate_increase=0.01, max_latency_p99_ms=50.0,
                   max_jensen_shannon=0.1, max_roc_auc_drop=0.02)
@@ -79,8 +80,8 @@ def test_both_sides_figures_from_the_log(tmp_path):
     y = rng.random(300) < 0.3
     good = np.clip(np.where(y, 0.7, 0.3) + rng.normal(0, 0.15, 300), 0, 1)
     noise = rng.random(300)  # a candidate that learnt nothing
-    store.record_predictions(rows("production", "1", good, 0) + rows("staging", "3", noise, 0)
-                             + rows("staging", "2", good, 1000))  # an older staging version is not judged
+    store.record_predictions(batch_of(rows("production", "1", good, 0) + rows("staging", "3", noise, 0)
+                                      + rows("staging", "2", good, 1000)))  # an older staging version is not judged
     store.save_feedback({**{f"production-{i}": bool(v) for i, v in enumerate(y)},
                          **{f"staging-{i}": bool(v) for i, v in enumerate(y)}})
     analysis = analyzer.analyze(60)
@@ -129,7 +130,7 @@ def test_shadow_rows_are_judged_against_productions_answers_to_the_same_requests
               row("live-0", "live", "c-live", 0.99, "3", "staging", 500.0),  # a live staging answer
               row("old-shadow-0", "old", "c-old", 0.99, "3", "staging", 9.0, True),
               row("old-0", "old", "c-old", 0.01, "2", "production", 2.0)]  # another production version's answer
-    store.record_predictions(answers + shadows + strays)
+    store.record_predictions(batch_of(answers + shadows + strays))
     assert served_twin("req7-shadow-1") == "req7-1" and served_twin("req7-1") is None
     # feedback by customer labels the answer the customer got, never its shadow copy
     matched = store.latest_prediction_for_customers(f"c{i}" for i in range(n))

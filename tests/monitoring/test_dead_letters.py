@@ -11,7 +11,7 @@ from churn.v1 import common_pb2, monitoring_pb2
 from prometheus_client import REGISTRY
 
 from services.common import prediction_record
-from services.inference.outbox import Outbox
+from services.inference.outbox import RECORD, Entry, Outbox
 from services.inference.shipper import MonitoringSink, ServiceToken, Shipper
 from services.monitoring.predictions import PredictionLog
 from services.monitoring.store import MonitoringStore
@@ -78,9 +78,9 @@ def test_poison_records_jam_nothing_and_every_good_row_is_delivered(settings, ke
     good = records(customers, "1", f"good-{tmp_path.name}")
     poison = poison_records(customers[0])
     outbox = Outbox(tmp_path / "outbox.db")
-    rows = [(r.prediction_id, r.SerializeToString()) for r in good]
+    rows = [Entry(r.prediction_id, r.SerializeToString(), RECORD) for r in good]
     for k, (_, bad) in enumerate(poison):  # spread through the batches
-        rows.insert(40 * k + 7, (f"poison-slot-{k}", bad.SerializeToString()))
+        rows.insert(40 * k + 7, Entry(f"poison-slot-{k}", bad.SerializeToString(), RECORD))
     outbox.append(rows)
     monitoring = start_monitoring(settings, keys, tmp_path / "monitoring", database_url=database_url)
     token = tmp_path / "service_token"
@@ -130,7 +130,7 @@ def test_what_the_database_refuses_is_split_out_of_its_batch(own_postgres, versi
     """A record the shared rules would miss but PostgreSQL refuses (here: the rules switched off, a 300-character
     customer id into a 128-character column): the batch is split until that record is alone, it is
     dead-lettered, the other 63 rows are stored."""
-    monkeypatch.setattr(prediction_record, "problems", lambda record, where: [])
+    monkeypatch.setattr(prediction_record, "check", lambda log: None)
     store = MonitoringStore(own_postgres)
     try:
         batch = records(versions["production"].holdout.customers()[:64], "1", f"split-{time.monotonic_ns()}")

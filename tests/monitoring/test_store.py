@@ -10,7 +10,7 @@ import pytest
 from services.common import features as F
 from services.common.telco_csv import parse_telco_csv
 from services.monitoring.store import MonitoringStore, PredictionRow
-from tests.monitoring.conftest import TELCO_CSV
+from tests.monitoring.conftest import TELCO_CSV, batch_of
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -45,16 +45,16 @@ def rows_from(telco, start: int, count: int, version: str = "1", prefix: str = "
 
 def test_same_batch_three_times_stores_it_once(store, telco):
     batch = rows_from(telco, 0, 1000)
-    assert [store.record_predictions(batch) for _ in range(3)] == [1000, 0, 0]
+    assert [store.record_predictions(batch_of(batch)) for _ in range(3)] == [1000, 0, 0]
     assert store.count_predictions() == 1000
     # a batch overlapping the stored one adds only its new rows
-    assert store.record_predictions(rows_from(telco, 900, 200)) == 100
+    assert store.record_predictions(batch_of(rows_from(telco, 900, 200))) == 100
     assert store.count_predictions() == 1100
 
 
 def test_recent_inputs_are_the_newest_rows_in_the_reference_frame_shape(store, telco):
-    store.record_predictions(rows_from(telco, 0, 300, version="1"))
-    store.record_predictions(rows_from(telco, 300, 100, version="2", prefix="q"))
+    store.record_predictions(batch_of(rows_from(telco, 0, 300, version="1")))
+    store.record_predictions(batch_of(rows_from(telco, 300, 100, version="2", prefix="q")))
     window = store.recent_inputs(50, "1")
     assert list(window.columns) == list(F.FEATURE_COLUMNS)
     expected = telco.frame.iloc[250:300].iloc[::-1].reset_index(drop=True)
@@ -68,10 +68,10 @@ def test_recent_inputs_are_the_newest_rows_in_the_reference_frame_shape(store, t
 
 def test_feedback_by_prediction_and_latest_of_a_customer(store, telco):
     rows = rows_from(telco, 0, 10)
-    store.record_predictions(rows)
+    store.record_predictions(batch_of(rows))
     again = [PredictionRow(f"later-{r.prediction_id}", r.customer_id, r.inputs, r.churn, 0.9, r.model_name, "2",
                            "staging", 1.0, r.predicted_at, "r2") for r in rows[:3]]
-    store.record_predictions(again)
+    store.record_predictions(batch_of(again))
     latest = store.latest_prediction_for_customers([rows[0].customer_id, rows[5].customer_id, "nobody"])
     assert latest == {rows[0].customer_id: "later-p0", rows[5].customer_id: "p5"}
     assert store.existing_prediction_ids(["p1", "p2", "missing"]) == {"p1", "p2"}
@@ -100,7 +100,7 @@ def test_list_predictions_filters_pages_and_returns_inputs_with_labels(store, te
     rows = rows_from(telco, 0, 30)
     shadow = [dataclasses.replace(r, prediction_id=f"s{i}", model_version="3", model_alias="staging", shadow=True)
               for i, r in enumerate(rows[:5])]
-    store.record_predictions(rows + shadow)
+    store.record_predictions(batch_of(rows + shadow))
     store.save_feedback({"p2": True})
     newest = store.list_predictions(PredictionFilter(), 10)
     assert [r.row.prediction_id for r in newest[:6]] == ["s4", "s3", "s2", "s1", "s0", "p29"]
@@ -128,7 +128,7 @@ def test_a_store_from_before_the_shadow_column_gets_it(tmp_path, telco):
         connection.execute(sa.text("ALTER TABLE predictions DROP COLUMN shadow"))
     engine.dispose()
     store = MonitoringStore(url)
-    assert store.record_predictions(rows_from(telco, 0, 3)) == 3
+    assert store.record_predictions(batch_of(rows_from(telco, 0, 3))) == 3
     store.close()
 
 
@@ -138,7 +138,7 @@ def test_shadow_rows_pair_with_the_answer_they_copy_and_never_take_its_label(sto
     copies = [dataclasses.replace(r, prediction_id=f"req{i}-shadow-0", model_version="3", model_alias="staging",
                                   probability=0.7, latency_ms=9.0, shadow=True) for i, r in enumerate(answers)]
     orphan = dataclasses.replace(copies[0], prediction_id="gone-shadow-0", request_id="gone")
-    store.record_predictions(answers + copies[:3] + [orphan])  # the 4th copy has not arrived
+    store.record_predictions(batch_of(answers + copies[:3] + [orphan]))  # the 4th copy has not arrived
     latest = store.latest_prediction_for_customers(r.customer_id for r in answers)
     assert latest == {r.customer_id: r.prediction_id for r in answers}  # the answer, not its later shadow copy
     store.save_feedback({"req1-0": True})

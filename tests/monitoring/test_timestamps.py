@@ -2,11 +2,13 @@
 never an INTERNAL from `ToDatetime` — in ListPredictions' filters and in a prediction record."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
-from churn.v1 import monitoring_pb2
+from churn.v1 import common_pb2, monitoring_pb2
 
+from services.common import features as F
+from services.common import prediction_record
 from services.common.errors import InvalidInput
-from services.common.prediction_record import problems
 from services.monitoring.servicer import _time
 
 
@@ -20,8 +22,26 @@ def test_list_predictions_names_an_invalid_time_filter(seconds, nanos):
     assert _time(monitoring_pb2.ListPredictionsRequest(), "end_time") is None
 
 
-def test_a_record_with_an_invalid_time_breaks_a_rule():
-    record = monitoring_pb2.PredictionRecord(prediction_id="p")
+MODEL = common_pb2.ModelRef(name="churn-model", version="1", alias="production")
+BAD_TIME = "is not a valid timestamp (years 1-9999, nanos 0-999,999,999)"
+
+
+def test_a_record_with_an_invalid_time_breaks_a_rule(versions):
+    record = monitoring_pb2.PredictionRecord(prediction_id="p", model=MODEL,
+                                             customer=versions["production"].holdout.customers()[0])
     record.predicted_at.seconds, record.predicted_at.nanos = 10, -1332
-    assert ("records[0].predicted_at", "is not a valid timestamp (years 1-9999, nanos 0-999,999,999)") in \
-        problems(record, "records[0]")
+    log = prediction_record.from_records([record])
+    prediction_record.check(log)
+    assert log.problems == {0: ("records[0].predicted_at", BAD_TIME)}
+
+
+def test_a_columnar_record_with_an_invalid_time_breaks_a_rule_on_every_row(versions):
+    customers = versions["production"].holdout.customers()[:3]
+    batch = prediction_record.columns_messages(
+        ["p0", "p1", "p2"], ["", "", ""], np.zeros(3), np.zeros(3, dtype=bool),
+        F.customer_values(customers)[0], model=MODEL, latency_ms=1.0,
+        predicted_at=prediction_record.timestamp(0), request_id="r")[0]
+    batch.predicted_at.nanos = -1332
+    log = prediction_record.from_columns(batch, 2)
+    prediction_record.check(log)
+    assert log.problems == {i: (f"batches[2][{i}].predicted_at", BAD_TIME) for i in range(3)}
