@@ -190,10 +190,15 @@ def test_retried_request_id_gives_the_same_prediction_ids(production, customers,
     assert not set(ids) & {p.prediction_id for p in other.predictions}
 
 
-def _logged(outbox_file, prediction_id: str) -> monitoring_pb2.PredictionRecord:
+def _logged(outbox_file, prediction_id: str) -> tuple[monitoring_pb2.PredictionColumns, int]:
+    """The outbox record holding `prediction_id` (one PredictionColumns per request) and the row's index in it."""
     with sqlite3.connect(outbox_file) as db:
-        (blob,) = db.execute("SELECT record FROM outbox WHERE prediction_id = ?", (prediction_id,)).fetchone()
-    return monitoring_pb2.PredictionRecord.FromString(blob)
+        blobs = [blob for (blob,) in db.execute("SELECT record FROM outbox WHERE kind = 'columns'")]
+    for blob in blobs:
+        batch = monitoring_pb2.PredictionColumns.FromString(blob)
+        if prediction_id in batch.prediction_ids:
+            return batch, list(batch.prediction_ids).index(prediction_id)
+    raise AssertionError(f"{prediction_id} is not in the outbox")
 
 
 def test_envoys_shadow_copy_is_logged_marked_and_counted_apart(servers, customers, settings):
@@ -209,14 +214,14 @@ def test_envoys_shadow_copy_is_logged_marked_and_counted_apart(servers, customer
     mirrored = staging.stub.PredictBatch(request, metadata=[*staging.metadata(request_id="req-mirror-1"), stamp,
                                                             ("x-churn-shadow", "1")])
     assert [p.prediction_id for p in mirrored.predictions] == ["req-mirror-1-shadow-0", "req-mirror-1-shadow-1"]
-    record = _logged(inference.outbox.path, "req-mirror-1-shadow-1")
+    record, row = _logged(inference.outbox.path, "req-mirror-1-shadow-1")
     assert record.shadow is True and record.request_id == "req-mirror-1"
-    assert record.customer.customer_id == customers[1].customer_id
+    assert record.customer_ids[row] == customers[1].customer_id
     served = staging.stub.PredictBatch(request, metadata=[*staging.metadata(request_id="req-mirror-2"), stamp])
-    assert _logged(inference.outbox.path, served.predictions[0].prediction_id).shadow is False
+    assert _logged(inference.outbox.path, served.predictions[0].prediction_id)[0].shadow is False
     forged = staging.stub.PredictBatch(request, metadata=[*staging.metadata(), ("x-churn-shadow", "1")])
     assert "-shadow-" not in forged.predictions[0].prediction_id
-    assert _logged(inference.outbox.path, forged.predictions[0].prediction_id).shadow is False
+    assert _logged(inference.outbox.path, forged.predictions[0].prediction_id)[0].shadow is False
     after = {t: REGISTRY.get_sample_value("churn_grpc_requests_total", {
         "service": "churn.v1.InferenceService", "method": "PredictBatch", "code": "OK", "traffic": t})
         for t in ("live", "shadow")}
