@@ -11,6 +11,7 @@ import json
 import pathlib
 import subprocess
 import time
+from typing import Callable
 
 import sqlalchemy as sa
 from churn.v1 import inference_pb2
@@ -59,24 +60,33 @@ class LoadResult:
 
 
 class GatewayLoad:
-    """`with GatewayLoad(suite, customer, seconds=…) as load:` starts h2load at once; `load.result()` waits for it
-    and returns the counts. `concurrency` connections, `rps` calls per second each."""
+    """`with GatewayLoad(...) as load:` starts h2load at once; `load.result()` waits for it and returns the counts.
+    `concurrency` connections, `rps` calls per second each. `access_log()` gives the gateway's log lines written
+    since the load started (`GatewayLoad.through(suite, …)` reads the suite's Envoy log file)."""
 
-    def __init__(self, suite, customer, *, seconds: float, concurrency: int = 4, rps: int = 25,
+    def __init__(self, url: str, headers: dict[str, str], customer, workdir: pathlib.Path,
+                 access_log: Callable[[], list[str]], *, seconds: float, concurrency: int = 4, rps: int = 25,
                  name: str = "chaos-load"):
-        self.suite, self.seconds = suite, seconds
-        self.frame = suite.workdir / f"{name}.grpc"
-        self.frame.write_bytes(grpc_frame(inference_pb2.PredictRequest(customer=customer)))
-        self.h2_log = suite.workdir / f"{name}.h2load.log"
-        self.command = h2load_command(f"{suite.gateway.url}{PREDICT_PATH}", self.frame,
-                                      {"authorization": f"Bearer {suite.service_token}",
-                                       "x-api-key": suite.settings.api_key},
-                                      concurrency, seconds, self.h2_log, rps=rps)
+        self.seconds, self.access_log = seconds, access_log
+        frame = workdir / f"{name}.grpc"
+        frame.write_bytes(grpc_frame(inference_pb2.PredictRequest(customer=customer)))
+        self.command = h2load_command(f"{url}{PREDICT_PATH}", frame, headers, concurrency, seconds,
+                                      workdir / f"{name}.h2load.log", rps=rps)
         self.process: subprocess.Popen | None = None
-        self._log_offset = 0
+
+    @classmethod
+    def through(cls, suite, customer, **options) -> "GatewayLoad":
+        log_path, offset = suite.gateway.log_path, suite.gateway.log_path.stat().st_size
+
+        def access_log() -> list[str]:
+            with open(log_path, "rb") as log:
+                log.seek(offset)
+                return log.read().decode(errors="replace").splitlines()
+        return cls(suite.gateway.url, {"authorization": f"Bearer {suite.service_token}",
+                                       "x-api-key": suite.settings.api_key}, customer, suite.workdir, access_log,
+                   **options)
 
     def __enter__(self) -> "GatewayLoad":
-        self._log_offset = self.suite.gateway.log_path.stat().st_size
         self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         return self
 
@@ -96,11 +106,8 @@ class GatewayLoad:
         return LoadResult(summary, calls)
 
     def calls(self) -> list[Call]:
-        with open(self.suite.gateway.log_path, "rb") as log:
-            log.seek(self._log_offset)
-            lines = log.read().decode(errors="replace").splitlines()
         found = []
-        for line in lines:
+        for line in self.access_log():
             if not line.startswith("{"):
                 continue
             try:

@@ -48,7 +48,7 @@ def test_monitoring_down_under_load_loses_no_row(suite, customers):
     """Predictions never wait on monitoring (the outbox holds them); after it is back every row arrives once."""
     monitoring = suite.services["monitoring"]
     env = dict(monitoring.env, **same_ports(monitoring, "MONITORING"))
-    with GatewayLoad(suite, customers[1], seconds=OUTAGE_SECONDS + 12, name="monitoring-down") as load:
+    with GatewayLoad.through(suite, customers[1], seconds=OUTAGE_SECONDS + 12, name="monitoring-down") as load:
         time.sleep(3)
         monitoring.kill()
         down_at = time.monotonic()
@@ -76,7 +76,7 @@ def test_postgres_store_restarted_under_load_loses_no_row(suite, customers, priv
         start_again(suite, "monitoring", "monitoring", "services.monitoring",
                     dict(env, MONITORING_DATABASE_URL=private_postgres.url))
         suite.gateway.wait_healthy(["monitoring"], timeout=60)
-        with GatewayLoad(suite, customers[2], seconds=STORE_DOWN_SECONDS + 15, name="store-restart") as load:
+        with GatewayLoad.through(suite, customers[2], seconds=STORE_DOWN_SECONDS + 15, name="store-restart") as load:
             time.sleep(4)
             private_postgres.stop("fast")
             stopped_at = time.monotonic()
@@ -116,7 +116,7 @@ def test_sigterm_drains_in_flight_calls_under_load(suite, customers, canary_rest
             outcomes.append((f"{error.code().name}: {error.details()}", time.monotonic()))
 
     try:
-        with GatewayLoad(suite, customers[3], seconds=16, name="sigterm-drain") as load:
+        with GatewayLoad.through(suite, customers[3], seconds=16, name="sigterm-drain") as load:
             time.sleep(4)
             callers = [threading.Thread(target=slow_call) for _ in range(2)]
             for caller in callers:
@@ -158,7 +158,7 @@ def test_kill_9_of_production_with_a_full_outbox_loses_no_row(suite, customers):
     monitoring_env = dict(monitoring.env, **same_ports(monitoring, "MONITORING"))
     monitoring.kill()
     try:
-        with GatewayLoad(suite, customers[4], seconds=3, rps=25, name="full-outbox") as load:
+        with GatewayLoad.through(suite, customers[4], seconds=3, rps=25, name="full-outbox") as load:
             result = load.result()
         assert not result.failed and len(result.ok_ids) > 100, result.line()
         production.kill()

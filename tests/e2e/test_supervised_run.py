@@ -1,7 +1,7 @@
 """Issue 13 item 12 and its chaos test: `make run` keeps serving when a process dies. Under tools/run_suite.py
-(supervisord) at canary 50 with 4 concurrent callers through the gateway, a kill -9 of the canary is logged and the
-canary restarted within 30 s; under 0.1 % of predictions fail meanwhile (its share falls back to production);
-Ctrl-C still stops everything cleanly."""
+(supervisord) at canary 50 under h2load through the gateway (4 connections, 25 calls/s each; every call counted
+from the gateway's access log), a kill -9 of the canary is logged and the canary restarted within 30 s; under 0.1 %
+of predictions fail meanwhile (its share falls back to production); Ctrl-C still stops everything cleanly."""
 from __future__ import annotations
 
 import os
@@ -14,15 +14,16 @@ import time
 
 import grpc
 import pytest
-from churn.v1 import inference_pb2, inference_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.settings import Settings
 from tests.e2e.envoy_process import free_port
+from tests.e2e.gateway_load import GatewayLoad
 from tests.e2e.test_make_run import PORTS, PROCESSES
 from tests.harness import ROOT, base_env
 
 pytestmark = pytest.mark.integration
+LOAD_SECONDS = 30  # h2load through the gateway: 2 s before the kill, the restart (9-13 s seen) and after it
 
 
 def serving(address: str) -> bool:
@@ -54,52 +55,30 @@ def test_a_killed_canary_is_restarted_while_the_gateway_keeps_serving(trained_re
             assert time.monotonic() < deadline and runner.poll() is None, "".join(lines[-60:])
             time.sleep(0.5)
         token = (settings.secrets_dir / "service_token").read_text().strip()
-        channel = grpc.insecure_channel(f"127.0.0.1:{settings.gateway_port}")
-        stub = inference_pb2_grpc.InferenceServiceStub(channel)
-        metadata = (("x-api-key", settings.api_key), ("authorization", f"Bearer {token}"))
         staging = f"127.0.0.1:{settings.inference_staging_port}"
         pid = int(subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c",
                                   str(settings.data_dir / "supervisor" / "supervisord.conf"), "pid",
                                   "inference_staging"], capture_output=True, text=True, timeout=10).stdout)
-        counts = {"ok": 0, "failed": 0}
-        stop, counted = threading.Event(), threading.Lock()
-
-        def load(worker: int) -> None:  # 4 concurrent callers through the gateway, as an outside generator would
-            i = worker
-            while not stop.is_set():
-                try:
-                    stub.Predict(inference_pb2.PredictRequest(customer=customers[i % 500]), metadata=metadata,
-                                 timeout=10)
-                    outcome = "ok"
-                except grpc.RpcError:
-                    outcome = "failed"
-                with counted:
-                    counts[outcome] += 1
-                i += 4
-
-        workers = [threading.Thread(target=load, args=(w,), daemon=True) for w in range(4)]
-        for worker in workers:
-            worker.start()
-        time.sleep(2)
-        os.kill(pid, signal.SIGKILL)
-        killed_at, back_at = time.monotonic(), None
-        while time.monotonic() - killed_at < 60 and back_at is None:
-            time.sleep(0.5)
-            if serving(staging):
-                back_at = time.monotonic()
-        time.sleep(2)  # and a little while after it is back
-        stop.set()
-        for worker in workers:
-            worker.join(15)
+        since = len(lines)  # the gateway's access log reaches supervisord's output with everything else
+        with GatewayLoad(f"http://127.0.0.1:{settings.gateway_port}",
+                         {"authorization": f"Bearer {token}", "x-api-key": settings.api_key}, customers[0],
+                         tmp_path, lambda: list(lines[since:]), seconds=LOAD_SECONDS, name="supervised") as load:
+            time.sleep(2)
+            os.kill(pid, signal.SIGKILL)
+            killed_at, back_at = time.monotonic(), None
+            while time.monotonic() - killed_at < 60 and back_at is None:
+                time.sleep(0.5)
+                if serving(staging):
+                    back_at = time.monotonic()
+            result = load.result()
         assert back_at is not None and back_at - killed_at < 30, "staging was not serving again within 30 s"
-        total = counts["ok"] + counts["failed"]
-        print(f"kill -9 of staging at canary 50: {counts['failed']} failed of {total} predictions; staging back "
-              f"after {back_at - killed_at:.1f} s")
-        assert total > 100 and counts["failed"] / total < 0.001, counts
+        total = len(result.calls)
+        print(f"kill -9 of staging at canary 50: {len(result.failed)} failed of {total} predictions ({result.line()}); "
+              f"staging back after {back_at - killed_at:.1f} s")
+        assert total == result.generator.total > 100 and len(result.failed) / total < 0.001, result.failed[:5]
         text = "".join(lines)
         assert "exited: inference_staging (terminated by SIGKILL" in text and "spawned: 'inference_staging'" in text
         assert all(serving(f"127.0.0.1:{settings.inference_port(alias)}") for alias in ("production", "staging"))
-        channel.close()
     finally:
         os.killpg(runner.pid, signal.SIGINT)
         runner.wait(timeout=90)
