@@ -7,6 +7,7 @@ monitoring's store. h2load's own HTTP counts are kept beside them."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import pathlib
 import subprocess
@@ -73,6 +74,7 @@ class GatewayLoad:
         self.command = h2load_command(f"{url}{PREDICT_PATH}", frame, headers, concurrency, seconds,
                                       workdir / f"{name}.h2load.log", rps=rps)
         self.process: subprocess.Popen | None = None
+        self.started_at = 0.0
 
     @classmethod
     def through(cls, suite, customer, **options) -> "GatewayLoad":
@@ -87,6 +89,7 @@ class GatewayLoad:
                    **options)
 
     def __enter__(self) -> "GatewayLoad":
+        self.started_at = time.time()
         self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         return self
 
@@ -114,12 +117,18 @@ class GatewayLoad:
                 entry = json.loads(line)
             except ValueError:
                 continue
-            if entry.get("path") == PREDICT_PATH:
+            # calls begun before the load are an earlier test's, their lines flushed late (Envoy: once a second)
+            if entry.get("path") == PREDICT_PATH and _epoch(entry["time"]) >= self.started_at:
                 attempts = str(entry.get("attempts", ""))
                 found.append(Call(entry["request_id"], str(entry["grpc_status"]), str(entry["upstream_host"]),
                                   int(attempts) if attempts.isdigit() else 0, entry["time"],
                                   f"{entry.get('flags')} {entry.get('details')} {entry.get('duration_ms')} ms"))
         return found
+
+
+def _epoch(start_time: str) -> float:
+    """Envoy's %START_TIME% (`2026-11-30T16:43:52.590Z`) as seconds since the epoch."""
+    return dt.datetime.fromisoformat(start_time.replace("Z", "+00:00")).timestamp()
 
 
 def logged(database_url: str, ids: list[str]) -> list[str]:
