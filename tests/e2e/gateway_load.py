@@ -30,11 +30,17 @@ class Call:
     upstream_host: str
     attempts: int
     started: str
-    why: str  # Envoy's response flags and code details, for a failing assertion's message
+    flags: str  # Envoy's response flags ("-" = none; "DC" = the caller hung up)
+    why: str  # Envoy's code details and duration, for a failing assertion's message
 
     @property
     def ok(self) -> bool:
         return self.grpc_status in ("OK", "0")
+
+    @property
+    def abandoned(self) -> bool:
+        """The generator hung up before the answer: h2load does at its deadline, with the calls still in flight."""
+        return not self.ok and "DC" in self.flags.split(",")
 
     @property
     def prediction_id(self) -> str:
@@ -45,6 +51,7 @@ class Call:
 class LoadResult:
     generator: H2loadSummary
     calls: list[Call]
+    concurrency: int
 
     @property
     def ok_ids(self) -> list[str]:
@@ -52,12 +59,20 @@ class LoadResult:
 
     @property
     def failed(self) -> list[Call]:
-        return [call for call in self.calls if not call.ok]
+        return [call for call in self.calls if not call.ok and not call.abandoned]
+
+    @property
+    def complete(self) -> bool:
+        """Envoy logged every call h2load counted, plus at most the calls h2load left in flight at its deadline
+        (counted by Envoy, not by h2load; each answered or abandoned), and h2load abandoned no more than that."""
+        extra = len(self.calls) - self.generator.total
+        return 0 <= extra <= self.concurrency and sum(c.abandoned for c in self.calls) <= self.concurrency
 
     def line(self) -> str:
         return (f"h2load: {self.generator.total} sent, {self.generator.succeeded} HTTP-succeeded, "
                 f"{self.generator.failed} failed, {self.generator.errored} errored in {self.generator.seconds:.1f} s; "
-                f"Envoy: {len(self.calls)} Predict calls logged, {len(self.ok_ids)} OK, {len(self.failed)} not OK")
+                f"Envoy: {len(self.calls)} Predict calls logged, {len(self.ok_ids)} OK, {len(self.failed)} failed, "
+                f"{sum(c.abandoned for c in self.calls)} left by h2load at its deadline")
 
 
 class GatewayLoad:
@@ -68,7 +83,7 @@ class GatewayLoad:
     def __init__(self, url: str, headers: dict[str, str], customer, workdir: pathlib.Path,
                  access_log: Callable[[], list[str]], *, seconds: float, concurrency: int = 4, rps: int = 25,
                  name: str = "chaos-load"):
-        self.seconds, self.access_log = seconds, access_log
+        self.seconds, self.access_log, self.concurrency = seconds, access_log, concurrency
         frame = workdir / f"{name}.grpc"
         frame.write_bytes(grpc_frame(inference_pb2.PredictRequest(customer=customer)))
         self.command = h2load_command(f"{url}{PREDICT_PATH}", frame, headers, concurrency, seconds,
@@ -106,7 +121,7 @@ class GatewayLoad:
         deadline = time.monotonic() + 15  # Envoy flushes its access log every second
         while len(calls := self.calls()) < summary.total - summary.errored and time.monotonic() < deadline:
             time.sleep(0.5)
-        return LoadResult(summary, calls)
+        return LoadResult(summary, calls, self.concurrency)
 
     def calls(self) -> list[Call]:
         found = []
@@ -121,8 +136,8 @@ class GatewayLoad:
             if entry.get("path") == PREDICT_PATH and _epoch(entry["time"]) >= self.started_at:
                 attempts = str(entry.get("attempts", ""))
                 found.append(Call(entry["request_id"], str(entry["grpc_status"]), str(entry["upstream_host"]),
-                                  int(attempts) if attempts.isdigit() else 0, entry["time"],
-                                  f"{entry.get('flags')} {entry.get('details')} {entry.get('duration_ms')} ms"))
+                                  int(attempts) if attempts.isdigit() else 0, entry["time"], str(entry.get("flags")),
+                                  f"{entry.get('details')} {entry.get('duration_ms')} ms"))
         return found
 
 
