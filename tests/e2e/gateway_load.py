@@ -1,5 +1,6 @@
 """Load from an external generator for the chaos tests: h2load (bench/load.py's command and pre-encoded gRPC frame)
-posting Predict through the suite's Envoy at a steady rate while a test breaks something.
+posting Predict through a gateway (the test suite's Envoy, or `make run`'s) at a steady rate while a test breaks
+something.
 
 h2load reads no grpc-status, so every call is counted from Envoy's access log, which names each call's request id
 (the prediction id is `<request id>-0`), gRPC status, upstream host and attempts: the ids a test then looks for in
