@@ -10,7 +10,7 @@ PROTOS := $(wildcard protos/churn/v1/*.proto) protos/grpc_predict_v2.proto
 PYTEST_ARGS ?=
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: setup promtool gen model secrets run test test-fast fuzz lint-protos clean bench bench-short bench-tools bench-deps
+.PHONY: setup promtool gen model secrets run test test-fast fuzz chaos lint-protos clean bench bench-short bench-tools bench-deps
 
 # The virtualenv, the generated stubs, buf and promtool: everything the other targets need.
 setup: $(INSTALLED) $(GENERATED) $(BUF) promtool
@@ -70,10 +70,15 @@ test: setup bench-tools
 	$(PY) -m pytest --random-order --durations=25 $(PYTEST_ARGS)
 
 # Property-based fuzzing of every unary RPC on real servers: 800 generated requests per RPC (a tenth for the four
-# slow ones; >= 10,000 in all), and of every REST binding through a real Envoy (400 each). `make test` runs the
-# same tests with 20 (REST: 10) each.
+# slow ones; >= 10,000 in all), of every routed unary RPC through a real Envoy (800 each, >= 10,000 in all), and
+# of every REST binding through it (400 each). `make test` runs the same tests with 20 (REST: 10) each.
 fuzz: setup
-	FUZZ_EXAMPLES=800 $(PY) -m pytest tests/fuzz tests/e2e/test_rest_fuzz.py $(PYTEST_ARGS)
+	FUZZ_EXAMPLES=800 $(PY) -m pytest tests/fuzz tests/e2e/test_grpc_fuzz.py tests/e2e/test_rest_fuzz.py $(PYTEST_ARGS)
+
+# The chaos tests under h2load with the long outages: monitoring down 60 s, the PostgreSQL store down 30 s
+# (`make test` runs them with 10 s and 5 s).
+chaos: setup bench-tools
+	CHAOS_OUTAGE_SECONDS=60 CHAOS_STORE_DOWN_SECONDS=30 $(PY) -m pytest -s tests/e2e/test_chaos.py $(PYTEST_ARGS)
 
 # Unit and contract tests only (no Envoy, no training): a quick loop while editing.
 test-fast: setup

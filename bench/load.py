@@ -67,28 +67,56 @@ def _percentiles_ms(latencies_us: list[float]) -> tuple[float, float]:
     return cuts[49] / 1000, cuts[98] / 1000
 
 
-def h2load(url: str, frame: pathlib.Path, headers: dict[str, str], concurrency: int, seconds: float,
-           metric_ports: list[int], log_file: pathlib.Path, requests: int | None = None) -> Point:
-    """One h2load run: `concurrency` connections with one stream each, for `seconds` — or, given `requests`,
-    exactly that many requests (none cut off at the end, so every one is accounted for)."""
+def h2load_command(url: str, frame: pathlib.Path, headers: dict[str, str], concurrency: int, seconds: float,
+                   log_file: pathlib.Path, rps: int = 0, requests: int | None = None) -> list[str]:
+    """h2load posting `frame` as a gRPC call: `concurrency` connections with one stream each, for `seconds` — or,
+    given `requests`, exactly that many requests (none cut off at the end, so every one is accounted for); `rps` > 0
+    caps each connection's requests per second (a steady load instead of as fast as possible)."""
     extent = ["-n", str(requests)] if requests else ["-D", f"{seconds:g}"]
     command = ["h2load", *extent, "-c", str(concurrency), "-m", "1", "-t", "1", "-d", str(frame),
                "--log-file", str(log_file), "-H", "content-type: application/grpc", "-H", "te: trailers"]
+    if rps > 0:
+        command += ["--rps", str(rps)]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
+    return command + [url]
+
+
+@dataclasses.dataclass
+class H2loadSummary:
+    """h2load's own counts (HTTP level: it does not read grpc-status) and its measured seconds."""
+    total: int
+    succeeded: int
+    failed: int
+    errored: int
+    seconds: float
+    status_2xx: int  # answers with HTTP status 2xx (a gRPC error still has 200)
+
+
+def h2load_summary(stdout: str) -> H2loadSummary:
+    finished = re.search(r"finished in ([\d.]+(?:us|ms|s))", stdout)
+    counts = re.search(r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, "
+                       r"(\d+) errored", stdout)
+    status_2xx = re.search(r"status codes: (\d+) 2xx", stdout)
+    return H2loadSummary(total=int(counts.group(1)), succeeded=int(counts.group(2)), failed=int(counts.group(3)),
+                         errored=int(counts.group(4)), seconds=_ms(finished.group(1)) / 1000,
+                         status_2xx=int(status_2xx.group(1)) if status_2xx else 0)
+
+
+def h2load(url: str, frame: pathlib.Path, headers: dict[str, str], concurrency: int, seconds: float,
+           metric_ports: list[int], log_file: pathlib.Path, requests: int | None = None) -> Point:
+    """One h2load run: `concurrency` connections with one stream each, for `seconds` (or exactly `requests`)."""
     before = ok_count(metric_ports)
-    done = subprocess.run(command + [url], capture_output=True, text=True, timeout=seconds + 60)
+    done = subprocess.run(h2load_command(url, frame, headers, concurrency, seconds, log_file, requests=requests),
+                          capture_output=True, text=True, timeout=seconds + 60)
     after = ok_count(metric_ports)
     if done.returncode != 0:
         raise RuntimeError(f"h2load failed ({done.returncode}): {done.stderr[-2000:]}\n{done.stdout[-2000:]}")
-    finished = re.search(r"finished in ([\d.]+)(m?s)", done.stdout)
-    elapsed = float(finished.group(1)) / (1000 if finished.group(2) == "ms" else 1)
-    succeeded, failed = map(int, re.search(r"requests: .*?(\d+) succeeded, (\d+) failed", done.stdout).groups())
-    status_2xx = int(re.search(r"status codes: (\d+) 2xx", done.stdout).group(1))
+    summary = h2load_summary(done.stdout)
     latencies = [float(line.split("\t")[2]) for line in log_file.read_text().splitlines() if line.count("\t") >= 2]
     p50, p99 = _percentiles_ms(latencies)
-    return Point(requests=succeeded, ok=int(after - before), seconds=elapsed, p50_ms=p50, p99_ms=p99, failed=failed,
-                 status_2xx=status_2xx)
+    return Point(requests=summary.succeeded, ok=int(after - before), seconds=summary.seconds, p50_ms=p50, p99_ms=p99,
+                 failed=summary.failed, status_2xx=summary.status_2xx)
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0}

@@ -12,7 +12,7 @@ import pytest
 from services.common.settings import Settings
 from tests import internal_guard
 from tests.harness import base_env, run_module
-from tests.pg import own_database
+from tests.pg import PrivateCluster, own_database
 from tests.tokens import LocalKeys
 
 
@@ -82,6 +82,23 @@ def postgres_url(is_ci):
     admin.dispose()
     with own_database(admin_url, "churn_test") as url:
         yield url
+
+
+@pytest.fixture
+def private_postgres(is_ci):
+    """A PostgreSQL server of the test's own (tests/pg.py), started; for tests that stop and start it. Missing
+    initdb/pg_ctl: skipped locally, a failure under CI=true."""
+    if not PrivateCluster.available():
+        if is_ci:
+            pytest.fail("initdb/pg_ctl not found (PG_BIN) under CI=true")
+        pytest.skip("initdb/pg_ctl not found (PG_BIN)")
+    from tests.e2e.envoy_process import free_port
+
+    cluster = PrivateCluster(free_port())
+    try:
+        yield cluster.start()
+    finally:
+        cluster.remove()
 
 
 def pytest_sessionfinish(session, exitstatus):

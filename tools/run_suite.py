@@ -7,7 +7,7 @@ grpc.health SERVING and Envoy's /clusters shows every upstream healthy, then pri
 is restarted at once and logged (a crashed canary never takes production down: Envoy's fallback serves meanwhile);
 one that keeps dying while starting is retried with a growing delay (1 s, 2 s, 3 s, … `START_RETRIES` times) and
 then left FATAL. Ctrl-C (or SIGTERM) stops supervisord, which stops every process with SIGTERM and waits up to
-`STOP_WAIT_SECONDS` for it to drain.
+`stop_wait_seconds(settings)` for it to drain.
 
 Any port may be 0 (the tests run it so): each process writes the ports it bound to PORTS_DIR (default
 `DATA_DIR/ports`, emptied at each start), a process waits there for the peers it connects to at start, `gateway run`
@@ -39,7 +39,12 @@ READY_TIMEOUT = float(os.environ.get("READY_TIMEOUT_SECONDS", "240"))
 START_SECONDS = 3  # up this long = started; an earlier exit counts as a failed start (backoff)
 START_RETRIES = 10
 BANNER_PROMPT = "$ "  # marks the banner's commands (tests run them as printed)
-STOP_WAIT_SECONDS = 20  # a service drains in-flight calls on SIGTERM (10 s grace) before exiting
+
+
+def stop_wait_seconds(settings: Settings) -> int:
+    """How long a service may take after SIGTERM: NOT_SERVING until Envoy saw it, the grace for in-flight calls,
+    and 5 s to close its stores."""
+    return int(settings.shutdown_drain_seconds + settings.shutdown_grace_seconds) + 5
 
 
 def procfile(path: pathlib.Path = ROOT / "Procfile") -> dict[str, str]:
@@ -52,7 +57,8 @@ def procfile(path: pathlib.Path = ROOT / "Procfile") -> dict[str, str]:
     return processes
 
 
-def supervisor_config(folder: pathlib.Path, processes: dict[str, str], ports_dir: pathlib.Path) -> pathlib.Path:
+def supervisor_config(folder: pathlib.Path, processes: dict[str, str], ports_dir: pathlib.Path,
+                      stop_wait: int) -> pathlib.Path:
     """supervisord.conf: in the foreground, its own log and every child's output on stdout, a private control
     socket, and per process: restart always, start backoff, SIGTERM with time to drain, its port file."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -66,7 +72,7 @@ def supervisor_config(folder: pathlib.Path, processes: dict[str, str], ports_dir
         lines += [f"[program:{name}]", f"command={command}", f"directory={ROOT}", "autostart=true",
                   f'environment=PORT_FILE="{ports_dir / name}.json"',
                   "autorestart=true", f"startsecs={START_SECONDS}", f"startretries={START_RETRIES}",
-                  "stopsignal=TERM", f"stopwaitsecs={STOP_WAIT_SECONDS}", "stopasgroup=true", "killasgroup=true",
+                  "stopsignal=TERM", f"stopwaitsecs={stop_wait}", "stopasgroup=true", "killasgroup=true",
                   "redirect_stderr=true", "stdout_logfile=/dev/stdout", "stdout_logfile_maxbytes=0", ""]
     path = folder / "supervisord.conf"
     path.write_text("\n".join(lines))
@@ -234,7 +240,7 @@ def main() -> int:
     env["PATH"] = os.pathsep.join([str(pathlib.Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "gen"), env.get("PYTHONPATH")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
-    conf = supervisor_config(settings.data_dir / "supervisor", procfile(), ports_dir)
+    conf = supervisor_config(settings.data_dir / "supervisor", procfile(), ports_dir, stop_wait_seconds(settings))
     supervisord = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)], cwd=ROOT,
                                    env=env)
 

@@ -37,7 +37,7 @@ def _serve(settings: Settings, _args) -> int:
                          "no default key ever works")
     app = build(settings)
     host = start(app)
-    serve_until_signalled(host, on_stop=app.close)
+    serve_until_signalled(host, app.settings, on_stop=app.close)
     return 0
 
 

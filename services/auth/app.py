@@ -18,6 +18,7 @@ from services.auth.servicer import AuthServicer
 from services.auth.tokens import TokenIssuer
 from services.auth.users import UserStore
 from services.common.access import OPEN_INFERENCE_MODULE, service_names
+from services.common.errors import NotReady
 from services.common.identity import TokenVerifier
 from services.common.interceptor import ServiceInterceptor
 from services.common.server import ServiceHost, start_server
@@ -48,7 +49,7 @@ def _migrate_with_retry(store: UserStore, attempts: int = 10) -> int:
     for attempt in range(1, attempts + 1):
         try:
             return store.migrate()
-        except sa.exc.OperationalError as exc:
+        except (sa.exc.OperationalError, NotReady) as exc:  # NotReady: refused (services/common/db.py)
             if attempt == attempts:
                 raise
             log.warning("users store not reachable, retrying",

@@ -2,8 +2,10 @@
 
 SQLite gets WAL (readers never block the writer), synchronous=NORMAL, a busy timeout (a CLI and the server may share
 the file), foreign keys on, and its folder created; PostgreSQL gets a pool pre-ping so a restarted server is
-survived. Store files are private: 0600 (SQLite gives its -wal/-shm files the database file's mode) in folders
-created 0700, and the data folder itself is kept 0700 (`private_folder`).
+survived. A database that cannot be reached (refused connection, a connection cut mid-call by a restart) raises
+NotReady — UNAVAILABLE to the caller, who retries (the outbox shipper resends its batch) — never INTERNAL.
+Store files are private: 0600 (SQLite gives its -wal/-shm files the database file's mode) in folders created 0700,
+and the data folder itself is kept 0700 (`private_folder`).
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import os
 import pathlib
 
 import sqlalchemy as sa
+
+from services.common.errors import NotReady
 
 
 def private_folder(path: pathlib.Path) -> pathlib.Path:
@@ -31,10 +35,21 @@ def private_file(path: pathlib.Path) -> pathlib.Path:
     return path
 
 
+def _unavailable_when_unreachable(engine: sa.Engine) -> sa.Engine:
+    @sa.event.listens_for(engine, "handle_error")
+    def _unreachable(context: sa.engine.ExceptionContext) -> None:
+        # no connection yet = connecting failed; is_disconnect = the dialect recognised a lost connection
+        if context.connection is None or context.is_disconnect:
+            raise NotReady(f"the {engine.dialect.name} store is unavailable; retry later") from \
+                context.original_exception
+
+    return engine
+
+
 def make_engine(url: str) -> sa.Engine:
     parsed = sa.engine.make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True)
+        return _unavailable_when_unreachable(sa.create_engine(url, pool_pre_ping=True))
     if parsed.database and parsed.database != ":memory:":
         private_file(pathlib.Path(parsed.database))
     engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
@@ -48,4 +63,4 @@ def make_engine(url: str) -> sa.Engine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    return engine
+    return _unavailable_when_unreachable(engine)

@@ -76,9 +76,26 @@ class EnvoyView:
 class Health(health.HealthServicer):
     """The library's servicer plus List; with `view`, services not served here answer from Envoy's view."""
 
-    def __init__(self, view: EnvoyView | None = None):
+    def __init__(self, view: EnvoyView | None = None, clock: Callable[[], float] = time.monotonic):
         super().__init__(experimental_non_blocking=True)
         self._view = view
+        self._clock = clock
+        self._checked = threading.Condition()
+        self._checks, self._last_check = 0, float("-inf")
+
+    def wait_until_seen(self, checks: int, timeout: float, watched_within: float = 1.5) -> bool:
+        """After NOT_SERVING: keep serving until a health checker has asked `checks` more times (Envoy takes a
+        host out after `unhealthy_threshold` = 2 failed checks, a second apart), at most `timeout` seconds. Why:
+        grpc-python's stop() cancels the calls its transport has received but not yet handed to a handler, so a
+        server must stop only once no new calls are routed to it. A server nobody checked within `watched_within`
+        seconds is not behind a health checker: no wait. True when the checks were seen."""
+        with self._checked:
+            if self._clock() - self._last_check > watched_within:
+                return False
+            target, deadline = self._checks + checks, self._clock() + timeout
+            while self._checks < target and (left := deadline - self._clock()) > 0:
+                self._checked.wait(left)
+            return self._checks >= target
 
     def _remote(self) -> dict[str, int]:
         if self._view is None:
@@ -88,6 +105,9 @@ class Health(health.HealthServicer):
                 for cluster, services in CLUSTER_SERVICES.items() for service in services}
 
     def Check(self, request, context):
+        with self._checked:
+            self._checks, self._last_check = self._checks + 1, self._clock()
+            self._checked.notify_all()
         with self._lock:
             local = request.service in self._server_status
         remote = {} if local else self._remote()

@@ -26,6 +26,9 @@ from services.common.metrics import HttpRoute, SideHttpServer
 from services.common.settings import Settings
 
 log = logging.getLogger("churn.server")
+# NOT_SERVING answers a health checker must have given before the server stops accepting calls: Envoy's
+# unhealthy_threshold (2, gateway/clusters.py) and one more, so its last in-flight routing decisions have landed.
+DRAIN_HEALTH_CHECKS = 3
 
 
 @dataclasses.dataclass
@@ -118,8 +121,9 @@ def write_port_file(target: str, grpc_port: int, http_port: int | None, **more: 
     tmp.replace(path)
 
 
-def serve_until_signalled(host: ServiceHost, grace: float = 10.0, on_stop: Callable[[], None] | None = None) -> None:
-    """Block until SIGTERM/SIGINT, then drain: NOT_SERVING, stop accepting, let in-flight calls finish.
+def serve_until_signalled(host: ServiceHost, settings: Settings, on_stop: Callable[[], None] | None = None) -> None:
+    """Block until SIGTERM/SIGINT, then drain: NOT_SERVING, serve on until the health checker has seen it (at most
+    `shutdown_drain_seconds`), stop accepting, let in-flight calls finish (`shutdown_grace_seconds`).
 
     Everything imported and built by now (MLflow, Evidently, pandas, the servicers) is moved out of the garbage
     collector's reach (`gc.freeze`): full collections while serving skip it, and so does the interpreter's last
@@ -129,8 +133,11 @@ def serve_until_signalled(host: ServiceHost, grace: float = 10.0, on_stop: Calla
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    log.info("stopping", extra={"fields": {"grace_seconds": grace}})
-    host.stop(grace)
+    host.set_serving(False)
+    seen = host.health.wait_until_seen(DRAIN_HEALTH_CHECKS, settings.shutdown_drain_seconds)
+    log.info("stopping", extra={"fields": {"grace_seconds": settings.shutdown_grace_seconds,
+                                           "health_checker_saw_not_serving": seen}})
+    host.stop(settings.shutdown_grace_seconds)
     if on_stop is not None:
         on_stop()
     log.info("stopped")

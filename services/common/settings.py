@@ -176,6 +176,10 @@ class Settings:
     # Process: where a server writes its bound ports as JSON (tests, the runner); the stdlib logging level.
     port_file: str = ""
     log_level: str = "INFO"
+    # SIGTERM: answer NOT_SERVING and keep serving until the health checker watching this server (Envoy's, every
+    # second) has seen it, at most this long; then in-flight calls get SHUTDOWN_GRACE_SECONDS to finish.
+    shutdown_drain_seconds: float = 5.0
+    shutdown_grace_seconds: float = 10.0
     # Inference: compile the served trees to native code (Treelite + TL2cgen, cached under DATA_DIR/compiled).
     compile_models: bool = True
     # Inference: worker processes per instance on one port (SO_REUSEPORT); default one per core.
@@ -276,6 +280,8 @@ class Settings:
             drift_retrain_after=_int(env, "DRIFT_RETRAIN_AFTER", 3),
             port_file=env.get("PORT_FILE", ""),
             log_level=env.get("LOG_LEVEL", "INFO"),
+            shutdown_drain_seconds=_float(env, "SHUTDOWN_DRAIN_SECONDS", 5.0),
+            shutdown_grace_seconds=_float(env, "SHUTDOWN_GRACE_SECONDS", 10.0),
             compile_models=env.get("COMPILE_MODELS", "true").lower() in ("1", "true", "yes"),
             inference_workers=max(1, _int(env, "INFERENCE_WORKERS", os.cpu_count() or 1)),
             ports_dir=pathlib.Path(env["PORTS_DIR"]).resolve() if env.get("PORTS_DIR") else None,

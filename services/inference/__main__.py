@@ -38,7 +38,7 @@ def main() -> int:
         print(exc, file=sys.stderr)
         return 2
     inference = app.start(settings, remote_verifier(settings), parts)
-    serve_until_signalled(inference.host, on_stop=inference.close)
+    serve_until_signalled(inference.host, settings, on_stop=inference.close)
     return 0
 
 

@@ -98,7 +98,7 @@ def _run_worker(settings: Settings, index: int, count: int, port: int) -> None:
 
     threading.Thread(target=reload_when_asked, name="sibling-reload", daemon=True).start()
     signal.signal(signal.SIGUSR1, lambda *_: reload_wanted.set())
-    serve_until_signalled(inference.host, on_stop=inference.close)
+    serve_until_signalled(inference.host, settings, on_stop=inference.close)
 
 
 def _reserve_port(host: str, port: int) -> socket.socket:

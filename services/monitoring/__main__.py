@@ -19,7 +19,7 @@ def main() -> int:
         return 2
     logs.configure("monitoring", settings.log_level)
     monitoring = app.start(settings, remote_verifier(settings))
-    serve_until_signalled(monitoring.host, on_stop=monitoring.close)
+    serve_until_signalled(monitoring.host, settings, on_stop=monitoring.close)
     return 0
 
 

@@ -49,9 +49,10 @@ class FakeInference(inference_pb2_grpc.InferenceServiceServicer):
 
 
 @pytest.fixture()
-def served():
+def served(tmp_path):
     keys = LocalKeys()
-    settings = Settings.from_env({"API_KEY": CLIENT_KEY, "OPS_API_KEY": OPS_KEY, "DATA_DIR": "/tmp"})
+    # a folder of the test's own: the server makes its data folder 0700 (DATA_DIR=/tmp once locked /tmp for all)
+    settings = Settings.from_env({"API_KEY": CLIENT_KEY, "OPS_API_KEY": OPS_KEY, "DATA_DIR": str(tmp_path)})
     servicer = FakeInference()
     host = start_server(
         settings, port=0, http_port=0,
@@ -163,6 +164,28 @@ def test_stop_lets_in_flight_calls_finish(served):
     caller.join(5)
     stopper.join(5)
     assert result["reply"].run_id == "alice:agent"
+
+
+def test_a_watched_server_serves_on_until_its_health_checker_saw_it_stop(served):
+    """SIGTERM's first step (services/common/server.py): NOT_SERVING, calls still answered, until the health checker
+    has asked 3 more times; a server nobody checks does not wait."""
+    host, servicer, keys, channel = served
+    health = health_pb2_grpc.HealthStub(channel)
+    assert host.health.wait_until_seen(3, timeout=10) is False  # never checked: not behind a health checker
+    health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+    host.set_serving(False)
+    seen = []
+    waiter = threading.Thread(target=lambda: seen.append(host.health.wait_until_seen(3, timeout=10)))
+    waiter.start()
+    checks = 0
+    while waiter.is_alive() and checks < 50:
+        assert _call(channel, token=keys.mint()).run_id == "alice:agent"
+        reply = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        checks += 1
+        time.sleep(0.05)
+    waiter.join(5)
+    assert seen == [True] and checks >= 3
 
 
 def test_remembered_tokens_still_expire_and_still_get_the_session_check(monkeypatch):
