@@ -11,7 +11,6 @@ import time
 import urllib.request
 
 import grpc
-import numpy as np
 import pandas as pd
 
 from churn.v1 import inference_pb2, inference_pb2_grpc, monitoring_pb2, monitoring_pb2_grpc

@@ -17,10 +17,9 @@ import pathlib
 
 from gateway import access_log, extras, rate_limits
 from gateway.clusters import clusters
-from gateway.names import (API_KEY_HEADER, AUTH_CLUSTER, CLIENT, DESCRIPTOR_SET, FILTER, HEALTHZ_PATH, JWKS_CLUSTER,
-                           JWT_CLOCK_SKEW_SECONDS, JWT_HEADER_PREFIX, JWT_PAYLOAD_KEY, JWT_PROVIDER, JWT_REQUIREMENT,
-                           MONITORING_CLUSTER, OPS, PIN_HEADER, PRODUCTION_CLUSTER, ROLE_HEADER, SERVED_BY_HEADER,
-                           SUB_HEADER, T, typed)
+from gateway.names import (API_KEY_HEADER, CLIENT, DESCRIPTOR_SET, FILTER, JWKS_CLUSTER, JWT_CLOCK_SKEW_SECONDS,
+                           JWT_HEADER_PREFIX, JWT_PAYLOAD_KEY, JWT_PROVIDER, JWT_REQUIREMENT, OPS, PIN_HEADER,
+                           ROLE_HEADER, SERVED_BY_HEADER, SUB_HEADER, T, typed)
 from gateway.routes import build_routes, transcoded_services
 from services.common import canary_runtime
 from services.common.direct_calls import GATEWAY_HEADER

@@ -9,12 +9,24 @@ and the data folder itself is kept 0700 (`private_folder`).
 """
 from __future__ import annotations
 
+import datetime as dt
 import os
 import pathlib
 
 import sqlalchemy as sa
 
 from services.common.errors import NotReady
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def aware(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite hands back naive datetimes; every time the stores keep is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value
 
 
 def private_folder(path: pathlib.Path) -> pathlib.Path:

@@ -23,8 +23,6 @@ import urllib.request
 from typing import Callable
 
 from services.common import canary_runtime as CR
-from typing import Callable
-
 from services.common.errors import FailedPrecondition, InvalidInput, NotReady
 
 log = logging.getLogger("churn.monitoring.canary")

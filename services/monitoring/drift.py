@@ -85,7 +85,7 @@ class DriftAnalyzer:
 
     def _reference(self, model_version: str, reference_id: str) -> tuple[pd.DataFrame, str]:
         if reference_id:
-            found = self._store.load_reference(reference_id)
+            found = self._store.references.load(reference_id)
             if found is None:
                 raise NotFound(f"reference set {shown(reference_id)} not found (see UploadTrainingData)")
             return found[1].frame, f"dataset {reference_id}"

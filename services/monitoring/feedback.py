@@ -148,4 +148,4 @@ def upload_training_data(store: MonitoringStore, data: bytes, name: str, max_byt
     if blank.any():
         line = parsed.lines[int(blank.argmax())]
         raise InvalidInput(f"csv line {line}: {F.LABEL_COLUMN}", "is blank: training data needs a label per row")
-    return store.save_reference(parsed.frame, parsed.churn, name.strip())
+    return store.references.save(parsed.frame, parsed.churn, name.strip())

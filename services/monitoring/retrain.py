@@ -109,7 +109,7 @@ class Trainer:
                 raise InvalidInput(field, "is not a dataset_id that UploadTrainingData returned (32 hex digits)")
             if dataset_id in spec.dataset_ids[:i]:
                 raise InvalidInput(field, "names the same data set twice")
-            found = self._store.load_reference(dataset_id)
+            found = self._store.references.load(dataset_id)
             if found is None:
                 raise InvalidInput(field, "no uploaded training set has this id")
             record, parsed = found

@@ -1,4 +1,5 @@
-"""The monitoring store (SQLAlchemy Core): the prediction log, feedback labels and uploaded reference sets.
+"""The monitoring store (SQLAlchemy Core): the prediction log and feedback labels (uploaded reference sets are
+`reference_store`'s, the lifecycle's state `lifecycle_store`'s, on the same engine).
 
 SQLite (WAL) is the embedded default, PostgreSQL by URL; the same statements run on both. Inserts are idempotent
 by prediction id through the dialect's `INSERT … ON CONFLICT DO NOTHING`, so a retried outbox batch adds nothing.
@@ -9,19 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import gzip
-import io
-import uuid
 from typing import Iterable, Sequence
 
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from services.common.db import make_engine
+from services.common.db import aware as _aware, make_engine, utcnow
 from services.common import features as F
 from services.common.prediction_record import served_twin
-from services.common.telco_csv import TelcoCsv, parse_telco_csv, typed_frame
+from services.common.telco_csv import typed_frame
+from services.monitoring.reference_store import ReferenceSets
 
 metadata = sa.MetaData()
 
@@ -56,15 +55,6 @@ feedback = sa.Table(
     sa.Column("feedback_at", sa.DateTime(timezone=True), nullable=False),
 )
 
-reference_sets = sa.Table(
-    "reference_sets", metadata,
-    sa.Column("dataset_id", sa.String(64), primary_key=True),
-    sa.Column("name", sa.String(256), nullable=False, default=""),
-    sa.Column("rows", sa.Integer, nullable=False),
-    sa.Column("churn_rows", sa.Integer, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("csv_gzip", sa.LargeBinary, nullable=False),  # the cleaned frame + Churn as gzip'd CSV
-)
 
 # Records the log refused (by the shared rules in services/common/prediction_record.py, or by the database itself):
 # kept whole, with why, so one poison record never blocks the rows around it and nothing is silently dropped.
@@ -84,17 +74,6 @@ dead_letters = sa.Table(
 class RowsRefused(Exception):
     """The database refused a batch for its data (a value too long, a constraint): some row in it is bad, the
     connection is fine. Any other database error is left to propagate (the sender retries the whole batch)."""
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite hands back naive datetimes; every time here is UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.timezone.utc)
-    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,21 +159,13 @@ class LabelledRow:
     feedback_at: dt.datetime
 
 
-@dataclasses.dataclass(frozen=True)
-class ReferenceSet:
-    dataset_id: str
-    name: str
-    rows: int
-    churn_rows: int
-    created_at: dt.datetime
-
-
 class MonitoringStore:
     def __init__(self, url: str):
         self.engine = make_engine(url)
         self._dialect = self.engine.dialect.name
         metadata.create_all(self.engine)
         self._add_missing_columns()
+        self.references = ReferenceSets(self.engine)
 
     def _add_missing_columns(self) -> None:
         """Stores created before `predictions.shadow` or `dead_letters.kind` existed get the column, and the
@@ -413,31 +384,3 @@ class MonitoringStore:
                                 _aware(r[9])) for r in connection.execute(query)]
 
     # ---- reference sets ------------------------------------------------------------------------------------
-    def save_reference(self, frame: pd.DataFrame, churn: pd.Series | None, name: str) -> ReferenceSet:
-        data = frame[list(F.FEATURE_COLUMNS)].copy()
-        churn_rows = 0
-        if churn is not None:
-            data[F.LABEL_COLUMN] = churn.map({True: "Yes", False: "No"}).astype(object).to_numpy()
-            churn_rows = int(churn.fillna(False).astype(bool).sum())
-        buffer = io.BytesIO()
-        with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as handle:
-            handle.write(data.to_csv(index=False).encode())
-        record = ReferenceSet(uuid.uuid4().hex, name, len(data), churn_rows, utcnow())
-        with self.engine.begin() as connection:
-            connection.execute(reference_sets.insert().values(
-                **dataclasses.asdict(record), csv_gzip=buffer.getvalue()))
-        return record
-
-    def load_reference(self, dataset_id: str) -> tuple[ReferenceSet, TelcoCsv] | None:
-        """The stored set as parsed again (`.frame`, and `.churn` for labelled uploads)."""
-        with self.engine.connect() as connection:
-            row = connection.execute(sa.select(reference_sets).where(
-                reference_sets.c.dataset_id == dataset_id)).mappings().first()
-        if row is None:
-            return None
-        data = gzip.decompress(row["csv_gzip"])
-        parsed = parse_telco_csv(data, None, row["rows"] + 1)
-        record = ReferenceSet(row["dataset_id"], row["name"], row["rows"], row["churn_rows"],
-                              _aware(row["created_at"]))
-        return record, parsed
-

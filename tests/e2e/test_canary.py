@@ -11,7 +11,7 @@ from concurrent import futures
 import grpc
 import pytest
 
-from churn.v1 import inference_pb2, monitoring_pb2
+from churn.v1 import inference_pb2
 from tests.harness import ServiceProcess
 
 pytestmark = pytest.mark.integration

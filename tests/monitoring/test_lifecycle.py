@@ -171,7 +171,7 @@ def test_retrain_refuses_bad_requests_naming_the_field(settings, store, registry
 
 def test_an_upload_too_small_to_train_on_is_refused(settings, store, registry):
     data = parse_telco_csv(TELCO_CSV.read_bytes(), None, 10**6)
-    record = store.save_reference(data.frame.iloc[:20], data.churn.iloc[:20], "tiny")
+    record = store.references.save(data.frame.iloc[:20], data.churn.iloc[:20], "tiny")
     trainer = Trainer(settings, store, LS.LifecycleStore(store.engine), registry, Recorder().reload)
     with pytest.raises(InvalidInput, match="at least 50 rows") as bad:
         trainer.start(RetrainSpec(False, [record.dataset_id], False, ""), ADMIN)
@@ -190,7 +190,7 @@ def wait_for(trainer: Trainer, run_id: str, timeout: float = 300) -> LS.Training
 
 def test_a_run_is_a_child_process_one_at_a_time_and_survives_a_monitoring_restart(settings, store, registry):
     data = parse_telco_csv(TELCO_CSV.read_bytes(), None, 10**6)
-    upload = store.save_reference(data.frame.iloc[:800], data.churn.iloc[:800], "first 800")
+    upload = store.references.save(data.frame.iloc[:800], data.churn.iloc[:800], "first 800")
     runs, recorder = LS.LifecycleStore(store.engine), Recorder()
     first = Trainer(settings, store, runs, registry, recorder.reload, poll_seconds=0.2)
     run = first.start(RetrainSpec(False, [upload.dataset_id], False, "sklearn"), ADMIN)

@@ -85,13 +85,13 @@ def test_feedback_by_prediction_and_latest_of_a_customer(store, telco):
 
 
 def test_reference_set_round_trip(store, telco):
-    record = store.save_reference(telco.frame.iloc[:500], telco.churn.iloc[:500], "first upload")
+    record = store.references.save(telco.frame.iloc[:500], telco.churn.iloc[:500], "first upload")
     assert record.rows == 500 and record.churn_rows == int(telco.churn.iloc[:500].sum())
-    loaded, parsed = store.load_reference(record.dataset_id)
+    loaded, parsed = store.references.load(record.dataset_id)
     assert loaded.name == "first upload" and loaded.rows == 500
     pd.testing.assert_frame_equal(parsed.frame, telco.frame.iloc[:500].reset_index(drop=True))
     assert parsed.churn.tolist() == telco.churn.iloc[:500].tolist()
-    assert store.load_reference("unknown") is None
+    assert store.references.load("unknown") is None
 
 
 def test_list_predictions_filters_pages_and_returns_inputs_with_labels(store, telco):
