@@ -143,34 +143,34 @@ def drift_report(output: pathlib.Path = typer.Option(..., "--out", "-o"),
               f"{len(reply.report.data)} bytes of {reply.report.content_type} in {output}")
 
 
+def _print_share(method: str, request) -> None:
+    """Call one of monitoring's share RPCs (canary weight, shadow percent) and print the percent it answers."""
+    cli = current_client()
+    out.print(cli.call(cli.monitoring, method, request).percent)
+
+
 @canary_app.command("get")
 def canary_get():
     """Show the staging share in percent."""
-    cli = current_client()
-    out.print(cli.call(cli.monitoring, "GetCanaryWeight", monitoring_pb2.GetCanaryWeightRequest()).percent)
+    _print_share("GetCanaryWeight", monitoring_pb2.GetCanaryWeightRequest())
 
 
 @canary_app.command("set")
 def canary_set(percent: int = typer.Argument(..., help="0-100")):
     """Send PERCENT of prediction traffic to staging (ops key, admin)."""
-    cli = current_client()
-    reply = cli.call(cli.monitoring, "SetCanaryWeight", monitoring_pb2.SetCanaryWeightRequest(percent=percent))
-    out.print(reply.percent)
+    _print_share("SetCanaryWeight", monitoring_pb2.SetCanaryWeightRequest(percent=percent))
 
 
 @shadow_app.command("get")
 def shadow_get():
     """Show the shadow share in percent."""
-    cli = current_client()
-    out.print(cli.call(cli.monitoring, "GetShadowPercent", monitoring_pb2.GetShadowPercentRequest()).percent)
+    _print_share("GetShadowPercent", monitoring_pb2.GetShadowPercentRequest())
 
 
 @shadow_app.command("set")
 def shadow_set(percent: int = typer.Argument(..., help="0-100")):
     """Copy PERCENT of production's prediction requests to staging (ops key, admin)."""
-    cli = current_client()
-    reply = cli.call(cli.monitoring, "SetShadowPercent", monitoring_pb2.SetShadowPercentRequest(percent=percent))
-    out.print(reply.percent)
+    _print_share("SetShadowPercent", monitoring_pb2.SetShadowPercentRequest(percent=percent))
 
 
 @users_app.command("list")

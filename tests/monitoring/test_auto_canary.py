@@ -157,13 +157,18 @@ def test_a_good_candidate_is_promoted_and_a_bad_one_rolled_back_across_restarts(
         (LS.CANARY_WEIGHT, 10, "")]
 
 
-def test_a_promote_whose_reload_failed_is_finished_at_the_next_tick(world):
-    auto = world.restart()
-    world.registry.set_alias(R.ALIAS_STAGING, "2")
+def through_every_step(world, auto, version: str) -> None:
+    """Stage `version` and give it good traffic at each step, so the last tick judges its last step."""
+    world.registry.set_alias(R.ALIAS_STAGING, version)
     auto.tick()
     for _ in STEPS[1:]:
-        traffic(world, "2", good=True)
+        traffic(world, version, good=True)
         auto.tick()
+
+
+def test_a_promote_whose_reload_failed_is_finished_at_the_next_tick(world):
+    auto = world.restart()
+    through_every_step(world, auto, "2")
     assert world.weights[-1] == 100
     world.failing_reload = True
     with pytest.raises(NotReady, match="did not reload"):
@@ -180,11 +185,7 @@ def test_a_promote_whose_reload_failed_is_finished_at_the_next_tick(world):
 def test_with_auto_promote_off_a_candidate_keeps_its_last_step(world):
     world.promote = False
     auto = world.restart()
-    world.registry.set_alias(R.ALIAS_STAGING, "2")
-    auto.tick()
-    for _ in STEPS[1:]:
-        traffic(world, "2", good=True)
-        auto.tick()
+    through_every_step(world, auto, "2")
     assert auto.tick() == "version 2 holds at 100%"
     assert world.restart().tick() is None and world.weights[-1] == 100
     assert world.alias(R.ALIAS_PRODUCTION) == "1" and world.reloads == []
