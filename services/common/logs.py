@@ -39,6 +39,7 @@ def configure(service: str, level: str = "INFO") -> logging.Logger:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.captureWarnings(True)  # library warnings (numpy, Evidently) become JSON lines too, not raw stderr text
     return logging.getLogger(service)
 
 

@@ -159,6 +159,11 @@ class LabelledRow:
     feedback_at: dt.datetime
 
 
+def _chunks(ids: list[str], size: int = 500) -> Iterable[list[str]]:
+    """`ids` in slices small enough for one `IN (...)` on every database."""
+    return (ids[start:start + size] for start in range(0, len(ids), size))
+
+
 class MonitoringStore:
     def __init__(self, url: str):
         self.engine = make_engine(url)
@@ -283,21 +288,26 @@ class MonitoringStore:
 
     def shadow_pairs_since(self, staging_version: str, production_version: str, since: dt.datetime) -> pd.DataFrame:
         """The staging version's shadow predictions since `since`, each beside production's answer to the same
-        request and row (same request id, `<id>-<row>` against `<id>-shadow-<row>`): both probabilities and
-        latencies, and the label of production's answer (the one the customer got). Shadow rows whose twin is
-        missing (not shipped yet, or answered by another production version) are left out."""
-        staging, live = predictions.alias("staging"), predictions.alias("live")
-        query = (sa.select(staging.c.prediction_id, staging.c.probability, staging.c.latency_ms, live.c.prediction_id,
-                           live.c.probability, live.c.latency_ms, feedback.c.actual_churn)
-                 .join(live, sa.and_(live.c.request_id == staging.c.request_id, live.c.shadow.is_(False),
-                                     live.c.model_alias == "production", live.c.model_version == production_version))
-                 .join(feedback, feedback.c.prediction_id == live.c.prediction_id, isouter=True)
-                 .where(staging.c.shadow.is_(True), staging.c.model_alias == "staging",
-                        staging.c.model_version == staging_version, staging.c.predicted_at >= since,
-                        staging.c.request_id != ""))
+        request and row (`<id>-shadow-<row>` against `<id>-<row>`): both probabilities and latencies, and the label
+        of production's answer (the one the customer got). Shadow rows whose twin is missing (not shipped yet, or
+        answered by another production version) are left out. Twins are looked up by prediction id, so a request
+        of n rows costs n lookups (joining on the request id alone would pair every row with every row: n²)."""
+        shadows = (sa.select(predictions.c.prediction_id, predictions.c.probability, predictions.c.latency_ms)
+                   .where(predictions.c.shadow.is_(True), predictions.c.model_alias == "staging",
+                          predictions.c.model_version == staging_version, predictions.c.predicted_at >= since,
+                          predictions.c.request_id != ""))
+        answered = (sa.select(predictions.c.prediction_id, predictions.c.probability, predictions.c.latency_ms,
+                              feedback.c.actual_churn)
+                    .join(feedback, feedback.c.prediction_id == predictions.c.prediction_id, isouter=True)
+                    .where(predictions.c.shadow.is_(False), predictions.c.model_alias == "production",
+                           predictions.c.model_version == production_version))
         with self.engine.connect() as connection:
-            rows = [r for r in connection.execute(query).all() if served_twin(r[0]) == r[3]]
-        return pd.DataFrame([r[1:3] + r[4:] for r in rows], columns=[
+            twins = {served_twin(pid): (p, latency) for pid, p, latency in connection.execute(shadows)}
+            twins.pop(None, None)
+            rows = [twins[pid] + (p, latency, label) for chunk in _chunks(list(twins))
+                    for pid, p, latency, label in connection.execute(
+                        answered.where(predictions.c.prediction_id.in_(chunk)))]
+        return pd.DataFrame(rows, columns=[
             "staging_probability", "staging_latency_ms", "production_probability", "production_latency_ms",
             "actual_churn"])
 
@@ -332,8 +342,7 @@ class MonitoringStore:
         found: set[str] = set()
         ids = list(dict.fromkeys(ids))
         with self.engine.connect() as connection:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
+            for chunk in _chunks(ids):
                 found.update(connection.execute(
                     sa.select(predictions.c.prediction_id).where(predictions.c.prediction_id.in_(chunk))).scalars())
         return found
@@ -346,8 +355,7 @@ class MonitoringStore:
         latest = (sa.select(predictions.c.customer_id, sa.func.max(predictions.c.seq).label("seq"))
                   .where(predictions.c.shadow.is_(False)).group_by(predictions.c.customer_id).subquery())
         with self.engine.connect() as connection:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
+            for chunk in _chunks(ids):
                 query = (sa.select(predictions.c.customer_id, predictions.c.prediction_id)
                          .join(latest, predictions.c.seq == latest.c.seq)
                          .where(latest.c.customer_id.in_(chunk)))

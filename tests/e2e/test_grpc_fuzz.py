@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import grpc
+import grpc_predict_v2_pb2_grpc
 import pytest
 from churn.v1 import auth_pb2
 from hypothesis import HealthCheck, given, settings as hsettings
@@ -45,10 +46,11 @@ def report_total():
 @pytest.mark.parametrize("path", ROUTED)
 def test_no_generated_request_gets_a_server_fault_through_the_gateway(suite, credentials, path):
     entry = access_table()[path]
-    _, inference, monitoring = suite.stubs()
-    auth = suite.stubs()[0]
+    auth, inference, monitoring = suite.stubs()
     stub = {"churn.v1.AuthService": auth, "churn.v1.InferenceService": inference,
-            "churn.v1.MonitoringService": monitoring}[entry.service]
+            "churn.v1.MonitoringService": monitoring,
+            "inference.GRPCInferenceService": grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(suite.channel())
+            }[entry.service]
     method = getattr(stub, entry.method)
     metadata = credentials["admin" if "admin" in entry.roles or entry.public else "service"]
     request_type = auth_pb2.DESCRIPTOR.pool.FindMethodByName(f"{entry.service}.{entry.method}").input_type

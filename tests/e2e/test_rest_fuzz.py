@@ -21,10 +21,11 @@ from tests.fuzz.test_rpc_fuzz import message_of
 
 pytestmark = pytest.mark.integration
 EXAMPLES = max(5, int(os.environ.get("FUZZ_EXAMPLES", "20")) // 2)
-# Calls that change the shared suite's state for every other test (the canary weight, the signing keys, which
+# Calls that change the shared suite's state for every other test (the canary weight, the shadow share — a share
+# left at 72 % once mirrored a 7,043-row CSV whose analysis ran monitoring out of memory —, the signing keys, which
 # version an alias serves: a generated Promote with no version promotes staging). They are fuzzed in-process over
 # a copy of the registry (tests/fuzz), and through Envoy by their own tests.
-SKIPPED = {"SetCanaryWeight", "RotateKeys", "ReloadModel", "Retrain", "Promote", "Rollback"}
+SKIPPED = {"SetCanaryWeight", "SetShadowPercent", "RotateKeys", "ReloadModel", "Retrain", "Promote", "Rollback"}
 BINDINGS = [(path, b.verb, b.template) for path, items in sorted(http_bindings().items()) for b in items
             if access_table()[path].routing != "internal" and access_table()[path].method not in SKIPPED]
 
