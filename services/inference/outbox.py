@@ -18,7 +18,7 @@ import pathlib
 import sqlite3
 import threading
 import time
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from services.common.db import private_file
 from services.common.errors import NotReady
@@ -173,14 +173,15 @@ class Outbox:
                 rows.append(OutboxRow(*row))
             return rows
 
-    def acknowledge(self, rows: Iterable[OutboxRow]) -> int:
-        """Delete records monitoring has stored; returns how many predictions went."""
-        rows = list(rows)
+    def _remove(self, rows: Iterable[OutboxRow], before: Callable[[OutboxRow], None] = lambda row: None) -> int:
+        """Delete records from the queue in one transaction (after `before(row)` for each); returns how many
+        predictions went, and the backlog gauge follows."""
+        deleted = 0
         with self._reader_lock:
-            deleted = 0
             self._reader.execute("BEGIN IMMEDIATE")
             try:
                 for row in rows:
+                    before(row)
                     deleted += row.predictions * self._reader.execute("DELETE FROM outbox WHERE seq = ?",
                                                                       (row.seq,)).rowcount
                 self._reader.execute("COMMIT")
@@ -190,21 +191,15 @@ class Outbox:
         self._adjust_backlog(-deleted)
         return deleted
 
+    def acknowledge(self, rows: Iterable[OutboxRow]) -> int:
+        """Delete records monitoring has stored; returns how many predictions went."""
+        return self._remove(list(rows))
+
     def set_aside(self, row: OutboxRow, reason: str) -> None:
         """Move one record monitoring refused out of the queue, with why."""
-        with self._reader_lock:
-            self._reader.execute("BEGIN IMMEDIATE")
-            try:
-                self._reader.execute("INSERT OR REPLACE INTO set_aside (seq, prediction_id, record, reason, "
-                                     "set_aside_at, kind) VALUES (?, ?, ?, ?, ?, ?)",
-                                     (row.seq, row.prediction_id, row.record, reason[:500], time.time(), row.kind))
-                deleted = row.predictions * self._reader.execute("DELETE FROM outbox WHERE seq = ?",
-                                                                 (row.seq,)).rowcount
-                self._reader.execute("COMMIT")
-            except BaseException:
-                self._reader.execute("ROLLBACK")
-                raise
-        self._adjust_backlog(-deleted)
+        self._remove([row], lambda r: self._reader.execute(
+            "INSERT OR REPLACE INTO set_aside (seq, prediction_id, record, reason, set_aside_at, kind) "
+            "VALUES (?, ?, ?, ?, ?, ?)", (r.seq, r.prediction_id, r.record, reason[:500], time.time(), r.kind)))
 
     def set_aside_rows(self) -> list[tuple[str, str]]:
         """(prediction id, reason) of every row set aside."""

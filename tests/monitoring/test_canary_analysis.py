@@ -59,16 +59,21 @@ def rows(alias: str, version: str, p: np.ndarray, start: int) -> list[Prediction
                           alias, 2.0 + i % 10, now - dt.timedelta(seconds=i), "r") for i, v in enumerate(p)]
 
 
-def test_both_sides_figures_from_the_log(tmp_path):
-    settings = Settings.from_env({"DATA_DIR": str(tmp_path / "var"), "MODEL_NAME": "analysis-test",
-                                  "CANARY_MIN_PREDICTIONS": "100"})
+def analysis_world(settings: Settings, tmp_path):
+    """A store, a registry of three empty versions with production on 1, and the analyzer over both."""
     registry = R.ModelRegistry(mlflow_config.tracking_uri(settings), settings.model_name)
     store = MonitoringStore(f"sqlite:///{tmp_path / 'monitoring.db'}")
-    analyzer = CA.CanaryAnalyzer(store, registry, settings, error_rate=lambda alias: 0.0)
     registry.client.create_registered_model(registry.name)
     for _ in range(3):
         registry.client.create_model_version(registry.name, source="file:///nowhere")
     registry.set_alias(R.ALIAS_PRODUCTION, "1")
+    return store, registry, CA.CanaryAnalyzer(store, registry, settings, error_rate=lambda alias: 0.0)
+
+
+def test_both_sides_figures_from_the_log(tmp_path):
+    settings = Settings.from_env({"DATA_DIR": str(tmp_path / "var"), "MODEL_NAME": "analysis-test",
+                                  "CANARY_MIN_PREDICTIONS": "100"})
+    store, registry, analyzer = analysis_world(settings, tmp_path)
     with pytest.raises(FailedPrecondition, match="staging"):
         analyzer.analyze(0)
     registry.set_alias(R.ALIAS_STAGING, "3")
@@ -103,13 +108,7 @@ def test_shadow_rows_are_judged_against_productions_answers_to_the_same_requests
     answers stay out."""
     settings = Settings.from_env({"DATA_DIR": str(tmp_path / "var"), "MODEL_NAME": "shadow-test",
                                   "CANARY_MIN_PREDICTIONS": "100", "CANARY_MIN_LABELLED": "50"})
-    registry = R.ModelRegistry(mlflow_config.tracking_uri(settings), settings.model_name)
-    store = MonitoringStore(f"sqlite:///{tmp_path / 'monitoring.db'}")
-    analyzer = CA.CanaryAnalyzer(store, registry, settings, error_rate=lambda alias: 0.0)
-    registry.client.create_registered_model(registry.name)
-    for _ in range(3):
-        registry.client.create_model_version(registry.name, source="file:///nowhere")
-    registry.set_alias(R.ALIAS_PRODUCTION, "1")
+    store, registry, analyzer = analysis_world(settings, tmp_path)
     registry.set_alias(R.ALIAS_STAGING, "3")
 
     rng = np.random.default_rng(5)
