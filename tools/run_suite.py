@@ -18,6 +18,7 @@ the ports its first start reported, so Envoy's config and every peer stay right.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
@@ -26,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -39,6 +41,21 @@ READY_TIMEOUT = float(os.environ.get("READY_TIMEOUT_SECONDS", "240"))
 START_SECONDS = 3  # up this long = started; an earlier exit counts as a failed start (backoff)
 START_RETRIES = 10
 BANNER_PROMPT = "$ "  # marks the banner's commands (tests run them as printed)
+UNIX_PATH_MAX = 100  # sun_path holds 108 bytes on Linux, 104 on macOS; keep clear of both
+
+
+def control_socket(folder: pathlib.Path) -> pathlib.Path:
+    """supervisord's control socket: in its folder, unless that path is too long for a Unix socket (a deep
+    DATA_DIR: supervisord would refuse to start) — then in a private folder under the temp dir named after it."""
+    socket = folder.resolve() / "supervisor.sock"
+    if len(os.fsencode(socket)) <= UNIX_PATH_MAX:
+        return socket
+    digest = hashlib.sha256(os.fsencode(socket)).hexdigest()[:16]
+    short = pathlib.Path(tempfile.gettempdir()) / f"churn-supervisor-{digest}"
+    short.mkdir(mode=0o700, exist_ok=True)
+    if short.stat().st_uid != os.geteuid() or short.stat().st_mode & 0o077:
+        raise SystemExit(f"run_suite: {short} exists and is not this user's private folder")
+    return short / "supervisor.sock"
 
 
 def stop_wait_seconds(settings: Settings) -> int:
@@ -62,12 +79,13 @@ def supervisor_config(folder: pathlib.Path, processes: dict[str, str], ports_dir
     """supervisord.conf: in the foreground, its own log and every child's output on stdout, a private control
     socket, and per process: restart always, start backoff, SIGTERM with time to drain, its port file."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    socket = control_socket(folder)
     lines = ["[supervisord]", "nodaemon=true", "logfile=/dev/stdout", "logfile_maxbytes=0", "loglevel=info",
              f"pidfile={folder / 'supervisord.pid'}", f"childlogdir={folder}", "",
-             "[unix_http_server]", f"file={folder / 'supervisor.sock'}", "chmod=0700", "",
+             "[unix_http_server]", f"file={socket}", "chmod=0700", "",
              "[rpcinterface:supervisor]",
              "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",
-             "[supervisorctl]", f"serverurl=unix://{folder / 'supervisor.sock'}", ""]
+             "[supervisorctl]", f"serverurl=unix://{socket}", ""]
     for name, command in processes.items():
         lines += [f"[program:{name}]", f"command={command}", f"directory={ROOT}", "autostart=true",
                   f'environment=PORT_FILE="{ports_dir / name}.json"',
