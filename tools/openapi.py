@@ -6,6 +6,9 @@ CodeGeneratorRequest directly, with presence markers dropped (every JSON field i
   - every error response is `google.rpc.Status` — what Envoy's transcoder answers for a gRPC error
     (`convert_grpc_status`), with BadRequest field violations in `details`;
   - the API-key and bearer-token schemes are declared;
+  - google.api.HttpBody is described as it travels (the plugin shows it as a JSON object): a raw `text/csv` body in,
+    with the request's other fields as query parameters (the plugin lists none for a POST), and the report or key
+    set out in its own content types;
   - the page: Swagger UI from npm's swagger-ui-dist (installed by `make docs-tools`) copied beside the document.
 Writes gen/openapi/ (git-ignored, generated): churn.swagger.json, index.html, swagger-ui-bundle.js, swagger-ui.css.
 """
@@ -28,6 +31,16 @@ PLUGIN = "protoc-gen-swagger"
 SWAGGER_UI = ROOT / ".tools" / "node_modules" / "swagger-ui-dist"
 ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css")
 API_KEY_HEADER = "x-api-key"
+HTTP_BODY = "#/definitions/apiHttpBody"
+# Every HttpBody request here is a CSV (DESIGN clarification 19); what each HttpBody response is sent as.
+RAW_REQUEST = "text/csv"
+RAW_RESPONSES = {"GetJwks": ["application/json"], "GetDriftReport": ["text/html", "application/json"]}
+F = descriptor_pb2.FieldDescriptorProto
+# protoc-gen-swagger's spelling of scalar query parameters
+QUERY_TYPES = {F.TYPE_STRING: ("string", None), F.TYPE_BOOL: ("boolean", "boolean"), F.TYPE_INT32: ("integer", "int32"),
+               F.TYPE_UINT32: ("integer", "int64"), F.TYPE_INT64: ("string", "int64"),
+               F.TYPE_UINT64: ("string", "uint64"), F.TYPE_DOUBLE: ("number", "double"),
+               F.TYPE_FLOAT: ("number", "float"), F.TYPE_ENUM: ("string", None)}
 
 STATUS = {
     "type": "object",
@@ -100,6 +113,7 @@ def document(descriptor_set: pathlib.Path = DESCRIPTOR_SET) -> dict:
         "bearer": {"type": "apiKey", "in": "header", "name": "Authorization",
                    "description": "Bearer <access_token from POST /v1/auth/token>"}}
     _apply_access(spec)
+    _raw_bodies(spec, descriptor_set)
     return spec
 
 
@@ -129,6 +143,49 @@ def _apply_access(spec: dict) -> None:
                                                  "schema": {"$ref": "#/definitions/rpcStatus"}}
         if not operations:
             del spec["paths"][path]
+
+
+def _raw_bodies(spec: dict, descriptor_set: pathlib.Path) -> None:
+    """HttpBody as Envoy's transcoder sends it: the raw bytes, not a {content_type, data} object."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes()).file
+    messages = {f".{f.package}.{m.name}": m for f in files for m in f.message_type}
+    inputs = {(s.name, m.name): m.input_type for f in files for s in f.service for m in s.method}
+    comments = _field_comments(files)
+    for path, operations in spec["paths"].items():
+        for operation in operations.values():
+            method = operation["operationId"].rstrip("0123456789")
+            parameters = operation.get("parameters", [])
+            body = next((p for p in parameters if p.get("schema", {}).get("$ref") == HTTP_BODY), None)
+            if body:
+                body["schema"] = {"type": "string", "description": "The CSV itself, raw (not JSON)."}
+                operation["consumes"] = [RAW_REQUEST]
+                request = inputs[(operation["tags"][0], method)]
+                named = {p["name"] for p in parameters}
+                for field in messages[request].field:
+                    if field.type_name != ".google.api.HttpBody" and field.name not in named:
+                        kind, form = QUERY_TYPES[field.type]  # a message-typed field would need a JSON body
+                        parameters.append({"name": field.name, "in": "query", "required": False, "type": kind}
+                                          | ({"format": form} if form else {})
+                                          | ({"description": comments[request, field.name]}
+                                             if (request, field.name) in comments else {}))
+            if operation["responses"]["200"].get("schema", {}).get("$ref") == HTTP_BODY:
+                if method not in RAW_RESPONSES:
+                    raise SystemExit(f"{path}: an HttpBody response; name its content types in RAW_RESPONSES")
+                operation["produces"] = RAW_RESPONSES[method]
+                operation["responses"]["200"]["schema"] = {"description": "The raw body, in a type `produces` names."}
+
+
+def _field_comments(files) -> dict[tuple[str, str], str]:
+    """(message, field) → the field's leading comment, from the descriptor set's source info (top-level messages)."""
+    comments = {}
+    for file in files:
+        for place in file.source_code_info.location:
+            path = list(place.path)  # 4 = message_type, 2 = field
+            if len(path) == 4 and path[0] == 4 and path[2] == 2 and place.leading_comments:
+                message = file.message_type[path[1]]
+                key = (f".{file.package}.{message.name}", message.field[path[3]].name)
+                comments[key] = place.leading_comments.strip()
+    return comments
 
 
 def build(out: pathlib.Path = OUT) -> pathlib.Path:

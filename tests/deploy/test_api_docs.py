@@ -52,6 +52,21 @@ def test_errors_are_google_rpc_status_and_public_routes_need_only_the_key(spec):
     assert spec["paths"]["/v1/predict"]["post"]["security"] == [{"apiKey": [], "bearer": []}]
 
 
+def test_http_bodies_are_described_as_they_travel(spec):
+    """HttpBody goes raw through Envoy's transcoder: CSV in (other fields in the query), the report as HTML or JSON."""
+    for path, operations in spec["paths"].items():
+        for verb, operation in operations.items():
+            bodies = [p.get("schema") for p in operation.get("parameters", [])] + [operation["responses"]["200"]]
+            assert "#/definitions/apiHttpBody" not in json.dumps(bodies), (verb, path)
+    predict_csv = spec["paths"]["/v1/predict:csv"]["post"]
+    assert predict_csv["consumes"] == ["text/csv"]
+    assert {(p["in"], p["name"]) for p in predict_csv["parameters"]} == {("body", "body"), ("query", "explain_top_k")}
+    upload = spec["paths"]["/v1/data/training"]["post"]
+    assert upload["consumes"] == ["text/csv"] and "name" in {p["name"] for p in upload["parameters"]}
+    assert spec["paths"]["/v1/monitoring/drift"]["get"]["produces"] == ["text/html", "application/json"]
+    assert spec["paths"]["/.well-known/jwks.json"]["get"]["produces"] == ["application/json"]
+
+
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
     require(openapi.PLUGIN, "docs-tools")

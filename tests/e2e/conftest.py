@@ -252,3 +252,11 @@ def limited_gateway(suite) -> EnvoyProcess:
     gateway = EnvoyProcess("envoy_limited", Settings.from_env(env), suite.workdir).wait_ready()
     yield gateway
     gateway.stop()
+
+
+def pytest_itemcollected(item):
+    """schemathesis (4.32) makes one item per REST operation, but under pytest 9.2 all get the bare test's node id:
+    give each its operation (`test_rest_fuzz.py::test_…[GET /v1/canary]`), so failures and durations say which."""
+    label = getattr(item, "operation_label", None)
+    if label and item.id.params is None:
+        item._id = item.id.with_params(label)
