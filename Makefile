@@ -63,12 +63,12 @@ secrets: setup
 run: setup model secrets
 	$(PY) -m tools.run_suite
 
+TEST_WORKERS ?= 2
 # Random order (module buckets, the seed printed in the header: rerun one order with
 # PYTEST_ARGS=--random-order-seed=N) and the 25 slowest steps; pytest's exit 5 (no tests) fails like any other.
 # TEST_WORKERS pytest-xdist processes (a whole file stays on one worker, so a file's own suite starts once); most
 # of the suite waits on real processes, so two workers on two cores cut the wall time. TEST_WORKERS=0: one process.
 # bench-tools: the short benchmark test (tests/bench) drives the suite with h2load and wrk.
-TEST_WORKERS ?= 2
 test: setup bench-tools
 	$(PY) -m pytest --random-order --durations=25 -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 

@@ -56,6 +56,13 @@ class WorkerGroup:
         return [(self._folder / f"w{i}").read_text() if (self._folder / f"w{i}").exists() else ""
                 for i in range(self.count)]
 
+    def listening(self) -> None:
+        """Mark this worker as accepting connections on the shared port (its model is loaded by then)."""
+        (self._folder / f"listening-w{self.index}").touch()
+
+    def all_listening(self) -> bool:
+        return all((self._folder / f"listening-w{i}").exists() for i in range(self.count))
+
     def reload_siblings(self, version: str) -> bool:
         """Ask the parent to signal every worker, then wait until all serve `version`; False on timeout."""
         os.kill(os.getppid(), signal.SIGUSR1)
@@ -85,6 +92,7 @@ def _run_worker(settings: Settings, index: int, count: int, port: int) -> None:
     parts = dataclasses.replace(app.build_parts(settings, alias), port=port, http_port=None,
                                 outbox_file=app.outbox_path(settings, alias, worker=index), group=group)
     inference = app.start(settings, remote_verifier(settings), parts)
+    group.listening()
     reload_wanted = threading.Event()
 
     def reload_when_asked() -> None:
@@ -99,6 +107,18 @@ def _run_worker(settings: Settings, index: int, count: int, port: int) -> None:
     threading.Thread(target=reload_when_asked, name="sibling-reload", daemon=True).start()
     signal.signal(signal.SIGUSR1, lambda *_: reload_wanted.set())
     serve_until_signalled(inference.host, settings, on_stop=inference.close)
+
+
+def _wait_all_loaded(group: WorkerGroup, workers: dict[int, multiprocessing.Process],
+                     stopping: threading.Event) -> None:
+    """The port file says "ready" to peers, Envoy's renderer and tests: write it once every worker listens (a pool
+    worker loads its model first), not when the first one answers health — until then the kernel gives every
+    connection to the workers already there. A worker that dies while starting ends the wait: the supervision loop
+    restarts it."""
+    while not stopping.is_set() and not group.all_listening():
+        if any(not process.is_alive() for process in workers.values()):
+            return
+        time.sleep(0.05)
 
 
 def _reserve_port(host: str, port: int) -> socket.socket:
@@ -145,6 +165,7 @@ def serve(settings: Settings, count: int) -> int:
         signal.signal(sig, lambda *_: stopping.set())
     for index in range(count):
         start(index)
+    _wait_all_loaded(WorkerGroup(folder, -1, count), workers, stopping)
     write_port_file(settings.port_file, port, http.port)
     log.info("workers started", extra=fields(workers=count, grpc_port=port, http_port=http.port))
     backoff = {index: RESTART_BACKOFF[0] for index in range(count)}

@@ -12,7 +12,7 @@ def test_make_help_describes_every_target():
     done = subprocess.run(["make", "--no-print-directory", "help"], cwd=ROOT, capture_output=True, text=True,
                           timeout=30)
     assert done.returncode == 0, done.stderr
-    listed = dict(re.findall(r"^  (\S+)\s+(.*)$", done.stdout, re.M))
+    listed = dict(re.findall(r"^  (\S+)[ \t]*(.*)$", done.stdout, re.M))
     targets = set(re.findall(r"^([a-z][a-z0-9-]*):", (ROOT / "Makefile").read_text(), re.M))
     assert targets and set(listed) == targets
     assert all(listed[name].strip() for name in ("run", "test", "help", "setup")), listed
