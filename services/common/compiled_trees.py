@@ -31,7 +31,7 @@ PARITY_TOLERANCE = 1e-6
 
 class CompiledModel:
     """P(churn) from the compiled trees (one TL2cgen predictor per serving thread: a predictor is not meant to
-    be shared between concurrent calls); margin and contributions from the native model."""
+    be shared between concurrent calls); margin (with its probability) and contributions from the native model."""
 
     def __init__(self, native: NativeModel, library: pathlib.Path, native_above: int | None | str = "by flavour"):
         self.flavor = native.flavor
@@ -57,6 +57,9 @@ class CompiledModel:
 
     def margin(self, X: np.ndarray) -> np.ndarray:
         return self.native.margin(X)
+
+    def margin_and_probability(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.native.margin_and_probability(X)
 
     def contributions(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.native.contributions(X)

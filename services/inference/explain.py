@@ -64,6 +64,26 @@ def field_values(row: np.ndarray) -> list[str]:
     return [field_value(row, i) for i in range(len(F.FEATURES))]
 
 
+def _column_values(X: np.ndarray, index: int) -> list[str]:
+    """`field_value` of feature `index` for every row of X at once: categories picked by one argmax over the
+    block, each distinct number formatted once."""
+    spec = F.FEATURES[index]
+    cells = X[:, _SLICES[index]]
+    if spec.kind == F.CATEGORICAL:
+        return [spec.categories[i] for i in cells.argmax(axis=1).tolist()]
+    if spec.kind == F.BOOLEAN:
+        return [spec.categories[i] for i in (cells[:, 0] >= 0.5).tolist()]
+    distinct, where = np.unique(cells[:, 0], return_inverse=True)
+    spelled = [_number(float(v), whole=spec.name == "tenure") for v in distinct.tolist()]
+    return [spelled[i] for i in where.tolist()]
+
+
+def rows_values(X: np.ndarray) -> list[tuple[str, ...]]:
+    """`field_values` of every row of X, decoded column by column (a full explanation of a large batch spells
+    19 values a row: per row and per cell that was the largest cost beside TreeSHAP itself)."""
+    return list(zip(*(_column_values(X, i) for i in range(len(F.FEATURES)))))
+
+
 def top_reasons(contributions: Contributions, X: np.ndarray, k: int) -> list[list[tuple[str, str, float]]]:
     """Per row, the k fields with the largest |contribution|: (field, value in CSV spelling, contribution)."""
     k = min(k, len(F.FEATURES))

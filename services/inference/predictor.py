@@ -163,24 +163,25 @@ class Predictor:
             raise ResourceExhausted(f"the reply would be {size} bytes, the limit is {self.limits.max_reply_bytes}: "
                                     f"send fewer rows{' or a smaller explain_top_k' if explain_top_k else ''}")
 
-    def explain(self, customers: Sequence[common_pb2.Customer]) -> tuple[list[inference_pb2.Explanation], LoadedModel]:
-        """Full TreeSHAP per customer field; base + Σ shap_value == margin (log-odds for both flavours)."""
+    def explain(self, customers: Sequence[common_pb2.Customer]) -> inference_pb2.ExplainResponse:
+        """Full TreeSHAP per customer field; base + Σ shap_value == margin (log-odds for both flavours). Built
+        with `add` straight into the response: a message built apart and then passed in is copied."""
         self._check_rows(len(customers), "customers")
         X = F.encode_customers(customers, label="customers")
         model = self._holder.current
         contributions = model.contributions(X)
-        margins = np.asarray(model.native.margin(X), dtype=np.float64)
-        probabilities = np.asarray(model.native.probability(X), dtype=np.float64)
-        explanations = []
-        for r, customer in enumerate(customers):
-            values = explain.field_values(X[r])
-            explanations.append(inference_pb2.Explanation(
-                customer_id=customer.customer_id, base_value=float(contributions.base[r]), margin=float(margins[r]),
-                probability=float(probabilities[r]),
-                contributions=[inference_pb2.FeatureContribution(feature=name, value=values[i],
-                                                                 shap_value=float(contributions.fields[r, i]))
-                               for i, name in enumerate(F.FEATURE_NAMES)]))
-        return explanations, model
+        margins, probabilities = model.native.margin_and_probability(X)
+        response = inference_pb2.ExplainResponse(model=model_ref(model))
+        add = response.explanations.add
+        for customer, base, margin, probability, shap_values, values in zip(
+                customers, contributions.base.tolist(), np.asarray(margins, dtype=np.float64).tolist(),
+                np.asarray(probabilities, dtype=np.float64).tolist(), contributions.fields.tolist(),
+                explain.rows_values(X)):
+            contribution = add(customer_id=customer.customer_id, base_value=base, margin=margin,
+                               probability=probability).contributions.add
+            for name, value, shap_value in zip(F.FEATURE_NAMES, values, shap_values):
+                contribution(feature=name, value=value, shap_value=shap_value)
+        return response
 
     def model_info(self, alias: str) -> inference_pb2.GetModelInfoResponse:
         self._holder.check_alias(alias)

@@ -60,8 +60,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 yield inference_pb2.StreamPredictResponse(message_id=message.message_id, error=status_for(error))
 
     def Explain(self, request, context):
-        explanations, model = self._predictor.explain(request.customers)
-        return inference_pb2.ExplainResponse(explanations=explanations, model=model_ref(model))
+        return self._predictor.explain(request.customers)
 
     def SuggestRetention(self, request, context):
         levers, model = self._advisor.suggest(request.customers, request.top_k)
