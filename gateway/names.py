@@ -83,3 +83,20 @@ def typed(type_name: str, **fields) -> dict:
 
 def disabled() -> dict:
     return typed("type.googleapis.com/envoy.config.route.v3.FilterConfig", disabled=True)
+
+
+def only_with_header(extension: dict, header: str, response: bool = False) -> dict:
+    """An HTTP filter's typed config wrapped so that Envoy skips the filter (never calls it) unless the request — or,
+    with `response`, the response — carries `header`: a filter needed on a few calls costs the rest nothing. A
+    response-header condition is decided when the response headers arrive (the request side still runs)."""
+    kind = "HttpResponseHeaderMatchInput" if response else "HttpRequestHeaderMatchInput"
+    has_header = {"single_predicate": {
+        "input": {"name": header, "typed_config": typed(f"type.googleapis.com/envoy.type.matcher.v3.{kind}",
+                                                        header_name=header)},
+        "value_match": {"safe_regex": {"google_re2": {}, "regex": ".*"}}}}
+    skip = {"action": {"name": "skip", "typed_config": typed(
+        "type.googleapis.com/envoy.extensions.filters.common.matcher.action.v3.SkipFilter")}}
+    return typed("type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher",
+                 extension_config={"name": extension["@type"].rsplit(".", 1)[-1], "typed_config": extension},
+                 xds_matcher={"matcher_list": {"matchers": [{"predicate": {"not_matcher": has_header},
+                                                             "on_match": skip}]}})
