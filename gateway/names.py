@@ -21,6 +21,10 @@ JWT_PAYLOAD_KEY = "jwt_payload"
 JWT_PROVIDER = "churn_auth"
 # Envoy's default leeway on exp/nbf is 60 s: an expired token would pass the gateway for a minute (services allow 0).
 JWT_CLOCK_SKEW_SECONDS = 5
+# Verified tokens each Envoy worker remembers (LRU, keyed by the whole token): a repeat call skips the ES256
+# signature check, still checks issuer, audience and expiry (with the skew above). Tokens signed with a retired key
+# stay valid until they expire either way (DESIGN: retired keys stay published until then).
+JWT_CACHE_SIZE = 1000
 METADATA_NS = "churn"  # endpoint metadata namespace (the alias an inference host serves)
 JWT_REQUIREMENT = "token"
 REFLECTION_SERVICES = ("grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection")
