@@ -259,6 +259,17 @@ def test_settings_flow_into_the_config(config, settings):
     assert text.count("client-key-1") == 1 and text.count("ops-key-1") == 1  # each key written once
 
 
+def test_inference_calls_get_an_upstream_connection_each(config):
+    """An inference instance's worker processes share one port and the kernel spreads connections over them: Envoy
+    must not multiplex every call over one HTTP/2 connection to an inference host (other services: one process)."""
+    options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    streams = {c["name"]: c["typed_extension_protocol_options"][options]["explicit_http_config"]
+               ["http2_protocol_options"].get("max_concurrent_streams")
+               for c in config["static_resources"]["clusters"] if options in c.get("typed_extension_protocol_options", {})}
+    assert streams == {"auth": None, "monitoring": None, "inference_production": 1, "inference_production_hosts": 1,
+                       "inference_staging_hosts": 1}
+
+
 def test_no_default_keys(env):
     for missing in ("API_KEY", "OPS_API_KEY"):
         broken = dict(env, **{missing: ""})
