@@ -106,6 +106,7 @@ def h2load_summary(stdout: str) -> H2loadSummary:
 def h2load(url: str, frame: pathlib.Path, headers: dict[str, str], concurrency: int, seconds: float,
            metric_ports: list[int], log_file: pathlib.Path, requests: int | None = None) -> Point:
     """One h2load run: `concurrency` connections with one stream each, for `seconds` (or exactly `requests`)."""
+    log_file.unlink(missing_ok=True)  # h2load appends to its log: a warm-up's latencies must not count
     before = ok_count(metric_ports)
     done = subprocess.run(h2load_command(url, frame, headers, concurrency, seconds, log_file, requests=requests),
                           capture_output=True, text=True, timeout=seconds + 60)

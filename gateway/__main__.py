@@ -51,13 +51,16 @@ def run_settings(settings: Settings) -> Settings:
                                envoy_admin_port=settings.envoy_admin_port or settings.bound_port(GATEWAY, "admin"))
 
 
-def envoy_command(config: pathlib.Path, *, admin_address_path: pathlib.Path | None = None,
+def envoy_command(config: pathlib.Path, settings: Settings, *, admin_address_path: pathlib.Path | None = None,
                   log_level: str = "warn") -> list[str]:
-    """Envoy's command line: no hot restart (so a test Envoy and `make run` coexist), one config file."""
+    """Envoy's command line: no hot restart (so a test Envoy and `make run` coexist), one config file, the worker
+    threads of ENVOY_CONCURRENCY."""
     # Access-log lines reach stdout within a second (Envoy's default buffers them for up to 10 s).
     command = [envoy_binary(), "-c", str(config), "--disable-hot-restart", "--file-flush-interval-msec", "1000",
                "--log-level", log_level,
                "--component-log-level", "misc:error"]  # misc: the api_key_auth "work in progress" notices
+    if settings.envoy_concurrency > 0:
+        command += ["--concurrency", str(settings.envoy_concurrency)]
     if admin_address_path is not None:
         command += ["--admin-address-path", str(admin_address_path)]
     return command
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rendered {out}", file=sys.stderr)
     if args.command == "render":
         return 0
-    command = envoy_command(out, admin_address_path=admin_address_path(settings))
+    command = envoy_command(out, settings, admin_address_path=admin_address_path(settings))
     sys.stderr.flush()
     os.execv(command[0], command)  # Envoy becomes this process: signals from the process runner reach it directly
     return 1

@@ -1,14 +1,16 @@
 """Envoy clusters: one HTTP/2 gRPC cluster per upstream with active gRPC health checks, outlier detection and a
 retry budget; production twice (`inference_production`, the split's side, which mirrors shadow traffic to staging,
 and `inference_production_hosts` for calls bound to that one instance); the aggregate `inference_staging` [staging
-hosts, production] so a dead canary falls back; and the plain-HTTP cluster Envoy fetches auth's JWKS through."""
+hosts, production] so a dead canary falls back; and the plain-HTTP cluster Envoy fetches auth's JWKS through.
+Calls to an inference instance get one upstream connection each (pooled), so they spread over its worker processes
+(names.INFERENCE_STREAMS_PER_CONNECTION)."""
 from __future__ import annotations
 
 import urllib.parse
 
-from gateway.names import (AUTH_CLUSTER, HEALTH_INTERVAL, HEALTH_TIMEOUT, HEALTHZ_CLUSTER, JWKS_CLUSTER, METADATA_NS,
-                           MONITORING_CLUSTER, PRODUCTION_CLUSTER, PRODUCTION_HOSTS_CLUSTER, STAGING_CLUSTER,
-                           STAGING_HOSTS_CLUSTER, typed)
+from gateway.names import (AUTH_CLUSTER, HEALTH_INTERVAL, HEALTH_TIMEOUT, HEALTHZ_CLUSTER,
+                           INFERENCE_STREAMS_PER_CONNECTION, JWKS_CLUSTER, METADATA_NS, MONITORING_CLUSTER,
+                           PRODUCTION_CLUSTER, PRODUCTION_HOSTS_CLUSTER, STAGING_CLUSTER, STAGING_HOSTS_CLUSTER, typed)
 from services.common import canary_runtime
 from services.common.settings import Settings
 from services.common.shadow import SHADOW_HEADER, SHADOW_VALUE
@@ -61,7 +63,8 @@ def _shadow_mirror(settings: Settings) -> list[dict]:
 
 def _grpc_cluster(settings: Settings, name: str, host: str, port: int, health_service: str,
                   alias: str | None = None, mirror: list[dict] | None = None) -> dict:
-    protocol = {"explicit_http_config": {"http2_protocol_options": {}}}
+    http2 = {"max_concurrent_streams": INFERENCE_STREAMS_PER_CONNECTION} if alias else {}  # inference: see names
+    protocol = {"explicit_http_config": {"http2_protocol_options": http2}}
     if mirror:
         protocol["request_mirror_policies"] = mirror
     return {

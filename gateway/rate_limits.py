@@ -9,14 +9,15 @@ Envoy (draft 03; the bucket that refused the call, so per-descriptor limits repo
 gets a token back every 60/N s) and truncates the wait to whole seconds, so a client retrying after the header's
 value could be a fraction of a second early; the `rate_limit_headers` Lua filter (which sees the answer after the
 rate-limit filter wrote its headers) rounds the wait up (never past the bucket's refill time of one token) and
-writes it into both headers. Without it the answer
-would still carry the retry-after the configuration implies for the slowest bucket of the route.
+writes it into both headers. Envoy calls it only for answers carrying `retry-after` (the rate-limited ones), so
+the calls that pass cost no Lua. Without it the answer would still carry the retry-after the configuration implies
+for the slowest bucket of the route.
 """
 from __future__ import annotations
 
 import math
 
-from gateway.names import FILTER, ROLE_HEADER, SUB_HEADER, T, typed
+from gateway.names import FILTER, ROLE_HEADER, SUB_HEADER, T, only_with_header, typed
 from services.common.settings import Settings
 
 FILL_SECONDS = 60
@@ -92,9 +93,11 @@ def per_route(settings: Settings, rate: str, stat: str) -> dict | None:
 
 
 def headers_filter() -> dict:
-    """Before local_ratelimit in the chain, so it sees the answer after local_ratelimit added its headers."""
-    return {"name": FILTER["rate_limit_headers"], "typed_config": typed(
-        T + "lua.v3.Lua", default_source_code={"inline_string": RATE_LIMIT_HEADERS_LUA})}
+    """Before local_ratelimit in the chain, so it sees the answer after local_ratelimit added its headers; called
+    only for an answer with `retry-after` (local_ratelimit adds it to rate-limited answers only): every other answer
+    skips the Lua entirely."""
+    lua = typed(T + "lua.v3.Lua", default_source_code={"inline_string": RATE_LIMIT_HEADERS_LUA})
+    return {"name": FILTER["rate_limit_headers"], "typed_config": only_with_header(lua, RETRY_AFTER, response=True)}
 
 
 def headers_per_route(rate: str) -> dict | None:

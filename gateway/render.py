@@ -17,9 +17,9 @@ import pathlib
 
 from gateway import access_log, extras, rate_limits
 from gateway.clusters import clusters
-from gateway.names import (API_KEY_HEADER, CLIENT, DESCRIPTOR_SET, FILTER, JWKS_CLUSTER, JWT_CLOCK_SKEW_SECONDS,
-                           JWT_HEADER_PREFIX, JWT_PAYLOAD_KEY, JWT_PROVIDER, JWT_REQUIREMENT, OPS, PIN_HEADER,
-                           ROLE_HEADER, SERVED_BY_HEADER, SUB_HEADER, T, typed)
+from gateway.names import (API_KEY_HEADER, CLIENT, DESCRIPTOR_SET, FILTER, JWKS_CLUSTER, JWT_CACHE_SIZE,
+                           JWT_CLOCK_SKEW_SECONDS, JWT_HEADER_PREFIX, JWT_PAYLOAD_KEY, JWT_PROVIDER, JWT_REQUIREMENT,
+                           OPS, PIN_HEADER, ROLE_HEADER, SERVED_BY_HEADER, SUB_HEADER, T, typed)
 from gateway.routes import build_routes, transcoded_services
 from services.common import canary_runtime
 from services.common.direct_calls import GATEWAY_HEADER
@@ -47,6 +47,7 @@ def _jwt_authn(settings: Settings) -> dict:
         "claim_to_headers": [{"header_name": SUB_HEADER, "claim_name": "sub"},
                              {"header_name": ROLE_HEADER, "claim_name": "role"}],
         "payload_in_metadata": JWT_PAYLOAD_KEY,
+        "jwt_cache_config": {"jwt_cache_size": JWT_CACHE_SIZE},  # repeat calls skip the signature check
     }
     return typed(T + "jwt_authn.v3.JwtAuthentication", providers={JWT_PROVIDER: provider},
                   requirement_map={JWT_REQUIREMENT: {"provider_name": JWT_PROVIDER}})

@@ -188,6 +188,10 @@ class Settings:
     outbox_linger_ms: int = 50
     # Envoy's Prometheus stats on their own listener (the admin stays on loopback); -1 = no such listener, 0 = any.
     envoy_stats_port: int = -1
+    # Envoy's worker threads (--concurrency); 0 = Envoy's default, one per hardware thread of the host (not a
+    # container's CPU limit). One worker proxies thousands of calls a second; on a host it shares with the services
+    # (make run, the bench: 2 cores) a second one only competed with them (bench/RESULTS.md, the gateway's share).
+    envoy_concurrency: int = 1
     # `make run`: where each process writes its bound ports (<process>.json, Envoy's admin address in
     # envoy-admin.address), so a peer configured with port 0 is found there (see with_bound_ports).
     ports_dir: pathlib.Path | None = None
@@ -222,6 +226,7 @@ class Settings:
             gateway_port=_int(env, "GATEWAY_PORT", 8080),
             envoy_admin_port=_int(env, "ENVOY_ADMIN_PORT", 9901),
             envoy_stats_port=_int(env, "ENVOY_STATS_PORT", -1),
+            envoy_concurrency=_int(env, "ENVOY_CONCURRENCY", 1),
             max_message_bytes=_int(env, "MAX_MESSAGE_MB", 16) * MIB,
             max_batch_rows=_int(env, "MAX_BATCH_ROWS", 5000),
             max_csv_rows=_int(env, "MAX_CSV_ROWS", 50000),

@@ -26,7 +26,7 @@ class StatsEnvoy:
         config = render.prepare(self.settings, workdir / "envoy.yaml")
         self.admin_path = workdir / "envoy.admin"
         self.log = open(workdir / "envoy.log", "ab")
-        self.process = subprocess.Popen(envoy_command(config, admin_address_path=self.admin_path),
+        self.process = subprocess.Popen(envoy_command(config, self.settings, admin_address_path=self.admin_path),
                                         stdout=self.log, stderr=subprocess.STDOUT)
         self.admin = f"http://127.0.0.1:{self.settings.envoy_admin_port}"
         self.ports = self._listener_ports()

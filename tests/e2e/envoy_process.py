@@ -36,7 +36,7 @@ class EnvoyProcess:
         self.admin_path.unlink(missing_ok=True)
         self.log_path = workdir / f"{name}.log"
         self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(envoy_command(self.config_path, admin_address_path=self.admin_path,
+        self.process = subprocess.Popen(envoy_command(self.config_path, settings, admin_address_path=self.admin_path,
                                                       log_level="info"),
                                         stdout=self._log, stderr=subprocess.STDOUT)
         self.admin = ""

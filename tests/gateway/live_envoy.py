@@ -22,7 +22,8 @@ class LiveEnvoy:
         self.admin_path = workdir / "admin.address"
         self.log_path = workdir / "envoy.log"
         self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(envoy_command(config, admin_address_path=self.admin_path, log_level="warning"),
+        self.process = subprocess.Popen(envoy_command(config, settings, admin_address_path=self.admin_path,
+                                                      log_level="warning"),
                                         stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while not (self.admin_path.exists() and self.admin_path.read_text().strip()):

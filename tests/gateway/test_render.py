@@ -11,7 +11,7 @@ import yaml
 
 from gateway import names, render
 from gateway import routes as gateway_routes
-from gateway.__main__ import validate
+from gateway.__main__ import envoy_command, validate
 from services.common import canary_runtime
 from services.common.shadow import SHADOW_HEADER
 from services.common.access import access_table
@@ -257,6 +257,27 @@ def test_settings_flow_into_the_config(config, settings):
     assert provider["remote_jwks"]["http_uri"]["uri"] == settings.jwks_url
     assert provider["forward"] is True and provider["from_cookies"] == ["access_token"]
     assert text.count("client-key-1") == 1 and text.count("ops-key-1") == 1  # each key written once
+
+
+def test_inference_calls_get_an_upstream_connection_each(config):
+    """An inference instance's worker processes share one port and the kernel spreads connections over them: Envoy
+    must not multiplex every call over one HTTP/2 connection to an inference host (other services: one process)."""
+    options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    streams = {c["name"]: c["typed_extension_protocol_options"][options]["explicit_http_config"]
+               ["http2_protocol_options"].get("max_concurrent_streams")
+               for c in config["static_resources"]["clusters"] if options in c.get("typed_extension_protocol_options", {})}
+    assert streams == {"auth": None, "monitoring": None, "inference_production": 1, "inference_production_hosts": 1,
+                       "inference_staging_hosts": 1}
+
+
+def test_envoy_runs_the_worker_threads_of_the_settings(live, env, tmp_path):
+    """One worker by default (the host is shared with the services), ENVOY_CONCURRENCY otherwise, 0 = Envoy's own
+    default (one per hardware thread): the live Envoy reports what it runs."""
+    assert json.loads(live.get_admin("/server_info"))["command_line_options"]["concurrency"] == 1
+    config = tmp_path / "envoy.yaml"
+    three = envoy_command(config, Settings.from_env(dict(env, ENVOY_CONCURRENCY="3")))
+    assert three[three.index("--concurrency") + 1] == "3"
+    assert "--concurrency" not in envoy_command(config, Settings.from_env(dict(env, ENVOY_CONCURRENCY="0")))
 
 
 def test_no_default_keys(env):
