@@ -132,7 +132,8 @@ def serve_until_signalled(host: ServiceHost, settings: Settings, on_stop: Callab
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    while not stop.wait(1):  # a bounded wait: the handler's wake-up is never left to a blocked lock acquire
+        pass
     host.set_serving(False)
     seen = host.health.wait_until_seen(DRAIN_HEALTH_CHECKS, settings.shutdown_drain_seconds)
     log.info("stopping", extra={"fields": {"grace_seconds": settings.shutdown_grace_seconds,
