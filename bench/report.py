@@ -141,8 +141,9 @@ def render(results: dict) -> str:
         lines.append(f"| mlflow `/invocations`, 1,000 rows | {results['mlflow_rows_1000_ms']:.1f} | | | |")
     if results.get("explain"):
         e = results["explain"]
+        threads = f", {e['bare_threads']} thread(s) (the faster)" if "bare_threads" in e else ""
         lines.append(f"| Explain {e['rows']:,} rows | {e['served_ms']:.1f} | {e['bare_ms']:.1f} | {e['ratio']:.2f} |"
-                     " xgboost `pred_contribs` |")
+                     f" xgboost `pred_contribs`{threads} |")
     if results.get("drift"):
         d = results["drift"]
         lines.append(f"| GetDriftReport, {d['rows']:,} recorded predictions vs {d['reference_rows']:,} reference "
