@@ -109,7 +109,7 @@ def _run_worker(settings: Settings, index: int, count: int, port: int) -> None:
     serve_until_signalled(inference.host, settings, on_stop=inference.close)
 
 
-def _wait_all_loaded(group: WorkerGroup, workers: dict[int, multiprocessing.Process],
+def _wait_all_listening(group: WorkerGroup, workers: dict[int, multiprocessing.Process],
                      stopping: threading.Event) -> None:
     """The port file says "ready" to peers, Envoy's renderer and tests: write it once every worker listens (a pool
     worker loads its model first), not when the first one answers health — until then the kernel gives every
@@ -165,7 +165,7 @@ def serve(settings: Settings, count: int) -> int:
         signal.signal(sig, lambda *_: stopping.set())
     for index in range(count):
         start(index)
-    _wait_all_loaded(WorkerGroup(folder, -1, count), workers, stopping)
+    _wait_all_listening(WorkerGroup(folder, index=-1, count=count), workers, stopping)  # the parent: no index
     write_port_file(settings.port_file, port, http.port)
     log.info("workers started", extra=fields(workers=count, grpc_port=port, http_port=http.port))
     backoff = {index: RESTART_BACKOFF[0] for index in range(count)}
