@@ -66,13 +66,11 @@ run: setup model secrets
 TEST_WORKERS ?= 2
 # Random order (module buckets, the seed printed in the header: rerun one order with
 # PYTEST_ARGS=--random-order-seed=N) and the 25 slowest steps; pytest's exit 5 (no tests) fails like any other.
-# TEST_WORKERS pytest-xdist processes (a whole file stays on one worker, so a file's own suite starts once; files
-# handed out in collection order, heavy ones first — xdist's default reorder by test count put the long one-test
-# files last); most of the suite waits on real processes, so two workers on two cores cut the wall time.
-# TEST_WORKERS=0: one process.
+# TEST_WORKERS pytest-xdist processes (a whole file stays on one worker, so a file's own suite starts once); most
+# of the suite waits on real processes, so two workers on two cores cut the wall time. TEST_WORKERS=0: one process.
 # bench-tools: the short benchmark test (tests/bench) drives the suite with h2load and wrk.
 test: setup bench-tools
-	$(PY) -m pytest --random-order --durations=25 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+	$(PY) -m pytest --random-order --durations=25 -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Property-based fuzzing of every unary RPC on real servers: 800 generated requests per RPC (a tenth for the four
 # slow ones; >= 10,000 in all), of every routed unary RPC through a real Envoy (800 each, >= 10,000 in all), and

@@ -101,15 +101,6 @@ def private_postgres(is_ci):
         cluster.remove()
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_collection_modifyitems(items):
-    """After the random order is drawn: tests marked `heavy` first, each group keeping its random order. `make
-    test`'s xdist hands whole files to whichever worker runs low, in this order (`--no-loadscope-reorder`), so the
-    long files are not the last ones started while the other worker idles."""
-    yield
-    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
-
-
 def pytest_sessionfinish(session, exitstatus):
     """Under CI=true a run in which no test passed (everything skipped or deselected) fails with pytest's
     "no tests" exit code 5, like a run that collected none: a green CI means tests ran."""

@@ -14,7 +14,7 @@ import pytest
 from services.common import mlflow_config
 from tests.harness import ROOT
 
-pytestmark = [pytest.mark.integration, pytest.mark.heavy]
+pytestmark = pytest.mark.integration
 
 TARGETS = {"minimal gRPC, no model", "minimal gRPC + model", "suite gRPC direct", "suite gRPC via Envoy",
            "suite REST via Envoy"}

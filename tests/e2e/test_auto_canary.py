@@ -22,7 +22,7 @@ from services.common.telco_csv import parse_telco_csv
 from tests.e2e.conftest import TELCO_CSV, start_suite, stop_suite
 from tests.harness import base_env
 
-pytestmark = [pytest.mark.integration, pytest.mark.heavy]
+pytestmark = pytest.mark.integration
 
 AUTO = {"CANARY_AUTO": "true", "CANARY_AUTO_STEPS": "10,50,100", "CANARY_AUTO_INTERVAL_SECONDS": "3",
         "CANARY_MIN_PREDICTIONS": "100", "CANARY_MIN_LABELLED": "100", "CANARY_MAX_ROC_AUC_DROP": "0.2",

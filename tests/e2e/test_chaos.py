@@ -23,7 +23,7 @@ from tests.harness import ServiceProcess
 from tests.internal_guard import LEDGER
 from tools.run_suite import stop_wait_seconds
 
-pytestmark = [pytest.mark.integration, pytest.mark.heavy]
+pytestmark = pytest.mark.integration
 OUTAGE_SECONDS = float(os.environ.get("CHAOS_OUTAGE_SECONDS", "10"))
 STORE_DOWN_SECONDS = float(os.environ.get("CHAOS_STORE_DOWN_SECONDS", "5"))
 DELIVERY_TIMEOUT = 120  # the shipper's backoff is capped at 30 s: everything is in well before this

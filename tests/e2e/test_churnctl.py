@@ -22,7 +22,6 @@ from google.protobuf import json_format
 from churn.v1 import auth_pb2
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.heavy
 TELCO_CSV = ROOT / "data" / "telco_churn.csv"
 
 

@@ -18,7 +18,7 @@ from tests import natives
 from tests.e2e.conftest import metric_total
 from tests.harness import ServiceProcess
 
-pytestmark = [pytest.mark.integration, pytest.mark.heavy]
+pytestmark = pytest.mark.integration
 CALLS = 200
 
 

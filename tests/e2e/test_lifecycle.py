@@ -28,7 +28,7 @@ from services.common import model_registry as R
 from services.common.telco_csv import parse_telco_csv
 from tests.e2e.conftest import ADMIN, TELCO_CSV
 
-pytestmark = [pytest.mark.integration, pytest.mark.heavy]
+pytestmark = pytest.mark.integration
 
 
 def shifted_csv() -> bytes:

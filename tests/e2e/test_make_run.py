@@ -28,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.e2e.test_banner import check_outputs, run_banner_commands
 from tests.harness import ROOT, base_env
 
-pytestmark = [pytest.mark.integration, pytest.mark.heavy]
+pytestmark = pytest.mark.integration
 PROCESSES = ("auth", "monitoring", "inference_production", "inference_staging", "gateway")
 
 
