@@ -60,10 +60,6 @@ def field_value(row: np.ndarray, index: int) -> str:
     return _number(float(cells[0]), whole=spec.name == "tenure")
 
 
-def field_values(row: np.ndarray) -> list[str]:
-    return [field_value(row, i) for i in range(len(F.FEATURES))]
-
-
 def _column_values(X: np.ndarray, index: int) -> list[str]:
     """`field_value` of feature `index` for every row of X at once: categories picked by one argmax over the
     block, each distinct number formatted once."""
@@ -79,7 +75,7 @@ def _column_values(X: np.ndarray, index: int) -> list[str]:
 
 
 def rows_values(X: np.ndarray) -> list[tuple[str, ...]]:
-    """`field_values` of every row of X, decoded column by column (a full explanation of a large batch spells
+    """`field_value` of every cell of X, decoded column by column (a full explanation of a large batch spells
     19 values a row: per row and per cell that was the largest cost beside TreeSHAP itself)."""
     return list(zip(*(_column_values(X, i) for i in range(len(F.FEATURES)))))
 

@@ -16,7 +16,7 @@ DATA = pathlib.Path(__file__).resolve().parents[2] / "data" / "telco_churn.csv"
 
 
 def per_row(X: np.ndarray) -> list[list[str]]:
-    return [explain.field_values(X[r]) for r in range(len(X))]
+    return [[explain.field_value(X[r], i) for i in range(len(F.FEATURES))] for r in range(len(X))]
 
 
 def test_column_decoding_equals_the_per_row_decoding_on_every_telco_row():
