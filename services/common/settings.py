@@ -180,8 +180,10 @@ class Settings:
     # second) has seen it, at most this long; then in-flight calls get SHUTDOWN_GRACE_SECONDS to finish.
     shutdown_drain_seconds: float = 5.0
     shutdown_grace_seconds: float = 10.0
-    # Inference: compile the served trees to native code (Treelite + TL2cgen, cached under DATA_DIR/compiled).
+    # Inference: compile the served trees to native code (Treelite + TL2cgen) and where to cache the libraries
+    # (None: DATA_DIR/compiled). The key holds the model file's digest, so instances may share one folder.
     compile_models: bool = True
+    compiled_models_dir: pathlib.Path | None = None
     # Inference: worker processes per instance on one port (SO_REUSEPORT); default one per core.
     inference_workers: int = 1
     # Inference: how long the outbox shipper lets a batch that is not full fill up before it sends it (0 = at once).
@@ -288,11 +290,17 @@ class Settings:
             shutdown_drain_seconds=_float(env, "SHUTDOWN_DRAIN_SECONDS", 5.0),
             shutdown_grace_seconds=_float(env, "SHUTDOWN_GRACE_SECONDS", 10.0),
             compile_models=env.get("COMPILE_MODELS", "true").lower() in ("1", "true", "yes"),
+            compiled_models_dir=pathlib.Path(env["COMPILED_MODELS_DIR"]).resolve() if env.get("COMPILED_MODELS_DIR")
+            else None,
             inference_workers=max(1, _int(env, "INFERENCE_WORKERS", os.cpu_count() or 1)),
             ports_dir=pathlib.Path(env["PORTS_DIR"]).resolve() if env.get("PORTS_DIR") else None,
             peer_wait_seconds=_float(env, "PEER_WAIT_SECONDS", 120.0),
             outbox_linger_ms=max(0, _int(env, "OUTBOX_LINGER_MS", 50)),
         )
+
+    @property
+    def compiled_cache_dir(self) -> pathlib.Path:
+        return self.compiled_models_dir or self.data_dir / "compiled"
 
     @property
     def auth_address(self) -> str:

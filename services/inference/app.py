@@ -75,7 +75,7 @@ def build_parts(settings: Settings, alias: str | None = None, *, ship: bool = Tr
         outbox_file=outbox_path(settings, alias), port=settings.inference_port(alias),
         http_port=settings.inference_http_port(alias), sink=sink,
         shipper_options={"linger": settings.outbox_linger_ms / 1000},
-        compiled_dir=settings.data_dir / "compiled" if settings.compile_models else None)
+        compiled_dir=settings.compiled_cache_dir if settings.compile_models else None)
 
 
 @dataclasses.dataclass

@@ -38,6 +38,19 @@ def test_mlflow_location_comes_from_settings(tmp_path):
     assert mlflow_config.tracking_uri(server) == "http://mlflow:5000"
 
 
+def test_compiled_trees_are_cached_under_data_dir_unless_a_shared_folder_is_set(tmp_path):
+    from services.inference.app import build_parts
+
+    default = Settings.from_env({"DATA_DIR": str(tmp_path / "var")})
+    assert default.compiled_cache_dir == (tmp_path / "var").resolve() / "compiled"
+    shared = Settings.from_env({"DATA_DIR": str(tmp_path / "var"), "COMPILED_MODELS_DIR": str(tmp_path / "shared")})
+    assert shared.compiled_cache_dir == (tmp_path / "shared").resolve()
+    assert build_parts(shared, "production", ship=False).compiled_dir == (tmp_path / "shared").resolve()
+    off = Settings.from_env({"DATA_DIR": str(tmp_path / "var"), "COMPILED_MODELS_DIR": str(tmp_path / "shared"),
+                             "COMPILE_MODELS": "false"})
+    assert build_parts(off, "production", ship=False).compiled_dir is None
+
+
 def test_service_token_setting_wins_over_the_file(tmp_path):
     (tmp_path / "service_token").write_text("from-file\n")
     assert ServiceToken.from_settings(Settings.from_env({"SECRETS_DIR": str(tmp_path)})).get() == "from-file"
