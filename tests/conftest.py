@@ -5,7 +5,10 @@ tests/e2e/conftest.py.
 """
 from __future__ import annotations
 
+import fcntl
 import os
+import pathlib
+import shutil
 
 import pytest
 
@@ -30,6 +33,20 @@ def no_internal_answers(request):
 
 
 @pytest.fixture(scope="session")
+def run_root(tmp_path_factory) -> pathlib.Path:
+    """The folder every xdist worker of this run shares (pytest's base temp; a worker's own is <run>/popen-gwN)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_compiled_trees(run_root):
+    """One COMPILED_MODELS_DIR for every process this run starts (both xdist workers): the cache is keyed by the
+    model file's digest, so gcc compiles each model once per run instead of once per inference start (~20 starts)."""
+    os.environ["COMPILED_MODELS_DIR"] = str(run_root / "compiled-trees")
+
+
+@pytest.fixture(scope="session")
 def suite_workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("suite")
 
@@ -41,9 +58,18 @@ def suite_env(suite_workdir) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def trained_registry(suite_env) -> dict[str, str]:
-    """Train once per session into the suite's own MLflow registry (sqlite under its DATA_DIR)."""
-    run_module("training", suite_env, timeout=600)
+def trained_registry(suite_env, run_root) -> dict[str, str]:
+    """The suite's own MLflow registry (sqlite under its DATA_DIR), a copy of one trained once per run: training is
+    deterministic and costs ~15 s of CPU, so the first xdist worker trains (under a file lock) and the others copy
+    its database. Aliases and versions then move in each worker's copy only; the artifacts stay in the trained
+    registry's folder (new versions add theirs beside them, under ids of their own)."""
+    trained = run_root / "registry"
+    with open(run_root / "registry.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (trained / "trained").exists():
+            run_module("training", base_env(trained), timeout=600)
+            (trained / "trained").touch()
+    shutil.copy(trained / "var" / "mlflow.db", pathlib.Path(suite_env["DATA_DIR"]) / "mlflow.db")
     return suite_env
 
 

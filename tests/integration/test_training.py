@@ -6,6 +6,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import urllib.parse
 
 import numpy as np
 import pytest
@@ -44,7 +45,7 @@ def client(registry):
 
 
 def test_both_versions_registered_with_aliases_and_metrics(trained, client):
-    env, data_dir, name = trained
+    env, _, name = trained
     production = client.get_model_version_by_alias(name, R.ALIAS_PRODUCTION)
     staging = client.get_model_version_by_alias(name, R.ALIAS_STAGING)
     assert production.tags[R.TAG_FLAVOR] == "xgboost" and staging.tags[R.TAG_FLAVOR] == "sklearn"
@@ -54,7 +55,10 @@ def test_both_versions_registered_with_aliases_and_metrics(trained, client):
         metrics = client.get_run(version.run_id).data.metrics
         assert set(metrics) >= {"roc_auc", "f1", "precision", "recall", "accuracy", "log_loss"}
         assert metrics["roc_auc"] >= floor, metrics
-    assert (data_dir / "mlartifacts").is_dir()  # absolute artifact location under DATA_DIR
+    # artifacts in an absolute folder under the training's DATA_DIR (tests/conftest.py's, copied registry or not)
+    location = client.get_experiment(client.get_run(production.run_id).info.experiment_id).artifact_location
+    folder = pathlib.Path(urllib.parse.urlparse(location).path)
+    assert location.startswith("file:///") and folder.parts[-2:] == ("var", "mlartifacts") and folder.is_dir()
 
 
 def test_artifacts_download_through_the_registry(trained, registry, tmp_path):
