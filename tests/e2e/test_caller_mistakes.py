@@ -123,6 +123,8 @@ MISTAKES = [
             "/v1/models/events?page_size=5000", names="page_size"),
     Mistake("MonitoringService/ListPredictions", "a page token it never gave", "GET",
             "/v1/predictions?page_token=junk", names="page_token"),
+    Mistake("MonitoringService/ListModelEvents", "a page token that is not base64 (bad padding)", "GET",
+            "/v1/models/events?page_token=abc", names="page_token"),
     Mistake("MonitoringService/AnalyzeCanary", "a negative window", "GET", "/v1/canary/analysis?window_minutes=-1",
             names="window_minutes"),
     Mistake("MonitoringService/GetShadowPercent", "a query parameter the request has no field for", "GET",

@@ -110,7 +110,7 @@ def test_event_pages_are_stable_and_tokens_are_checked(store):
     last, token3 = listing.list_events(events, 2, token2)
     assert [e.canary_percent for e in first + second + last] == [4, 3, 2, 1, 0] and token3 == ""
     for size, token, field in ((1001, "", "page_size"), (-1, "", "page_size"), (5, "bm9wZQ==", "page_token"),
-                               (5, "%%%", "page_token")):
+                               (5, "%%%", "page_token"), (5, "abc", "page_token"), (5, "é", "page_token")):
         with pytest.raises(InvalidInput) as bad:
             listing.list_events(events, size, token)
         assert bad.value.field == field
