@@ -15,6 +15,7 @@ rounds; per round a gateway's p50 minus direct's p50; medians (and range) over r
 minus the upstream round trip), which Envoy's histograms (whole milliseconds) cannot show.
 
     python -m bench.gateway_ab [--before ../main] [--concurrency 1,8,32] [--rounds 7] [--seconds 3]
+                               [--inference-workers N (default one per core)]
                                [--registry-dir var/bench/registry | --tracking-uri URI]
                                [--workdir var/bench/gateway-ab] [--out FILE]
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import io
 import os
 import pathlib
 import shutil
@@ -39,7 +41,7 @@ from churn.v1 import inference_pb2
 from gateway import render
 from gateway.__main__ import envoy_command
 from gateway.names import FILTER, PRODUCTION_HOSTS_CLUSTER, T, typed
-from services.common import telco_csv
+from services.common import canary_runtime, telco_csv
 from tests.e2e.envoy_process import EnvoyProcess, free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -95,6 +97,7 @@ class Gateway(EnvoyProcess):
         _hcm(config).setdefault("access_log", []).append({"name": "envoy.access_loggers.file", "typed_config": typed(
             "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog", path=str(self.timing),
             log_format={"text_format_source": {"inline_string": TIMING}})})
+        canary_runtime.ensure_persisted(settings.data_dir, settings.canary_percent)  # the layer configs watch
         self.config_path = render.write(config, workdir / f"{name}.yaml")
         self.admin_path = workdir / f"{name}.admin"
         self.log_path = workdir / f"{name}.log"
@@ -103,12 +106,24 @@ class Gateway(EnvoyProcess):
                                         stdout=self._log, stderr=subprocess.STDOUT)
         self.admin, self.port = "", 0
 
-    def inside_us(self, offset: int) -> float | None:
-        """Median µs of Envoy's own time per call logged after `offset` (the log is flushed every second)."""
-        time.sleep(1.2)
-        with open(self.timing) as log:
-            log.seek(offset)
-            rows = [line.split() for line in log.read().splitlines()]
+    def logged(self) -> int:
+        return self.timing.stat().st_size if self.timing.exists() else 0
+
+    def rows_after(self, offset: int, calls: int) -> list[list[str]]:
+        """The timing rows logged after `offset`, once the `calls` answered since are all there (the log is
+        flushed every second: read until then, at most 5 s)."""
+        deadline = time.monotonic() + 5
+        while True:
+            with open(self.timing) if self.timing.exists() else io.StringIO() as log:
+                log.seek(offset)
+                rows = [line.split() for line in log.read().splitlines()]
+            if len(rows) >= calls or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.1)
+
+    def inside_us(self, offset: int, calls: int) -> float | None:
+        """Median µs of Envoy's own time per call over the `calls` logged after `offset`."""
+        rows = self.rows_after(offset, calls)
         spans = [int(a) - int(b) for a, b in (r for r in rows if len(r) == 2) if a.isdigit() and b.isdigit()]
         return statistics.median(spans) if spans else None
 
@@ -120,6 +135,8 @@ def parse_args(argv):
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--canary", type=int, default=0)
+    parser.add_argument("--inference-workers", type=int, default=None,
+                        help="worker processes per inference instance (default: one per core, as `make run`)")
     parser.add_argument("--registry-dir", type=pathlib.Path, default=ROOT / "var" / "bench" / "registry")
     parser.add_argument("--tracking-uri", default="", help="an already trained registry (skips training)")
     parser.add_argument("--workdir", type=pathlib.Path, default=ROOT / "var" / "bench" / "gateway-ab")
@@ -133,11 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
     load_start = "%.2f" % os.getloadavg()[0]
+    # start times are not measured here: the services start at once; each config below gets its own Envoy
     stack = start_stack(args.workdir / "suite", args.tracking_uri or ensure_registry(args.registry_dir),
-                        canary_percent=args.canary)
+                        canary_percent=args.canary, parallel=True, inference_workers=args.inference_workers,
+                        gateway=False)
     gateways: dict[str, Gateway] = {}
     try:
-        stack.gateway.stop()  # each config below gets its own Envoy
         variants = {"rendered": lambda s: render.render(s), "router only": lambda s: router_only(render.render(s)),
                     "floor": lambda s: floor(render.render(s))}
         if args.before:
@@ -147,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
             settings = dataclasses.replace(stack.settings, envoy_admin_port=free_port(), gateway_port=0)
             if name == "before":
                 settings = dataclasses.replace(settings, envoy_concurrency=0)
-            gateways[name] = Gateway(name.replace(" ", "_"), settings, args.workdir, make(settings)).wait_ready()
+            gateways[name] = Gateway(name.replace(" ", "_"), settings, args.workdir, make(settings))
+        for gateway in gateways.values():  # all started, then each waited for
+            gateway.wait_ready()
         table = measure(args, stack, gateways)
     finally:
         for gateway in gateways.values():
@@ -173,21 +193,30 @@ def measure(args, stack, gateways: dict[str, Gateway]) -> str:
              "|---:|---|---:|---:|---:|---:|---:|---:|"]
     scratch = args.workdir / "h2load.log"
     for c in [int(x) for x in args.concurrency.split(",")]:
-        for url in urls.values():  # warm-up: upstream connections, caches
-            load.h2load(url, frame, headers, c, 1, ports, scratch)
+        warm = {}
+        for name, url in urls.items():  # warm-up: upstream connections, caches (as long as a point, at most 1 s)
+            offset = gateways[name].logged() if name in gateways else 0
+            warm[name] = offset, load.h2load(url, frame, headers, c, min(1.0, args.seconds), ports, scratch).requests
+        for name, gateway in gateways.items():  # the warm-up's calls logged before a point's offset is taken
+            gateway.rows_after(*warm[name])
         rows: dict[str, list[dict]] = {name: [] for name in urls}
         for r in range(args.rounds):
             names = list(urls)[r % len(urls):] + list(urls)[:r % len(urls)]
+            logged = []  # a gateway's own times are read once the round is over: one wait for the log flush
             for name in names:
                 gateway = gateways.get(name)
                 pid = {"envoy": gateway.process.pid} if gateway else {}
-                offset = gateway.timing.stat().st_size if gateway and gateway.timing.exists() else 0
+                offset = gateway.logged() if gateway else 0
                 cpu = cpu_seconds(pid)
                 point = load.h2load(urls[name], frame, headers, c, args.seconds, ports, scratch)
                 spent = sum(cpu_seconds(pid).values()) - sum(cpu.values())
                 rows[name].append({"p50": point.p50_ms, "ok_s": point.ok_per_second, "ok": point.ok,
                                    "requests": point.requests, "cpu_us": spent * 1e6 / max(point.requests, 1),
-                                   "inside_us": gateway.inside_us(offset) if gateway else None})
+                                   "inside_us": None})
+                if gateway:
+                    logged.append((rows[name][-1], gateway, offset, point.requests))
+            for row, gateway, offset, calls in logged:
+                row["inside_us"] = gateway.inside_us(offset, calls)
         lines += _summary(c, rows)
     return "\n".join(lines) + "\n"
 

@@ -72,7 +72,7 @@ def h2load_command(url: str, frame: pathlib.Path, headers: dict[str, str], concu
     """h2load posting `frame` as a gRPC call: `concurrency` connections with one stream each, for `seconds` — or,
     given `requests`, exactly that many requests (none cut off at the end, so every one is accounted for); `rps` > 0
     caps each connection's requests per second (a steady load instead of as fast as possible)."""
-    extent = ["-n", str(requests)] if requests else ["-D", f"{seconds:g}"]
+    extent = ["-n", str(requests)] if requests else ["-D", f"{round(seconds * 1000)}ms"]  # -D takes no fractions
     command = ["h2load", *extent, "-c", str(concurrency), "-m", "1", "-t", "1", "-d", str(frame),
                "--log-file", str(log_file), "-H", "content-type: application/grpc", "-H", "te: trailers"]
     if rps > 0:

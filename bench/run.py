@@ -7,8 +7,8 @@ bench/results.json (machine, command line, every point).
 Full: anchors (`mlflow models serve`, BentoML, minimal gRPC with and without the model) and the suite (gRPC and
 REST through Envoy, gRPC direct) at concurrency 1, 8 and 32 under h2load/wrk; PredictBatch 1,000 and 10,000 rows,
 Explain 1,000 rows, a 10,000-row drift report, each against the bare library; start-to-SERVING and RSS.
---short (CI): 1 s points at c=1, the two gRPC anchors only, 1,000-row batch/Explain/drift: it proves the harness,
-its numbers mean nothing."""
+--short (CI): 1 s points at c=1, the two gRPC anchors only, 1,000-row batch/Explain and a 500-row drift report timed
+once each with no warm-up, the suite's services started at once: it proves the harness, its numbers mean nothing."""
 from __future__ import annotations
 
 import argparse
@@ -227,18 +227,18 @@ def measure(args, results: dict, stack, started: dict[str, A.Anchor], version: s
     drift_rows = 500 if args.short else 10_000
     say(f"drift: record {drift_rows:,} predictions, GetDriftReport vs bare Evidently")
     results["drift"] = workloads.drift(stack, inference, metadata, monitoring, ops, version, tracking_uri,
-                                       model_name, customers, drift_rows, 1 if args.short else 3)
+                                       model_name, customers, drift_rows, 1 if args.short else 3, warm=not args.short)
     say("batch and Explain")
-    repeats = 3 if args.short else 10
+    repeats = 1 if args.short else 10
     anchor_channel, anchor_stub, _ = workloads.channel_stubs(
         f"127.0.0.1:{started[A.ANCHOR_NAMES['grpc_model']].port}", stack.settings.grpc_options())
     suite_pids = {name: pid for name, pid in stack.pids().items() if name in ("production", "monitoring")}
     results["batch"] = [workloads.batch(inference, metadata, boosters, customers, n, repeats, anchor_stub,
-                                        cpu=lambda: cpu_seconds(suite_pids))
+                                        cpu=lambda: cpu_seconds(suite_pids), warm=not args.short)
                         for n in ((1000,) if args.short else (1000, 10_000))]
     anchor_channel.close()
     admin = [("authorization", f"Bearer {stack.admin_token()}"), ("x-api-key", stack.settings.api_key)]
-    results["explain"] = workloads.explain(inference, admin, boosters, customers, 1000, repeats)
+    results["explain"] = workloads.explain(inference, admin, boosters, customers, 1000, repeats, warm=not args.short)
     if "mlflow models serve" in started:
         rows = telco_csv.customers_to_frame(workloads.rows_of(customers, 1000)).drop(columns=[F.ID_COLUMN])
         results["mlflow_rows_1000_ms"] = workloads.mlflow_rows(

@@ -1,6 +1,7 @@
 """The suite on loopback for the benchmark, started with the tests' own helpers (tests/harness.py, the real Envoy of
 tests/e2e/envoy_process.py): auth → monitoring → inference production and staging → Envoy, each on port 0 with its
-own DATA_DIR and keys, started one after another so each start-to-SERVING time is its own.
+own DATA_DIR and keys, started one after another so each start-to-SERVING time is its own (or, where start times
+are not measured, the services all at once as `make run` starts them).
 
 The registry is read from `registry_dir` (a DATA_DIR trained once and kept between runs); everything a run writes
 (users, outbox, prediction log, compiled trees) lives in the run's own folder."""
@@ -92,7 +93,7 @@ class Stack:
     settings: Settings
     workdir: pathlib.Path
     services: dict[str, ServiceProcess]
-    gateway: EnvoyProcess
+    gateway: EnvoyProcess | None
     service_token: str
     admin_password: str
     start_seconds: dict[str, float]
@@ -107,7 +108,8 @@ class Stack:
 
     def pids(self) -> dict[str, int]:
         found = {name: process.process.pid for name, process in self.services.items()}
-        found["envoy"] = self.gateway.process.pid
+        if self.gateway is not None:
+            found["envoy"] = self.gateway.process.pid
         return found
 
     def inference_metric_ports(self) -> list[int]:
@@ -115,28 +117,32 @@ class Stack:
 
     def stop(self) -> None:
         """Every process drains at once (one after another, their grace periods would add up)."""
-        with futures.ThreadPoolExecutor(len(self.services) + 1) as pool:
-            list(pool.map(lambda process: process.stop(), [self.gateway, *self.services.values()]))
+        processes = [*([self.gateway] if self.gateway is not None else []), *self.services.values()]
+        with futures.ThreadPoolExecutor(len(processes)) as pool:
+            list(pool.map(lambda process: process.stop(), processes))
 
 
-def _timed(name: str, start, timings: dict[str, float], started: dict[str, ServiceProcess], timeout: float):
-    began = time.monotonic()
-    process = start()
-    started[name] = process
-    process.wait_ready(timeout)
-    timings[name] = time.monotonic() - began
-    return process
+# (process name, module, arguments, extra environment, seconds to SERVING): in the order each needs the one before
+SERVICES = (("auth", "services.auth", ("serve",), {}, 60), ("monitoring", "services.monitoring", (), {}, 180),
+            *((f"inference_{alias}", "services.inference", (), {"MODEL_ALIAS": alias}, 300)
+              for alias in ("production", "staging")))
 
 
 def start_stack(workdir: pathlib.Path, tracking_uri: str, canary_percent: int = 10, parallel: bool = False,
-                inference_workers: int | None = None) -> Stack:
-    """`parallel` starts both inference instances at once (faster; their start times then share the CPU).
-    `inference_workers` defaults to what `make run` uses: one worker process per core."""
+                inference_workers: int | None = None, gateway: bool = True) -> Stack:
+    """`parallel` starts auth, monitoring and both inference instances at once, each finding its peers' ports in
+    PORTS_DIR as under `make run` (faster; their start times then share the CPU). `inference_workers` defaults to
+    what `make run` uses: one worker process per core. `gateway=False` leaves Envoy out (for callers that run
+    their own Envoys in front of the services)."""
     workdir.mkdir(parents=True, exist_ok=True)
     env = base_env(workdir)
     env.update(CHEAP_ARGON2, **UNLIMITED, MLFLOW_TRACKING_URI=tracking_uri, LOG_LEVEL="WARNING",
                ENVOY_ADMIN_PORT=str(free_port()), GATEWAY_PORT="0", CANARY_PERCENT=str(canary_percent),
-               MAX_BATCH_ROWS="10000", INFERENCE_WORKERS=str(inference_workers or os.cpu_count() or 1))
+               MAX_BATCH_ROWS="10000", INFERENCE_WORKERS=str(inference_workers or os.cpu_count() or 1),
+               SHUTDOWN_DRAIN_SECONDS="0")  # a stack is stopped after its last call: no traffic left to drain
+    if parallel:
+        env["PORTS_DIR"] = str(workdir / "ports")
+        (workdir / "ports").mkdir(exist_ok=True)
     secrets_dir = pathlib.Path(env["SECRETS_DIR"])
     secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     token_file = secrets_dir / "service_token"
@@ -146,39 +152,37 @@ def start_stack(workdir: pathlib.Path, tracking_uri: str, canary_percent: int = 
     run_module("services.auth", env, "create-service-token", "--name", "bench", "--output", str(token_file))
     timings: dict[str, float] = {}
     started: dict[str, ServiceProcess] = {}
+    envoy = None
     try:
-        _timed("auth", lambda: ServiceProcess("auth", "services.auth", env, workdir, args=("serve",)),
-               timings, started, 60)
-        env.update(AUTH_PORT=str(started["auth"].port), AUTH_HTTP_PORT=str(started["auth"].http_port))
-        _timed("monitoring", lambda: ServiceProcess("monitoring", "services.monitoring", env, workdir),
-               timings, started, 180)
-        env["MONITORING_PORT"] = str(started["monitoring"].port)
-
-        def inference(alias: str) -> ServiceProcess:
-            return ServiceProcess(f"inference_{alias}", "services.inference", dict(env, MODEL_ALIAS=alias), workdir)
-
         began = time.monotonic()
-        for alias in ("production", "staging"):
-            if parallel:
-                started[alias] = inference(alias)
-            else:
-                _timed(alias, lambda: inference(alias), timings, started, 300)
-        for alias in ("production", "staging"):
-            if parallel:
-                started[alias].wait_ready(300)
-                timings[alias] = time.monotonic() - began
-            env[f"INFERENCE_{alias.upper()}_PORT"] = str(started[alias].port)
-            env[f"INFERENCE_{alias.upper()}_HTTP_PORT"] = str(started[alias].http_port)
+        for name, module, args, extra, timeout in SERVICES:
+            started[name] = ServiceProcess(name, module, dict(env, **extra), workdir, args=args)
+            if not parallel:  # the next one is given this one's ports
+                _ready(started[name], timeout, env, timings, began)
+                began = time.monotonic()
+        for name, _, _, _, timeout in SERVICES if parallel else ():
+            _ready(started[name], timeout, env, timings, began)
         settings = Settings.from_env(env)
-        began = time.monotonic()
-        gateway = EnvoyProcess("envoy", settings, workdir).wait_ready()
-        timings["envoy"] = time.monotonic() - began
+        if gateway:
+            began = time.monotonic()
+            envoy = EnvoyProcess("envoy", settings, workdir).wait_ready()
+            timings["envoy"] = time.monotonic() - began
     except BaseException:
         for process in started.values():
             process.stop()
         raise
-    return Stack(env, settings, workdir, started, gateway, token_file.read_text().strip(), password_file.read_text(),
-                 timings)
+    services = {name.removeprefix("inference_"): process for name, process in started.items()}
+    return Stack(env, settings, workdir, services, envoy, token_file.read_text().strip(), password_file.read_text(),
+                 {name.removeprefix("inference_"): seconds for name, seconds in timings.items()})
+
+
+def _ready(process: ServiceProcess, timeout: float, env: dict[str, str], timings: dict[str, float],
+           began: float) -> None:
+    """Wait for SERVING; its start-to-SERVING seconds and its ports (for the next processes and Envoy) recorded."""
+    process.wait_ready(timeout)
+    timings[process.name] = time.monotonic() - began
+    env[f"{process.name.upper()}_PORT"] = str(process.port)
+    env[f"{process.name.upper()}_HTTP_PORT"] = str(process.http_port)
 
 
 def cpu_model() -> str:

@@ -22,8 +22,9 @@ from services.monitoring.drift import CATEGORICAL, NUMERICAL
 from bench.load import metric_sum
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm: first calls pay lazy imports and allocator growth on both sides alike
+def median_seconds(fn, repeats: int, warm: bool = True) -> float:
+    if warm:
+        fn()  # first calls pay lazy imports and allocator growth on both sides alike
     times = []
     for _ in range(repeats):
         began = time.perf_counter()
@@ -38,14 +39,17 @@ def _timed(fn) -> float:
     return time.perf_counter() - began
 
 
-def side_by_side(served, bare: dict, repeats: int, also=None) -> tuple[float, float, int, float | None]:
+def side_by_side(served, bare: dict, repeats: int, also=None,
+                 warm: bool = True) -> tuple[float, float, int, float | None]:
     """Median seconds of the served call, of the bare library (and of `also`, a third call), alternated call by
     call so that load changes on the shared machine hit every side alike. `bare` maps a thread count to a call:
     the faster on a short probe is the bare side (OpenMP on a loaded 2-core machine can lose to one thread).
+    `warm=False` (the short mode, whose numbers mean nothing) makes no untimed calls first and probes with one.
     Returns (served, bare, threads, also)."""
-    threads = min(bare, key=lambda t: median_seconds(bare[t], 3)) if len(bare) > 1 else next(iter(bare))
+    probe = 3 if warm else 1
+    threads = min(bare, key=lambda t: median_seconds(bare[t], probe, warm)) if len(bare) > 1 else next(iter(bare))
     calls = [served, bare[threads]] + ([also] if also else [])
-    for call in calls:
+    for call in calls if warm else ():
         call()
     times: list[list[float]] = [[] for _ in calls]
     for _ in range(repeats):
@@ -66,7 +70,7 @@ def rows_of(customers: list, n: int) -> list:
 
 
 def batch(stub, metadata, boosters: dict, customers: list, n: int, repeats: int, anchor_stub=None,
-          cpu=None) -> dict:
+          cpu=None, warm: bool = True) -> dict:
     """PredictBatch of `n` rows against the bare booster; with `anchor_stub` (the minimal gRPC server with the
     model) also what a minimal Python server takes for the same request: the bound of the batch path. `cpu()`
     (CPU seconds per suite process) gives the suite's CPU per served call while the calls run."""
@@ -77,8 +81,8 @@ def batch(stub, metadata, boosters: dict, customers: list, n: int, repeats: int,
     served, bare, threads, minimal = side_by_side(
         lambda: stub.PredictBatch(request, metadata=metadata, timeout=120),
         {t: (lambda b=b: b.inplace_predict(X)) for t, b in boosters.items()}, repeats,
-        also=anchor_stub and (lambda: anchor_stub.PredictBatch(request, timeout=120)))
-    served_calls = repeats + 1  # side_by_side's warm-up call and the timed ones
+        also=anchor_stub and (lambda: anchor_stub.PredictBatch(request, timeout=120)), warm=warm)
+    served_calls = repeats + (1 if warm else 0)  # side_by_side's warm-up call and the timed ones
     cpu_ms = {k: (v - cpu_before[k]) * 1e3 / served_calls for k, v in cpu().items()} if cpu else {}
     wire = request.SerializeToString()
     reply = stub.PredictBatch(request, metadata=metadata, timeout=120)
@@ -94,7 +98,7 @@ def batch(stub, metadata, boosters: dict, customers: list, n: int, repeats: int,
             "bare_threads": threads, "bounds_ms": bounds, "cpu_ms_per_call": cpu_ms}
 
 
-def explain(stub, metadata, boosters: dict, customers: list, n: int, repeats: int) -> dict:
+def explain(stub, metadata, boosters: dict, customers: list, n: int, repeats: int, warm: bool = True) -> dict:
     import xgboost
 
     rows = rows_of(customers, n)
@@ -102,7 +106,8 @@ def explain(stub, metadata, boosters: dict, customers: list, n: int, repeats: in
     X = F.encode_customers(rows)
     served, bare, threads, _ = side_by_side(
         lambda: stub.Explain(request, metadata=metadata, timeout=120),
-        {t: (lambda b=b: b.predict(xgboost.DMatrix(X), pred_contribs=True)) for t, b in boosters.items()}, repeats)
+        {t: (lambda b=b: b.predict(xgboost.DMatrix(X), pred_contribs=True)) for t, b in boosters.items()}, repeats,
+        warm=warm)
     reply = stub.Explain(request, metadata=metadata, timeout=120)
     return {"rows": n, "served_ms": served * 1e3, "bare_ms": bare * 1e3, "ratio": served / bare,
             "bare_threads": threads,
@@ -124,7 +129,7 @@ def mlflow_rows(url: str, frame: pd.DataFrame, repeats: int) -> float:
 
 
 def drift(stack, inference_stub, metadata, monitoring_stub, ops_metadata, version: str, tracking_uri: str,
-          model_name: str, customers: list, n: int, repeats: int) -> dict:
+          model_name: str, customers: list, n: int, repeats: int, warm: bool = True) -> dict:
     """Record `n` predictions (one PredictBatch through production; its outbox ships them), then time
     GetDriftReport(window=n) against one bare Evidently run on the same reference and current frames."""
     from evidently import DataDefinition, Dataset, Report
@@ -155,7 +160,8 @@ def drift(stack, inference_stub, metadata, monitoring_stub, ops_metadata, versio
             Dataset.from_pandas(reference, data_definition=definition))
         snapshot.json()
     served, bare_s, _, _ = side_by_side(
-        lambda: monitoring_stub.GetDriftReport(request, metadata=ops_metadata, timeout=300), {1: bare}, repeats)
+        lambda: monitoring_stub.GetDriftReport(request, metadata=ops_metadata, timeout=300), {1: bare}, repeats,
+        warm=warm)
     return {"rows": n, "reference_rows": len(reference), "served_ms": served * 1e3, "bare_ms": bare_s * 1e3,
             "ratio": served / bare_s, "current_rows_reported": reply.summary.current_rows
             if reply.HasField("summary") else None}

@@ -20,7 +20,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def base_env(workdir: pathlib.Path) -> dict[str, str]:
     """A self-contained environment: its own data and secrets folders, fresh keys, ephemeral ports."""
-    inherited = ("AUTH_", "INFERENCE_", "MONITORING_", "MLFLOW_", "USERS_DATABASE", "GATEWAY_", "ENVOY_", "JWKS_")
+    inherited = ("AUTH_", "INFERENCE_", "MONITORING_", "MLFLOW_", "USERS_DATABASE", "GATEWAY_", "ENVOY_", "JWKS_",
+                 "PORTS_DIR")
     env = {key: value for key, value in os.environ.items() if not key.startswith(inherited)}
     env.update({
         "DATA_DIR": str(workdir / "var"),
@@ -71,7 +72,9 @@ class ServiceProcess:
     def __init__(self, name: str, module: str, env: dict[str, str], workdir: pathlib.Path, args: tuple[str, ...] = ()):
         self.name = name
         self.workdir = workdir
-        self.port_file = workdir / f"{name}.port"
+        # under PORTS_DIR (as `make run` starts them) a process reports its ports where its peers look them up
+        ports_dir = env.get("PORTS_DIR")
+        self.port_file = pathlib.Path(ports_dir) / f"{name}.json" if ports_dir else workdir / f"{name}.port"
         self.log_path = workdir / f"{name}.log"
         self.port_file.unlink(missing_ok=True)
         self.env = dict(env, PORT_FILE=str(self.port_file))

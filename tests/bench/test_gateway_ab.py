@@ -23,9 +23,11 @@ def test_one_round_measures_every_gateway_beside_direct(is_ci, settings, tmp_pat
         pytest.skip("h2load not installed (make bench-tools)")
     out = tmp_path / "gateway-ab.md"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "gen")]))
+    # half-second points (and warm-ups); one worker per inference instance, as every test suite runs them (the
+    # worker pool has its own test, tests/e2e/test_inference_workers.py)
     done = subprocess.run([sys.executable, "-m", "bench.gateway_ab", "--concurrency", "1", "--rounds", "1",
-                           "--seconds", "1", "--workdir", str(tmp_path / "work"), "--out", str(out),
-                           "--tracking-uri", mlflow_config.tracking_uri(settings)],
+                           "--seconds", "0.5", "--inference-workers", "1", "--workdir", str(tmp_path / "work"),
+                           "--out", str(out), "--tracking-uri", mlflow_config.tracking_uri(settings)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     rows = {cells[1]: cells for cells in (line.strip("|").split("|") for line in out.read_text().splitlines()
