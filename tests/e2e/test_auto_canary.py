@@ -1,6 +1,6 @@
 """The automatic canary through a real Envoy, with no human action after each Retrain: a suite of its own with
-CANARY_AUTO on (steps 10 → 50 → 100, judged every 3 s), over a copy of the session's registry, and an external
-load generator that predicts with a service token and sends each customer's true label as feedback. A candidate
+CANARY_AUTO on (steps 10 → 50 → 100, judged every second), over a copy of the session's registry, and an external
+load generator that predicts with a service token and sends each prediction's true label as feedback. A candidate
 trained on shuffled labels is rolled back to weight 0; a good one reaches 100 % and is promoted by
 `monitoring:canary` (production reloads with monitoring's own credential and serves it, weight back to 0). No
 prediction fails meanwhile. The suite's own staging version 2 may be rolled out too while the first Retrain runs:
@@ -24,10 +24,17 @@ from tests.harness import base_env
 
 pytestmark = pytest.mark.integration
 
-AUTO = {"CANARY_AUTO": "true", "CANARY_AUTO_STEPS": "10,50,100", "CANARY_AUTO_INTERVAL_SECONDS": "3",
-        "CANARY_MIN_PREDICTIONS": "100", "CANARY_MIN_LABELLED": "100", "CANARY_MAX_ROC_AUC_DROP": "0.2",
-        "CANARY_MAX_JENSEN_SHANNON": "1"}  # judge on labels here: a good candidate's divergence never holds it
 BATCH = 20
+MIN_LABELLED = 200
+# A side with fewer labelled rows than CANARY_MIN_LABELLED passes the ROC AUC check unjudged, so a judgement needs
+# more rows than that by the rows that may still wait for their label (three calls: see Traffic): no step is taken
+# without the shuffled-labels candidate's AUC judged, on at least MIN_LABELLED rows (its AUC on 100 random rows
+# clears the floor about once in 100, on 200 about once in 3,000).
+AUTO = {"CANARY_AUTO": "true", "CANARY_AUTO_STEPS": "10,50,100", "CANARY_AUTO_INTERVAL_SECONDS": "1",
+        "CANARY_MIN_PREDICTIONS": str(MIN_LABELLED + 3 * BATCH), "CANARY_MIN_LABELLED": str(MIN_LABELLED),
+        "CANARY_MAX_ROC_AUC_DROP": "0.2",
+        "CANARY_MAX_JENSEN_SHANNON": "1"}  # judge on labels here: a good candidate's divergence never holds it
+ROWS_PER_SECOND = 300  # a 10 % step's judgement needs ~2,400 rows: 8 s of traffic
 
 
 @pytest.fixture(scope="module")
@@ -42,37 +49,42 @@ def auto_suite(trained_registry, suite_workdir):
 
 
 class Traffic(threading.Thread):
-    """Predictions in batches of 20 customers; the batch before last gets its true labels (so the predictions
-    have reached monitoring through the outbox before they are labelled)."""
+    """PredictBatch calls of BATCH customers at ROWS_PER_SECOND (Envoy routes each call whole to one instance, the
+    canary judges rows); the rows answered two calls before get their true labels by prediction id, so they have
+    reached monitoring through the outbox — a label that still comes first is unmatched, and sent again. Rows in
+    monitoring without their label: at most three calls' (two held back, one whose labels are on their way)."""
 
     def __init__(self, suite, customers, labels):
         super().__init__(daemon=True)
         self.suite, self.customers, self.labels = suite, customers, labels
-        self.calls = 0
+        self.predictions = 0
         self.failures: list[str] = []
         self.done = threading.Event()
 
     def run(self):
         _, inference, monitoring = self.suite.stubs()
         metadata = self.suite.md(self.suite.service_token)
-        sent: list[list[int]] = []
-        start = 0
-        while not self.done.is_set():
+        answered: list[list[monitoring_pb2.FeedbackRow]] = []
+        unmatched: list[monitoring_pb2.FeedbackRow] = []
+        start, due = 0, time.monotonic()
+        while not self.done.wait(max(0.0, due - time.monotonic())):
             batch = [(start + i) % len(self.customers) for i in range(BATCH)]
-            start += BATCH
-            for i in batch:
-                try:
-                    inference.Predict(inference_pb2.PredictRequest(customer=self.customers[i]), metadata=metadata,
-                                      timeout=10)
-                except grpc.RpcError as error:
-                    self.failures.append(f"{error.code().name}: {error.details()}")
-                self.calls += 1
-            sent.append(batch)
-            if len(sent) > 2:
-                rows = [monitoring_pb2.FeedbackRow(customer_id=self.customers[i].customer_id,
-                                                   churned=bool(self.labels[i])) for i in sent.pop(0)]
-                monitoring.SubmitFeedback(monitoring_pb2.SubmitFeedbackRequest(rows=rows), metadata=metadata,
-                                          timeout=10)
+            start, due = start + BATCH, max(due, time.monotonic()) + BATCH / ROWS_PER_SECOND  # no catching up
+            try:
+                answer = inference.PredictBatch(inference_pb2.PredictBatchRequest(
+                    customers=[self.customers[i] for i in batch]), metadata=metadata, timeout=10)
+            except grpc.RpcError as error:
+                self.failures.append(f"{error.code().name}: {error.details()}")
+                continue
+            self.predictions += len(answer.predictions)
+            answered.append([monitoring_pb2.FeedbackRow(prediction_id=p.prediction_id, churned=bool(self.labels[i]))
+                             for i, p in zip(batch, answer.predictions)])
+            if len(answered) > 2:
+                rows = unmatched + answered.pop(0)
+                report = monitoring.SubmitFeedback(monitoring_pb2.SubmitFeedbackRequest(rows=rows),
+                                                   metadata=metadata, timeout=10)
+                early = set(report.unmatched_ids)
+                unmatched = [r for r in rows if r.prediction_id in early]
 
 
 def shuffled_labels_csv() -> bytes:
@@ -163,6 +175,6 @@ def test_bad_candidate_rolled_back_and_good_one_reaches_100_with_no_failed_predi
                                         timeout=10).events
     rolled_back = next(e for e in events if e.actor == "monitoring:canary" and f"version {bad} rolled back" in e.detail)
     assert "failed: live ROC AUC" in rolled_back.detail
-    assert traffic.calls > 1000 and traffic.failures == [], (traffic.calls, traffic.failures[:5])
-    record_property("auto_canary", {"calls": traffic.calls, "failures": len(traffic.failures), "bad": bad,
+    assert traffic.predictions > 1000 and traffic.failures == [], (traffic.predictions, traffic.failures[:5])
+    record_property("auto_canary", {"predictions": traffic.predictions, "failures": len(traffic.failures), "bad": bad,
                                     "good": good, "promoted_from": promoted.previous_version})
