@@ -32,7 +32,7 @@ STORE_DOWN_SECONDS = float(os.environ.get("CHAOS_STORE_DOWN_SECONDS", "5"))
 LEAD_SECONDS = 1  # load before the fault: 100 calls answered and their rows shipping
 TAIL_SECONDS = 2  # load after the part is back: calls go on while it recovers
 LOAD_LIMIT = 900  # h2load's own deadline for a load the test stops (reached only if a test never does)
-DELIVERY_TIMEOUT = 120  # the shipper's backoff is capped at 30 s: everything is in well before this
+DELIVERY_TIMEOUT = 120  # the shipper's backoff is capped at 2 s: everything is in well before this
 DRAIN_STREAMS = 2  # StreamPredict calls pinned to the canary, open across its SIGTERM
 
 
