@@ -3,11 +3,12 @@
 
 A row leaves the outbox only after monitoring acknowledged its batch (monitoring stores idempotently by prediction
 id, so a batch resent after a lost acknowledgement is harmless). Monitoring down → the attempt fails, the thread
-backs off exponentially (with jitter) and tries again; predictions are never affected. A batch that is not full
-waits `linger` seconds for more rows before it goes (Kafka's linger.ms): at one request at a time each prediction
-would otherwise be an RPC of its own, and monitoring's cost per call dwarfs its cost per row. The token is the setting
-`SERVICE_TOKEN` or the file `<SECRETS_DIR>/service_token` (written by `python -m services.auth
-create-service-token`), re-read whenever the file changes, so a re-minted token is picked up without a restart.
+backs off exponentially (with jitter, at most RETRY_CAP_SECONDS) and tries again; predictions are never affected.
+A batch that is not full waits `linger` seconds for more rows before it goes (Kafka's linger.ms): at one request at
+a time each prediction would otherwise be an RPC of its own, and monitoring's cost per call dwarfs its cost per row.
+The token is the setting `SERVICE_TOKEN` or the file `<SECRETS_DIR>/service_token` (written by `python -m
+services.auth create-service-token`), re-read whenever the file changes, so a re-minted token is picked up without
+a restart.
 """
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ from services.inference import metrics
 from services.inference.outbox import COLUMNS, Outbox, OutboxRow
 
 log = logging.getLogger("churn.inference.shipper")
+# The longest wait between tries while monitoring is away, for the shipper and its channel's reconnects alike: rows
+# flow again within seconds of its return (with 30 s they waited up to as long again as it had been away), and a try
+# every 1-2 s costs a down monitoring nothing.
+RETRY_CAP_SECONDS = 2.0
 # Codes that refuse the batch itself (its content or size): resending it unchanged can never succeed.
 REFUSED = frozenset({"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "OUT_OF_RANGE"})
 
@@ -62,7 +67,8 @@ class MonitoringSink:
     def __init__(self, address: str, token: ServiceToken, api_key: str, options: list[tuple[str, int]],
                  timeout: float = 10.0):
         self._channel = grpc.insecure_channel(address, options=[
-            *options, ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)])
+            *options, ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", int(RETRY_CAP_SECONDS * 1000))])
         self._stub = monitoring_pb2_grpc.MonitoringServiceStub(self._channel)
         self._token = token
         self._api_key = api_key
@@ -89,7 +95,7 @@ class Shipper:
     """Ships outbox rows until stopped. One thread; batches of up to `batch_size` predictions, oldest first."""
 
     def __init__(self, outbox: Outbox, sink: Sink, batch_size: int = 500, idle_wait: float = 1.0,
-                 initial_backoff: float = 0.2, max_backoff: float = 30.0, linger: float = 0.0):
+                 initial_backoff: float = 0.2, max_backoff: float = RETRY_CAP_SECONDS, linger: float = 0.0):
         self._outbox = outbox
         self._sink = sink
         self._batch_size = batch_size

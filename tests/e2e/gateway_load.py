@@ -4,13 +4,15 @@ something.
 
 h2load reads no grpc-status, so every call is counted from Envoy's access log, which names each call's request id
 (the prediction id is `<request id>-0`), gRPC status, upstream host and attempts: the ids a test then looks for in
-monitoring's store. h2load's own HTTP counts are kept beside them."""
+monitoring's store. h2load's own HTTP counts are kept beside them, read from its per-call log (a line per finished
+call, written as it finishes): a load the test ends itself (`stop`) gets no summary from h2load."""
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import json
 import pathlib
+import signal
 import subprocess
 import time
 from typing import Callable
@@ -18,7 +20,7 @@ from typing import Callable
 import sqlalchemy as sa
 from churn.v1 import inference_pb2
 
-from bench.load import H2loadSummary, grpc_frame, h2load_command, h2load_summary
+from bench.load import H2loadSummary, grpc_frame, h2load_command
 
 PREDICT_PATH = "/churn.v1.InferenceService/Predict"
 
@@ -40,7 +42,8 @@ class Call:
 
     @property
     def abandoned(self) -> bool:
-        """The generator hung up before the answer: h2load does at its deadline, with the calls still in flight."""
+        """The generator hung up before the answer: h2load does when it ends (its deadline, or `stop`), with the
+        calls still in flight."""
         return not self.ok and "DC" in self.flags.split(",")
 
     @property
@@ -64,7 +67,7 @@ class LoadResult:
 
     @property
     def complete(self) -> bool:
-        """Envoy logged every call h2load counted, plus at most the calls h2load left in flight at its deadline
+        """Envoy logged every call h2load counted, plus at most the calls h2load left in flight when it ended
         (counted by Envoy, not by h2load; each answered or abandoned), and h2load abandoned no more than that."""
         extra = len(self.calls) - self.generator.total
         return 0 <= extra <= self.concurrency and sum(c.abandoned for c in self.calls) <= self.concurrency
@@ -73,13 +76,15 @@ class LoadResult:
         return (f"h2load: {self.generator.total} sent, {self.generator.succeeded} HTTP-succeeded, "
                 f"{self.generator.failed} failed, {self.generator.errored} errored in {self.generator.seconds:.1f} s; "
                 f"Envoy: {len(self.calls)} Predict calls logged, {len(self.ok_ids)} OK, {len(self.failed)} failed, "
-                f"{sum(c.abandoned for c in self.calls)} left by h2load at its deadline")
+                f"{sum(c.abandoned for c in self.calls)} left in flight by h2load when it ended")
 
 
 class GatewayLoad:
-    """`with GatewayLoad(...) as load:` starts h2load at once; `load.result()` waits for it and returns the counts.
-    `concurrency` connections, `rps` calls per second each. `access_log()` gives the gateway's log lines written
-    since the load started (`GatewayLoad.through(suite, …)` reads the suite's Envoy log file)."""
+    """`with GatewayLoad(...) as load:` starts h2load at once; `load.result()` waits until its `seconds` are over,
+    `load.stop()` ends it at once (a test that keeps the load on until what it broke is back, and a little longer);
+    both return the counts. `concurrency` connections, `rps` calls per second each. `access_log()` gives the
+    gateway's log lines written since the load started (`GatewayLoad.through(suite, …)` reads the suite's Envoy log
+    file)."""
 
     def __init__(self, url: str, headers: dict[str, str], customer, workdir: pathlib.Path,
                  access_log: Callable[[], list[str]], *, seconds: float, concurrency: int = 4, rps: int = 25,
@@ -87,8 +92,9 @@ class GatewayLoad:
         self.seconds, self.access_log, self.concurrency = seconds, access_log, concurrency
         frame = workdir / f"{name}.grpc"
         frame.write_bytes(grpc_frame(inference_pb2.PredictRequest(customer=customer)))
-        self.command = h2load_command(f"{url}{PREDICT_PATH}", frame, headers, concurrency, seconds,
-                                      workdir / f"{name}.h2load.log", rps=rps)
+        self.log_file = workdir / f"{name}.h2load.log"
+        self.command = h2load_command(f"{url}{PREDICT_PATH}", frame, headers, concurrency, seconds, self.log_file,
+                                      rps=rps)
         self.process: subprocess.Popen | None = None
         self.started_at = 0.0
 
@@ -105,6 +111,7 @@ class GatewayLoad:
                    **options)
 
     def __enter__(self) -> "GatewayLoad":
+        self.log_file.unlink(missing_ok=True)  # h2load appends to its log
         self.started_at = time.time()
         self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         return self
@@ -115,14 +122,33 @@ class GatewayLoad:
             self.process.communicate()
 
     def result(self) -> LoadResult:
-        stdout, stderr = self.process.communicate(timeout=self.seconds + 120)
-        if self.process.returncode != 0:
+        return self._counted(self.seconds + 120)
+
+    def stop(self) -> LoadResult:
+        """End the load now: the calls h2load has in flight are abandoned (Envoy logs them DC), as at its deadline."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self._counted(30)
+
+    def _counted(self, timeout: float) -> LoadResult:
+        stdout, stderr = self.process.communicate(timeout=timeout)
+        if self.process.returncode not in (0, -signal.SIGTERM):
             raise RuntimeError(f"h2load failed ({self.process.returncode}): {stderr[-2000:]}\n{stdout[-2000:]}")
-        summary = h2load_summary(stdout)
+        summary = self._generator_counts(time.time() - self.started_at)
         deadline = time.monotonic() + 15  # Envoy flushes its access log every second
         while len(calls := self.calls()) < summary.total - summary.errored and time.monotonic() < deadline:
             time.sleep(0.5)
         return LoadResult(summary, calls, self.concurrency)
+
+    def _generator_counts(self, seconds: float) -> H2loadSummary:
+        """h2load's counts from its per-call log (tab-separated: start, HTTP status or -1 for a call that got no
+        answer, duration), as its printed summary counts them: succeeded is a 2xx or 3xx answer, failed the rest."""
+        statuses = [int(line.split("\t")[1]) for line in self.log_file.read_text().splitlines()
+                    if line.count("\t") >= 2] if self.log_file.exists() else []
+        succeeded = sum(200 <= status < 400 for status in statuses)
+        return H2loadSummary(total=len(statuses), succeeded=succeeded, failed=len(statuses) - succeeded,
+                             errored=statuses.count(-1), seconds=seconds,
+                             status_2xx=sum(200 <= status < 300 for status in statuses))
 
     def calls(self) -> list[Call]:
         found = []
