@@ -12,10 +12,14 @@ BUF := .tools/node_modules/.bin/buf
 
 .PHONY: setup promtool gen model secrets run test test-fast fuzz chaos lint-protos clean bench bench-short bench-tools bench-deps
 
-# The virtualenv, the generated stubs, buf and promtool: everything the other targets need; the project's own
-# modules byte-compiled (only what changed since the last time), for the same reason as the virtualenv's.
+# The virtualenv, the generated stubs, buf and promtool: everything the other targets need.
 setup: $(INSTALLED) $(GENERATED) $(BUF) promtool
-	@$(PY) -m compileall -q services training tools gen bench tests >/dev/null
+
+# Python caches the bytecode of what it imports, unless PYTHONDONTWRITEBYTECODE is set (it is on these machines):
+# then every process compiled mlflow, scikit-learn and pandas anew (6.0 s to import them against 2.3 s cached), and
+# `make test` starts a few hundred. make's commands cache it (in .venv and git-ignored __pycache__ folders): only
+# what is imported, when first imported (compiling the whole virtualenv at install cost 23 s more of setup).
+unexport PYTHONDONTWRITEBYTECODE
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -27,14 +31,12 @@ promtool:
 
 # The virtualenv with every runtime and test dependency; a .pth puts the repo and gen/ on its path. uv (PyPI)
 # resolves and installs them, the same versions pip picks: 41 s with an empty cache where pip took 9 minutes with a
-# warm one on the same (loaded) machine. Unlike pip, uv writes no bytecode unless asked: without it, and with
-# PYTHONDONTWRITEBYTECODE=1 (set on these machines), every process compiled mlflow, scikit-learn and pandas anew
-# (6.0 s to import them against 2.3 s compiled; the suite starts a few hundred processes).
+# warm one on the same (loaded) machine. uv writes no bytecode at install (pip does): see PYTHONDONTWRITEBYTECODE.
 $(INSTALLED): pyproject.toml
 	@echo "==> creating virtualenv $(VENV) and installing dependencies (first time: about a minute)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet 'uv>=0.5,<1'
-	$(PY) -m uv pip install --quiet --compile-bytecode --python $(PY) -e '.[test]'
+	$(PY) -m uv pip install --quiet --python $(PY) -e '.[test]'
 	$(PY) -c "import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()['purelib'], 'churn_suite.pth').write_text('$(CURDIR)\n$(CURDIR)/gen\n')"
 	@touch $@
 
