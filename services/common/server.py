@@ -69,17 +69,22 @@ def start_server(
     serving: bool = True,
     max_workers: int = 32,
     health_view: EnvoyView | None = None,
+    share_port: bool = False,
 ) -> ServiceHost:
     """Build, bind and start a server. `register` adds the servicers; `reflect` adds extra service names to
     reflection (the gateway's designated backend reflects every churn.v1 service); `health_view` makes this the
-    gateway's health backend (services.common.health)."""
+    gateway's health backend (services.common.health). Only `share_port` servers (the inference worker pool) bind
+    with SO_REUSEPORT, grpc-python's default: with it, a second server given a port another SO_REUSEPORT socket of
+    the same user listens on (Envoy's listener, a stale instance) binds it too and silently takes part of its
+    connections; without it, that bind fails."""
     private_folder(settings.data_dir)  # stores, outboxes and the registry live below it
     previous = reported_ports(settings)
     port = port or previous.get("grpc") or 0
     if http_port == 0:
         http_port = previous.get("http") or 0
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-                         interceptors=[interceptor], options=settings.grpc_options())
+                         interceptors=[interceptor],
+                         options=[*settings.grpc_options(), ("grpc.so_reuseport", int(share_port))])
     register(server)
     names = list(service_names)
     health_servicer = Health(health_view)
@@ -87,7 +92,10 @@ def start_server(
     reflected = dict.fromkeys([*names, *reflect, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                                reflection.SERVICE_NAME])
     reflection.enable_server_reflection(list(reflected), server)
-    bound = server.add_insecure_port(f"{settings.bind_host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{settings.bind_host}:{port}")
+    except RuntimeError:  # grpc-python raises where it used to return 0
+        bound = 0
     if bound == 0:
         raise OSError(f"cannot bind {settings.bind_host}:{port}")
     http = SideHttpServer(settings.bind_host, http_port, http_routes).start() if http_port is not None else None

@@ -135,7 +135,7 @@ def start(settings: Settings, verifier: identity.TokenVerifier, parts: Inference
         settings, port=parts.port, http_port=parts.http_port, register=register,
         service_names=[SERVICE_NAME, OPEN_INFERENCE_NAME],
         interceptor=ServiceInterceptor.from_settings(verifier, settings),
-        serving=holder.ready)
+        serving=holder.ready, share_port=parts.group is not None)
     shipper = Shipper(outbox, parts.sink, **parts.shipper_options).start() if parts.sink is not None else None
     loader = None
     if not holder.ready:

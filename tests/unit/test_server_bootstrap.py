@@ -65,6 +65,16 @@ def served(tmp_path):
     host.stop(0)
 
 
+def test_a_second_server_cannot_take_a_port_a_server_listens_on(served, tmp_path):
+    """Without SO_REUSEPORT the bind fails; with it (grpc-python's default) it succeeded and the two sockets shared
+    the port's connections — another worker's Envoy listening there lost some of its callers."""
+    host = served[0]
+    settings = Settings.from_env({"API_KEY": CLIENT_KEY, "OPS_API_KEY": OPS_KEY, "DATA_DIR": str(tmp_path / "b")})
+    with pytest.raises(OSError, match=f"cannot bind 127.0.0.1:{host.port}"):
+        start_server(settings, port=host.port, http_port=None, register=lambda server: None, service_names=[],
+                     interceptor=ServiceInterceptor(LocalKeys().verifier(), CLIENT_KEY, OPS_KEY))
+
+
 def _call(channel, alias="", key=CLIENT_KEY, token=None, method="GetModelInfo"):
     stub = inference_pb2_grpc.InferenceServiceStub(channel)
     metadata = [("x-api-key", key)] if key else []
