@@ -40,7 +40,6 @@ from services.common.settings import ROOT, Settings
 READY_TIMEOUT = float(os.environ.get("READY_TIMEOUT_SECONDS", "240"))
 START_SECONDS = 3  # up this long = started; an earlier exit counts as a failed start (backoff)
 START_RETRIES = 10
-SERVICES_GROUP = "services"  # every program but the gateway (supervisorctl names them services:<name>)
 BANNER_PROMPT = "$ "  # marks the banner's commands (tests run them as printed)
 UNIX_PATH_MAX = 100  # sun_path holds 108 bytes on Linux, 104 on macOS; keep clear of both
 
@@ -89,15 +88,10 @@ def supervisor_config(folder: pathlib.Path, processes: dict[str, str], ports_dir
              "[supervisorctl]", f"serverurl=unix://{socket}", ""]
     for name, command in processes.items():
         lines += [f"[program:{name}]", f"command={command}", f"directory={ROOT}", "autostart=true",
-                  f"priority={1 if name == GATEWAY else 999}",
                   f'environment=PORT_FILE="{ports_dir / name}.json"',
                   "autorestart=true", f"startsecs={START_SECONDS}", f"startretries={START_RETRIES}",
                   "stopsignal=TERM", f"stopwaitsecs={stop_wait}", "stopasgroup=true", "killasgroup=true",
                   "redirect_stderr=true", "stdout_logfile=/dev/stdout", "stdout_logfile_maxbytes=0", ""]
-    # supervisord stops one group at a time, the highest priority first: the services as one group, together, while
-    # Envoy still runs, so each drains only until Envoy's health checker has seen it (Ctrl-C took 16 s one by one)
-    services = [name for name in processes if name != GATEWAY]
-    lines += [f"[group:{SERVICES_GROUP}]", f"programs={','.join(services)}", "priority=999", ""]
     path = folder / "supervisord.conf"
     path.write_text("\n".join(lines))
     path.chmod(0o600)
@@ -112,8 +106,7 @@ def process_states(config: pathlib.Path) -> dict[str, str]:
                               capture_output=True, text=True, timeout=10)
     except subprocess.TimeoutExpired:
         return {}
-    return {line.split()[0].split(":")[-1]: line.split()[1]  # "services:auth RUNNING …" → auth
-            for line in done.stdout.splitlines() if len(line.split()) >= 2}
+    return dict(line.split()[:2] for line in done.stdout.splitlines() if len(line.split()) >= 2)
 
 
 def grpc_serving(address: str) -> bool:
