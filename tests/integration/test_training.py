@@ -30,13 +30,13 @@ def run_training(env: dict[str, str], *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def trained(trained_registry, settings):
-    """The suite-wide registry (tests/conftest.py trains it once per session): (env, DATA_DIR, model name)."""
-    return trained_registry, pathlib.Path(trained_registry["DATA_DIR"]), settings.model_name
+    """The suite-wide registry (tests/conftest.py trains it once per run): (env, model name)."""
+    return trained_registry, settings.model_name
 
 
 @pytest.fixture(scope="module")
 def registry(trained, settings) -> R.ModelRegistry:
-    return R.ModelRegistry(mlflow_config.tracking_uri(settings), trained[2])
+    return R.ModelRegistry(mlflow_config.tracking_uri(settings), trained[1])
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def client(registry):
 
 
 def test_both_versions_registered_with_aliases_and_metrics(trained, client):
-    env, _, name = trained
+    _, name = trained
     production = client.get_model_version_by_alias(name, R.ALIAS_PRODUCTION)
     staging = client.get_model_version_by_alias(name, R.ALIAS_STAGING)
     assert production.tags[R.TAG_FLAVOR] == "xgboost" and staging.tags[R.TAG_FLAVOR] == "sklearn"
@@ -77,7 +77,7 @@ def test_artifacts_download_through_the_registry(trained, registry, tmp_path):
 
 
 def test_rerun_reuses_versions_and_if_missing_does_nothing(trained, client, registry):
-    env, _, name = trained
+    env, name = trained
     before = {v.version for v in client.search_model_versions(f"name = '{name}'")}
     staging = registry.version_for("staging")
     rerun = run_training(env)
@@ -98,7 +98,7 @@ def fresh_pyfunc(trained, settings, tmp_path_factory) -> dict[str, tuple[list[fl
     loaded and called in one fresh interpreter outside the repo, without gen/ or the repo on its path. MLflow keeps
     the first model's modules when it loads the next one, so the script forgets them (and that code/ on sys.path)
     before each load: each version runs on its own copy of the code, as in an interpreter of its own."""
-    env, _, name = trained
+    env, name = trained
     rows = ROOT / "data" / "telco_churn.csv"
     script = (
         "import sys, json\n"
