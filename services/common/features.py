@@ -158,6 +158,12 @@ _HIGH = np.array([1.0 if FEATURES[i].kind == BOOLEAN else NUMERIC_MAX[FEATURES[i
 _WHOLE_IDX = np.array(_BOOL + [_TENURE], dtype=np.intp)
 _ROWS = np.arange(4096)[:, None]
 _GETTER = operator.attrgetter(*FEATURE_NAMES)
+# A few rows are encoded in plain Python (`_encode_few`): numpy's cost per call, not per row, dominates them.
+FEW_ROWS = 8
+_ZERO_ROW = [0.0] * N_ENCODED
+_FEW_CATEGORICAL = tuple((i, {num: int(_OFFSETS[i]) + pos for pos, num in enumerate(FEATURES[i].enum_numbers)})
+                         for i in _CAT)
+_FEW_DIRECT = tuple((i, int(_OFFSETS[i]), float(high), i in (_BOOL + [_TENURE])) for i, high in zip(_DIRECT, _HIGH))
 
 
 def _cat_cols(values: np.ndarray) -> np.ndarray:
@@ -259,8 +265,9 @@ def customer_values(customers: Sequence[common_pb2.Customer]) -> tuple[np.ndarra
                 missing_cols.append(i)
     values = np.array(rows, dtype=np.float64).reshape(len(rows), len(FEATURES))
     absent = np.zeros(values.shape, dtype=bool)
-    absent[missing_rows, missing_cols] = True
-    values[absent] = np.nan
+    if missing_rows:
+        absent[missing_rows, missing_cols] = True
+        values[absent] = np.nan
     return values, absent
 
 
@@ -269,6 +276,37 @@ def encode_values(values: np.ndarray, label: str | Callable[[int], str] = "custo
     """Check field values (`customer_values`) by `bad_cells` and encode them to the (n, N_ENCODED) float32 matrix.
     Bad fields raise InvalidInput naming them as `<label>[i].<field>` (label a str prefix) or `<label(i)>.<field>`
     (label a function: single Predict passes `lambda i: "customer"`); all violations are collected."""
+    if 0 < len(values) <= FEW_ROWS:
+        encoded = _encode_few(values)
+        if encoded is not None:
+            return encoded
+    return _encode_checked(values, label, absent)
+
+
+def _encode_few(values: np.ndarray) -> np.ndarray | None:
+    """`_encode_checked` of a few rows in plain Python, bit for bit, when every field passes `bad_cells`' quick
+    test (enums known, booleans and numbers present within bounds, booleans and tenure whole); None otherwise (an
+    absent total_charges or a bad field), for `_encode_checked` to encode it or name the bad fields."""
+    rows = []
+    for row in values.tolist():
+        out = _ZERO_ROW.copy()
+        for i, columns in _FEW_CATEGORICAL:
+            column = columns.get(row[i])  # a float key finds its whole enum number; NaN, 0 and fractions do not
+            if column is None:
+                return None
+            out[column] = 1.0
+        for i, column, high, whole in _FEW_DIRECT:
+            v = row[i]
+            if not 0.0 <= v <= high or (whole and v != math.floor(v)):  # NaN fails the bounds
+                return None
+            out[column] = v
+        rows.append(out)
+    return np.array(rows, dtype=np.float32)
+
+
+def _encode_checked(values: np.ndarray, label: str | Callable[[int], str] = "customers",
+                    absent: np.ndarray | None = None) -> np.ndarray:
+    """`encode_values` with numpy at any size: the general path."""
     row_label = _label_fn(label)
     cat_cols = _cat_cols(values)
     _raise(bad_cells(values, absent=absent, cat_cols=cat_cols), lambda r, i: f"{row_label(r)}.{FEATURE_NAMES[i]}")
