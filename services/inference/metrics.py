@@ -3,6 +3,8 @@ shared `churn_grpc_*` RPC metrics (services.common.metrics, counted by the inter
 Labels stay low-cardinality: model version, alias, method, status code, traffic (live/shadow)."""
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import Counter, Gauge, Histogram
 
 PREDICTIONS = Counter("churn_inference_predictions_total", "Rows scored, by model version, alias, predicted outcome "
@@ -28,3 +30,15 @@ SET_ASIDE = Counter("churn_inference_outbox_set_aside_total", "Outbox rows monit
                     "aside (never resent) so the rows behind them are delivered.")
 SHIP_FAILURES = Counter("churn_inference_ship_failures_total", "Failed RecordPredictions attempts, by status code.",
                         ["code"])
+
+
+# The request path's labelled children, looked up once per label set: `.labels()` checks the labels and takes a lock
+# on every call (~5 µs each here). Keyed by the labels themselves, so a reload (a new version) gets its own child.
+@functools.lru_cache(maxsize=256)
+def predictions(version: str, alias: str, outcome: str, traffic: str):
+    return PREDICTIONS.labels(version, alias, outcome, traffic)
+
+
+@functools.lru_cache(maxsize=64)
+def batch_rows(method: str, traffic: str):
+    return BATCH_ROWS.labels(method, traffic)

@@ -70,6 +70,15 @@ class Predictor:
         self.limits = limits
         self._clock = clock
         self._siblings = siblings  # the other worker processes on this port, told to reload with this one
+        self._ref: tuple[LoadedModel, common_pb2.ModelRef] | None = None  # see `_model_ref`
+
+    def _model_ref(self, model: LoadedModel) -> common_pb2.ModelRef:
+        """`model_ref(model)`, built once per loaded model (a reload brings a new one); never changed afterwards:
+        messages built with it copy it."""
+        ref = self._ref
+        if ref is None or ref[0] is not model:
+            ref = self._ref = (model, model_ref(model))
+        return ref[1]
 
     def _check_rows(self, n: int, field: str) -> None:
         if n == 0:
@@ -127,7 +136,7 @@ class Predictor:
         churn = probabilities >= model.threshold
         reasons = (explain.top_reasons(model.contributions(X), X, explain_top_k) if explain_top_k
                    else None)
-        ref = model_ref(model)
+        ref = self._model_ref(model)
         mirrored = shadow.is_shadow()
         prefix = prediction_id_prefix(request_id) + (prediction_record.SHADOW_ID_INFIX if mirrored else "")
         ids = [f"{prefix}-{i}" for i in range(first_index, first_index + len(customer_ids))]
@@ -146,10 +155,10 @@ class Predictor:
                                  shadow=mirrored)])
         n_churn, traffic = int(churn.sum()), shadow.traffic()
         if n_churn:
-            metrics.PREDICTIONS.labels(model.version, model.alias, "churn", traffic).inc(n_churn)
+            metrics.predictions(model.version, model.alias, "churn", traffic).inc(n_churn)
         if len(predictions) - n_churn:
-            metrics.PREDICTIONS.labels(model.version, model.alias, "no_churn", traffic).inc(len(predictions) - n_churn)
-        metrics.BATCH_ROWS.labels(method, traffic).observe(len(predictions))
+            metrics.predictions(model.version, model.alias, "no_churn", traffic).inc(len(predictions) - n_churn)
+        metrics.batch_rows(method, traffic).observe(len(predictions))
         return Scored(predictions, model, churn)
 
     def _check_reply_size(self, predictions: list[inference_pb2.Prediction], explain_top_k: int) -> None:
