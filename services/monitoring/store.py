@@ -21,6 +21,7 @@ from services.common import features as F
 from services.common.prediction_record import served_twin
 from services.common.telco_csv import typed_frame
 from services.monitoring.reference_store import ReferenceSets
+from services.monitoring.row_insert import RowInsert
 
 metadata = sa.MetaData()
 
@@ -164,37 +165,11 @@ def _chunks(ids: list[str], size: int = 500) -> Iterable[list[str]]:
     return (ids[start:start + size] for start in range(0, len(ids), size))
 
 
-class _RowInsert:
-    """An INSERT of many rows run by the driver's executemany, as SQLAlchemy Core would bind it but without its work
-    per row: compiled once (per set of columns), each column's values through its type's bind processor in one pass,
-    a tuple per row where the driver takes positions (SQLite). Rows a conflict skips count 0 in the driver's
-    rowcount, which sqlite3 and psycopg both sum over an executemany: it is the number of new rows."""
-
-    def __init__(self, dialect: sa.Dialect, statement, table: sa.Table, names: Sequence[str]):
-        compiled = statement.compile(dialect=dialect, column_keys=list(names), for_executemany=True)
-        self.sql = compiled.string
-        self._positional = compiled.positional
-        self._order = list(compiled.positiontup) if compiled.positional else list(names)
-        self._processors = [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in self._order]
-
-    def parameters(self, columns: dict[str, Sequence], rows: int, **same: object) -> list:
-        """The driver's parameters for `rows` rows: `columns` one value per row, `same` one value for every row."""
-        bound = []
-        for name, process in zip(self._order, self._processors):
-            if name in same:
-                bound.append([process(same[name]) if process else same[name]] * rows)
-            else:
-                bound.append(list(map(process, columns[name])) if process else columns[name])
-        if self._positional:
-            return list(zip(*bound))
-        return [dict(zip(self._order, row)) for row in zip(*bound)]
-
-
 class MonitoringStore:
     def __init__(self, url: str):
         self.engine = make_engine(url)
         self._dialect = self.engine.dialect.name
-        self._row_inserts: dict[tuple[str, ...], _RowInsert] = {}
+        self._row_inserts: dict[tuple[str, ...], RowInsert] = {}
         metadata.create_all(self.engine)
         self._add_missing_columns()
         self.references = ReferenceSets(self.engine)
@@ -226,7 +201,7 @@ class MonitoringStore:
         columns.update(batch.inputs)
         names = (*columns, "recorded_at")
         if names not in self._row_inserts:
-            self._row_inserts[names] = _RowInsert(self.engine.dialect, self._insert(predictions).on_conflict_do_nothing(
+            self._row_inserts[names] = RowInsert(self.engine.dialect, self._insert(predictions).on_conflict_do_nothing(
                 index_elements=["prediction_id"]), predictions, names)
         insert = self._row_inserts[names]
         try:
