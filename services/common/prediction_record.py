@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Callable, Sequence
+from bisect import bisect_right
+from itertools import accumulate, chain, repeat
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 from churn.v1 import common_pb2, monitoring_pb2
@@ -95,9 +97,10 @@ def columns_messages(prediction_ids: Sequence[str], customer_ids: Sequence[str],
 @dataclasses.dataclass
 class LogColumns:
     """Predictions as received, column by column (one entry per row everywhere); `values` the inputs as field values
-    (NaN = absent, unless `absent` tells a sent NaN apart), `where[i]` how row i is named in errors
+    (NaN = absent, unless `absent` tells a sent NaN apart), `where(i)` how row i is named in errors
     (`records[3]`, `batches[0][17]`) and `source(i)` the row as received, for a dead letter: (kind, serialized),
-    kind "record" (a PredictionRecord) or "columns" (a one-row PredictionColumns)."""
+    kind "record" (a PredictionRecord) or "columns" (a one-row PredictionColumns). Both are functions: only a row
+    that breaks a rule needs them."""
 
     prediction_ids: list[str]
     customer_ids: list[str]
@@ -112,7 +115,7 @@ class LogColumns:
     shadow: list[bool]
     values: np.ndarray
     absent: np.ndarray | None
-    where: list[str]
+    where: Callable[[int], str]
     source: Callable[[int], tuple[str, bytes]]
     problems: dict[int, Violation] = dataclasses.field(default_factory=dict)  # row -> the first rule it breaks
 
@@ -120,14 +123,19 @@ class LogColumns:
         return len(self.prediction_ids)
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_SECONDS_RANGE = (-62135596800, 253402300799)  # 0001-01-01 to 9999-12-31T23:59:59, protobuf's Timestamp range
+
+
 def _when(stamp: timestamp_pb2.Timestamp, has: bool) -> tuple[dt.datetime | None, bool]:
-    """(time, valid): an unset time is valid (the receiver stamps it)."""
+    """(time, valid): an unset time is valid (the receiver stamps it). What `stamp.ToDatetime(tzinfo=utc)` gives and
+    refuses, without its Python-level checks and time-zone conversion (one per shipped record)."""
     if not has:
         return None, True
-    try:
-        return stamp.ToDatetime(tzinfo=dt.timezone.utc), True
-    except (ValueError, OverflowError):
+    seconds, nanos = stamp.seconds, stamp.nanos
+    if not (_SECONDS_RANGE[0] <= seconds <= _SECONDS_RANGE[1] and 0 <= nanos < 1_000_000_000):
         return None, False
+    return _EPOCH + dt.timedelta(seconds=seconds, microseconds=nanos // 1000), True
 
 
 def from_records(records: Sequence[monitoring_pb2.PredictionRecord]) -> LogColumns:
@@ -141,8 +149,7 @@ def from_records(records: Sequence[monitoring_pb2.PredictionRecord]) -> LogColum
         model_versions=[r.model.version for r in records], model_aliases=[r.model.alias for r in records],
         latency_ms=np.array([r.latency_ms for r in records], dtype=np.float64), predicted_at=[t for t, _ in times],
         request_ids=[r.request_id for r in records], shadow=[r.shadow for r in records], values=values,
-        absent=absent, where=[f"records[{i}]" for i in range(len(records))],
-        source=lambda i: ("record", records[i].SerializeToString()))
+        absent=absent, where=lambda i: f"records[{i}]", source=lambda i: ("record", records[i].SerializeToString()))
     for i, record in enumerate(records):
         if not times[i][1]:
             log.problems.setdefault(i, (f"records[{i}].predicted_at", _BAD_TIME))
@@ -167,55 +174,123 @@ def row_of(batch: monitoring_pb2.PredictionColumns, i: int) -> monitoring_pb2.Pr
     return one
 
 
-def from_columns(batch: monitoring_pb2.PredictionColumns, b: int) -> LogColumns:
-    """A PredictionColumns read as it is; a malformed one (columns of different lengths, unknown shape) marks every
-    row bad rather than guessing."""
+class _Head(NamedTuple):
+    """What one PredictionColumns says once for all its rows, read in one pass."""
+
+    rows: int
+    shape: Violation | None  # (field, reason): the batch is malformed, every row is bad
+    standard: bool  # its feature_values are in this version's column order
+    model: tuple[str, str, str]
+    latency_ms: float
+    moment: dt.datetime | None
+    valid_time: bool
+    request_id: str
+    shadow: bool
+
+
+def _head(batch: monitoring_pb2.PredictionColumns) -> _Head:
     n = len(batch.prediction_ids)
-    where = [f"batches[{b}][{i}]" for i in range(n)]
-    moment, valid_time = _when(batch.predicted_at, batch.HasField("predicted_at"))
-    values = np.full((n, len(F.FEATURES)), np.nan)
-    shape = None
-    width = len(batch.feature_names)
+    names = batch.feature_names
+    width = len(names)
+    shape, standard = None, False
     if len(batch.feature_values) != n * width * _BYTE_ORDER.itemsize:
         shape = "feature_values", f"holds {len(batch.feature_values)} bytes, not rows x feature_names x 8"
-    elif any(len(c) != n for c in (batch.customer_ids, batch.probabilities, batch.churn)):
+    elif len(batch.customer_ids) != n or len(batch.probabilities) != n or len(batch.churn) != n:
         shape = "prediction_ids", "customer_ids, probabilities and churn must have one entry per prediction id"
-    elif len(set(batch.feature_names)) != width:
+    elif names[:] == _FEATURE_NAMES:  # what this version writes (so no name repeats)
+        standard = True
+    elif len(set(names)) != width:
         shape = "feature_names", "must not repeat a name"
-    elif list(batch.feature_names) == _FEATURE_NAMES:  # what this version writes
-        values = np.frombuffer(batch.feature_values, dtype=_BYTE_ORDER).reshape(n, width).astype(np.float64)
-    else:  # columns by name: a field the writer did not know stays absent, one this side does not know is ignored
-        sent = np.frombuffer(batch.feature_values, dtype=_BYTE_ORDER).reshape(n, width)
-        position = {name: j for j, name in enumerate(batch.feature_names)}
-        for k, name in enumerate(F.FEATURE_NAMES):
-            if name in position:
-                values[:, k] = sent[:, position[name]]
+    model = batch.model
+    moment, valid_time = _when(batch.predicted_at, batch.HasField("predicted_at"))
+    return _Head(n, shape, standard, (model.name, model.version, model.alias), batch.latency_ms, moment, valid_time,
+                 batch.request_id, batch.shadow)
+
+
+def _by_name(batch: monitoring_pb2.PredictionColumns, n: int) -> np.ndarray:
+    """Columns by name: a field the writer did not know stays absent, one this side does not know is ignored."""
+    values = np.full((n, len(F.FEATURES)), np.nan)
+    sent = np.frombuffer(batch.feature_values, dtype=_BYTE_ORDER).reshape(n, len(batch.feature_names))
+    position = {name: j for j, name in enumerate(batch.feature_names)}
+    for k, name in enumerate(F.FEATURE_NAMES):
+        if name in position:
+            values[:, k] = sent[:, position[name]]
+    return values
+
+
+def _spread(column: Sequence, counts: Sequence[int]) -> list:
+    """One value per batch -> one per row."""
+    return list(chain.from_iterable(map(repeat, column, counts)))
+
+
+def from_batches(batches: Sequence[monitoring_pb2.PredictionColumns]) -> LogColumns:
+    """A request's PredictionColumns read as one set of columns, as they are: the work per batch is a few field
+    reads (under single-row load a shipped request holds dozens of one-row batches), the inputs of every batch in
+    this version's layout one array. A malformed batch (columns of different lengths, unknown shape) marks every row
+    of it bad rather than guessing."""
+    heads = [_head(b) for b in batches]
+    counts = [h.rows for h in heads]
+    starts = list(accumulate(counts, initial=0))
+    total = starts[-1]
+    ok = [h.shape is None for h in heads]
+    standard = [h.standard for h in heads]
+    flat = np.frombuffer(b"".join(b.feature_values for b, s in zip(batches, standard) if s), dtype=_BYTE_ORDER)
+    flat = flat.reshape(-1, len(F.FEATURES)).astype(np.float64)
+    if all(standard):
+        values = flat
+    else:
+        values = np.full((total, len(F.FEATURES)), np.nan)
+        values[np.repeat(standard, counts)] = flat
+        for k, (batch, head) in enumerate(zip(batches, heads)):
+            if head.shape is None and not head.standard:
+                values[starts[k]:starts[k + 1]] = _by_name(batch, head.rows)
+
+    def batch_of(i: int) -> tuple[int, int]:
+        k = bisect_right(starts, i) - 1
+        return k, i - starts[k]
+
+    def where(i: int) -> str:
+        return "batches[{}][{}]".format(*batch_of(i))
+
+    def source(i: int) -> tuple[str, bytes]:
+        k, row = batch_of(i)
+        return "columns", row_of(batches[k], row).SerializeToString()
+
+    models = _spread([h.model for h in heads], counts)
     log = LogColumns(
-        prediction_ids=list(batch.prediction_ids),
-        customer_ids=list(batch.customer_ids) if shape is None else [""] * n,
-        probabilities=np.array(batch.probabilities if shape is None else np.zeros(n), dtype=np.float64),
-        churn=np.array(batch.churn if shape is None else np.zeros(n), dtype=bool),
-        model_names=[batch.model.name] * n, model_versions=[batch.model.version] * n,
-        model_aliases=[batch.model.alias] * n, latency_ms=np.full(n, batch.latency_ms), predicted_at=[moment] * n,
-        request_ids=[batch.request_id] * n, shadow=[batch.shadow] * n, values=values, absent=None, where=where,
-        source=lambda i: ("columns", row_of(batch, i).SerializeToString()))
-    for i in range(n):
-        if shape is not None:
-            log.problems[i] = (f"{where[i]}.{shape[0]}", shape[1])
-        elif not valid_time:
-            log.problems[i] = (f"{where[i]}.predicted_at", _BAD_TIME)
+        prediction_ids=[p for b in batches for p in b.prediction_ids],
+        customer_ids=list(chain.from_iterable(b.customer_ids if good else repeat("", h.rows)
+                                              for b, h, good in zip(batches, heads, ok))),
+        probabilities=np.fromiter(chain.from_iterable(b.probabilities if good else repeat(0.0, h.rows)
+                                                      for b, h, good in zip(batches, heads, ok)), np.float64, total),
+        churn=np.fromiter(chain.from_iterable(b.churn if good else repeat(False, h.rows)
+                                              for b, h, good in zip(batches, heads, ok)), bool, total),
+        model_names=[m[0] for m in models], model_versions=[m[1] for m in models],
+        model_aliases=[m[2] for m in models], latency_ms=np.repeat([h.latency_ms for h in heads], counts),
+        predicted_at=_spread([h.moment for h in heads], counts),
+        request_ids=_spread([h.request_id for h in heads], counts), shadow=_spread([h.shadow for h in heads], counts),
+        values=values, absent=None, where=where, source=source)
+    for k, head in enumerate(heads):
+        field, reason = head.shape or ("predicted_at", _BAD_TIME)
+        if head.shape is not None or not head.valid_time:
+            for i in range(starts[k], starts[k + 1]):
+                log.problems[i] = (f"batches[{k}][{i - starts[k]}].{field}", reason)
     return log
 
 
 def joined(parts: Sequence[LogColumns]) -> LogColumns:
-    """The parts as one: checked and stored together (a shipped batch holds many one-row requests)."""
+    """The parts as one: checked and stored together (a request may hold PredictionRecords and PredictionColumns)."""
     if len(parts) == 1:
         return parts[0]
-    starts = np.cumsum([0] + [len(p) for p in parts])
+    starts = list(accumulate((len(p) for p in parts), initial=0))
+
+    def where(i: int) -> str:
+        k = bisect_right(starts, i) - 1
+        return parts[k].where(i - starts[k])
 
     def source(i: int) -> tuple[str, bytes]:
-        k = int(np.searchsorted(starts, i, side="right")) - 1
-        return parts[k].source(i - int(starts[k]))
+        k = bisect_right(starts, i) - 1
+        return parts[k].source(i - starts[k])
 
     def cat(name: str) -> list:
         return [v for p in parts for v in getattr(p, name)]
@@ -225,9 +300,9 @@ def joined(parts: Sequence[LogColumns]) -> LogColumns:
         [np.isnan(p.values) if p.absent is None else p.absent for p in parts])
     return LogColumns(
         **{name: cat(name) for name in ("prediction_ids", "customer_ids", "model_names", "model_versions",
-                                        "model_aliases", "predicted_at", "request_ids", "shadow", "where")},
-        **arrays, values=np.vstack([p.values for p in parts]), absent=absent, source=source,
-        problems={int(start) + i: v for p, start in zip(parts, starts) for i, v in p.problems.items()})
+                                        "model_aliases", "predicted_at", "request_ids", "shadow")},
+        **arrays, values=np.vstack([p.values for p in parts]), absent=absent,
+        where=where, source=source, problems={start + i: v for p, start in zip(parts, starts) for i, v in p.problems.items()})
 
 
 def check(log: LogColumns) -> None:
@@ -241,7 +316,7 @@ def check(log: LogColumns) -> None:
         for i, value in enumerate(column):
             reason = "is required" if required and not value else _id_problem(value, limit)
             if reason:
-                found.setdefault(i, (f"{log.where[i]}.{field}", reason))
+                found.setdefault(i, (f"{log.where(i)}.{field}", reason))
 
     need("prediction_id", log.prediction_ids, MAX_ID_CHARS)
     need("customer.customer_id", log.customer_ids, MAX_ID_CHARS, required=False)
@@ -250,10 +325,10 @@ def check(log: LogColumns) -> None:
     need("model.version", log.model_versions, MAX_VERSION_CHARS)
     need("model.alias", log.model_aliases, MAX_ALIAS_CHARS, required=False)
     for i in np.flatnonzero(~((log.probabilities >= 0.0) & (log.probabilities <= 1.0))):
-        found.setdefault(int(i), (f"{log.where[i]}.probability",
+        found.setdefault(int(i), (f"{log.where(i)}.probability",
                                   f"must be within [0, 1], got {float(log.probabilities[i])!r}"))
     for i in np.flatnonzero(~(np.isfinite(log.latency_ms) & (log.latency_ms >= 0))):
-        found.setdefault(int(i), (f"{log.where[i]}.latency_ms",
+        found.setdefault(int(i), (f"{log.where(i)}.latency_ms",
                                   f"must be finite and not negative, got {float(log.latency_ms[i])!r}"))
     for i, violation in log.problems.items():
         found.setdefault(i, violation)
@@ -262,7 +337,7 @@ def check(log: LogColumns) -> None:
     while True:  # bad_cells reports at most MAX_VIOLATIONS cells: repeat until every bad row is named
         cells = F.bad_cells(log.values, skip=unchecked, absent=log.absent)
         for r, i, reason in cells:
-            found.setdefault(r, (f"{log.where[r]}.customer.{F.FEATURE_NAMES[i]}", reason))
+            found.setdefault(r, (f"{log.where(r)}.customer.{F.FEATURE_NAMES[i]}", reason))
             unchecked[r] = True
         if len(cells) < F.MAX_VIOLATIONS:
             break

@@ -75,8 +75,8 @@ class PredictionLog:
             raise InvalidInput("records", "no records in the batch")
         if received > self._max_rows:
             raise ResourceExhausted(f"batch has {received} records, the limit is {self._max_rows}")
-        received_log = prediction_record.joined(([prediction_record.from_records(records)] if records else []) + [
-            prediction_record.from_columns(b, i) for i, b in enumerate(batches)])
+        received_log = prediction_record.joined(([prediction_record.from_records(records)] if records else [])
+                                                + ([prediction_record.from_batches(batches)] if batches else []))
         prediction_record.check(received_log)
         letters = [self._letter(received_log, i, field, reason)
                    for i, (field, reason) in sorted(received_log.problems.items())]

@@ -21,6 +21,7 @@ from services.common import features as F
 from services.common.prediction_record import served_twin
 from services.common.telco_csv import typed_frame
 from services.monitoring.reference_store import ReferenceSets
+from services.monitoring.row_insert import RowInsert
 
 metadata = sa.MetaData()
 
@@ -168,6 +169,7 @@ class MonitoringStore:
     def __init__(self, url: str):
         self.engine = make_engine(url)
         self._dialect = self.engine.dialect.name
+        self._row_inserts: dict[tuple[str, ...], RowInsert] = {}
         metadata.create_all(self.engine)
         self._add_missing_columns()
         self.references = ReferenceSets(self.engine)
@@ -196,19 +198,18 @@ class MonitoringStore:
         if not len(batch):
             return 0
         columns = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch) if f.name != "inputs"}
-        columns.update(batch.inputs, recorded_at=[utcnow()] * len(batch))
-        names = list(columns)
-        values = [dict(zip(names, row)) for row in zip(*columns.values())]  # the DB-API's shape: a mapping per row
-        statement = (self._insert(predictions).on_conflict_do_nothing(index_elements=["prediction_id"])
-                     .returning(predictions.c.prediction_id))  # RETURNING names only the rows really inserted
-        inserted = 0
+        columns.update(batch.inputs)
+        names = (*columns, "recorded_at")
+        if names not in self._row_inserts:
+            self._row_inserts[names] = RowInsert(self.engine.dialect, self._insert(predictions).on_conflict_do_nothing(
+                index_elements=["prediction_id"]), predictions, names)
+        insert = self._row_inserts[names]
         try:
             with self.engine.begin() as connection:
-                for start in range(0, len(values), 500):
-                    inserted += len(connection.execute(statement, values[start:start + 500]).all())
+                return connection.exec_driver_sql(insert.sql, insert.parameters(
+                    columns, len(batch), recorded_at=utcnow())).rowcount
         except (sa.exc.DataError, sa.exc.IntegrityError) as exc:
             raise RowsRefused(type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__) from exc
-        return inserted
 
     def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
         if not letters:
