@@ -218,6 +218,12 @@ def _by_name(batch: monitoring_pb2.PredictionColumns, n: int) -> np.ndarray:
     return values
 
 
+def _part(starts: Sequence[int], i: int) -> tuple[int, int]:
+    """Which part row i of a concatenation falls in (`starts` the parts' first rows), and its row there."""
+    k = bisect_right(starts, i) - 1
+    return k, i - starts[k]
+
+
 def _spread(column: Sequence, counts: Sequence[int]) -> list:
     """One value per batch -> one per row."""
     return list(chain.from_iterable(map(repeat, column, counts)))
@@ -245,15 +251,11 @@ def from_batches(batches: Sequence[monitoring_pb2.PredictionColumns]) -> LogColu
             if head.shape is None and not head.standard:
                 values[starts[k]:starts[k + 1]] = _by_name(batch, head.rows)
 
-    def batch_of(i: int) -> tuple[int, int]:
-        k = bisect_right(starts, i) - 1
-        return k, i - starts[k]
-
     def where(i: int) -> str:
-        return "batches[{}][{}]".format(*batch_of(i))
+        return "batches[{}][{}]".format(*_part(starts, i))
 
     def source(i: int) -> tuple[str, bytes]:
-        k, row = batch_of(i)
+        k, row = _part(starts, i)
         return "columns", row_of(batches[k], row).SerializeToString()
 
     models = _spread([h.model for h in heads], counts)
@@ -285,12 +287,12 @@ def joined(parts: Sequence[LogColumns]) -> LogColumns:
     starts = list(accumulate((len(p) for p in parts), initial=0))
 
     def where(i: int) -> str:
-        k = bisect_right(starts, i) - 1
-        return parts[k].where(i - starts[k])
+        k, row = _part(starts, i)
+        return parts[k].where(row)
 
     def source(i: int) -> tuple[str, bytes]:
-        k = bisect_right(starts, i) - 1
-        return parts[k].source(i - starts[k])
+        k, row = _part(starts, i)
+        return parts[k].source(row)
 
     def cat(name: str) -> list:
         return [v for p in parts for v in getattr(p, name)]
