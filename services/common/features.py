@@ -155,15 +155,16 @@ _CAT_IDX, _NUM_IDX, _DIRECT_IDX, _BOOL_IDX = (np.array(x, dtype=np.intp) for x i
 # The usual case in one pass: every boolean/number within its bounds, booleans and tenure whole.
 _LOW = np.zeros(len(_DIRECT))
 _HIGH = np.array([1.0 if FEATURES[i].kind == BOOLEAN else NUMERIC_MAX[FEATURES[i].name] for i in _DIRECT])
-_WHOLE_IDX = np.array(_BOOL + [_TENURE], dtype=np.intp)
+_WHOLE = _BOOL + [_TENURE]  # fields that must be whole numbers
+_WHOLE_IDX = np.array(_WHOLE, dtype=np.intp)
 _ROWS = np.arange(4096)[:, None]
 _GETTER = operator.attrgetter(*FEATURE_NAMES)
 # A few rows are encoded in plain Python (`_encode_few`): numpy's cost per call, not per row, dominates them.
 FEW_ROWS = 8
 _ZERO_ROW = [0.0] * N_ENCODED
-_FEW_CATEGORICAL = tuple((i, {num: int(_OFFSETS[i]) + pos for pos, num in enumerate(FEATURES[i].enum_numbers)})
-                         for i in _CAT)
-_FEW_DIRECT = tuple((i, int(_OFFSETS[i]), float(high), i in (_BOOL + [_TENURE])) for i, high in zip(_DIRECT, _HIGH))
+_FEW_CATEGORICAL = tuple((i, {num: int(_ENUM_LUT[k, num]) for num in FEATURES[i].enum_numbers})
+                         for k, i in enumerate(_CAT))
+_FEW_DIRECT = tuple((i, int(_OFFSETS[i]), float(high), i in _WHOLE) for i, high in zip(_DIRECT, _HIGH))
 
 
 def _cat_cols(values: np.ndarray) -> np.ndarray:

@@ -252,7 +252,7 @@ class RetentionAdvisor:
         current = scored[:n]
         probabilities = np.full(feasible.shape, np.inf)
         probabilities[rows, variant] = scored[n:]
-        metrics.BATCH_ROWS.labels("SuggestRetention", shadow.traffic()).observe(n)
+        metrics.batch_rows("SuggestRetention", shadow.traffic()).observe(n)
         metrics.RETENTION_ROWS.observe(len(scored))
         return self._rank(customers, X, monthly, discounted, current, probabilities, top_k), model
 
