@@ -186,8 +186,9 @@ class Settings:
     compiled_models_dir: pathlib.Path | None = None
     # Inference: worker processes per instance on one port (SO_REUSEPORT); default one per core.
     inference_workers: int = 1
-    # Inference: how long the outbox shipper lets a batch that is not full fill up before it sends it (0 = at once).
-    outbox_linger_ms: int = 50
+    # Inference: how long the outbox shipper lets a batch that is not full fill up before it sends it (0 = at once):
+    # monitoring's cost is mostly per call, and at 50 ms a lightly used instance still sent a few rows per call.
+    outbox_linger_ms: int = 250
     # Envoy's Prometheus stats on their own listener (the admin stays on loopback); -1 = no such listener, 0 = any.
     envoy_stats_port: int = -1
     # Envoy's worker threads (--concurrency); 0 = Envoy's default, one per hardware thread of the host (not a
@@ -295,7 +296,7 @@ class Settings:
             inference_workers=max(1, _int(env, "INFERENCE_WORKERS", os.cpu_count() or 1)),
             ports_dir=pathlib.Path(env["PORTS_DIR"]).resolve() if env.get("PORTS_DIR") else None,
             peer_wait_seconds=_float(env, "PEER_WAIT_SECONDS", 120.0),
-            outbox_linger_ms=max(0, _int(env, "OUTBOX_LINGER_MS", 50)),
+            outbox_linger_ms=max(0, _int(env, "OUTBOX_LINGER_MS", 250)),
         )
 
     @property
