@@ -100,6 +100,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         self._all_keys = (api_key, ops_api_key)
         self._ops_keys = (ops_api_key,)
         self._table = access_table()
+        self._wrapped: dict[str, tuple] = {}  # method path -> (grpc's handler, ours around it): see intercept_service
         self._gateway_secret = gateway_secret
         self._direct_limit = (direct_calls.PeerRateLimit(direct_auth_rate_per_minute)
                               if direct_auth_rate_per_minute > 0 else None)
@@ -123,10 +124,19 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         return caller
 
     def intercept_service(self, continuation, handler_call_details):
+        """Runs for every call: the wrapped handler is built once per method (grpc hands back the same handler)."""
         handler = continuation(handler_call_details)
+        cached = self._wrapped.get(handler_call_details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
         entry = self._table.get(handler_call_details.method)
         if handler is None or entry is None:  # health, reflection: open, unmetered
             return handler
+        wrapped = self._wrap_handler(entry, handler)
+        self._wrapped[handler_call_details.method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap_handler(self, entry: MethodAccess, handler):
         deserializer = _tolerant(entry, handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
@@ -159,17 +169,27 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             log.info("%s rejected: %s %s", entry.method, code.name, _cut(error.message, MAX_STATUS_MESSAGE_CHARS))
         return status_for(error)
 
-    def _finish(self, entry: MethodAccess, started: float, tokens, status: status_pb2.Status | None) -> None:
+    def _finish(self, entry: MethodAccess, meters: dict, started: float, tokens,
+                status: status_pb2.Status | None) -> None:
+        """`meters`: the method's metric children by (code, traffic), filled as they first occur (`.labels()` takes
+        a lock and builds a key on every call)."""
         code = grpc.StatusCode.OK if status is None else _CODES[status.code]
         traffic = shadow.traffic() if tokens else shadow.LIVE
-        GRPC_LATENCY.labels(entry.service, entry.method, traffic).observe(time.perf_counter() - started)
-        GRPC_REQUESTS.labels(entry.service, entry.method, code.name, traffic).inc()
+        found = meters.get((code, traffic))
+        if found is None:
+            found = meters[(code, traffic)] = (
+                GRPC_LATENCY.labels(entry.service, entry.method, traffic),
+                GRPC_REQUESTS.labels(entry.service, entry.method, code.name, traffic))
+        found[0].observe(time.perf_counter() - started)
+        found[1].inc()
         if tokens:
             shadow.reset(tokens[2])
             identity.reset_current_caller(tokens[1])
             request_id_var.reset(tokens[0])
 
     def _wrap_unary(self, entry: MethodAccess, behaviour):
+        meters: dict = {}
+
         def wrapped(request, context):
             started, tokens, failure = time.perf_counter(), None, None
             try:
@@ -178,11 +198,13 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             except Exception as error:  # noqa: BLE001 - every error becomes a status, none escapes unlogged
                 failure = self._failure(entry, error)
             finally:
-                self._finish(entry, started, tokens, failure)
+                self._finish(entry, meters, started, tokens, failure)
             context.abort_with_status(rpc_status.to_status(failure))
         return wrapped
 
     def _wrap_stream(self, entry: MethodAccess, behaviour):
+        meters: dict = {}
+
         def wrapped(request, context):
             started, tokens, failure = time.perf_counter(), None, None
             try:
@@ -191,7 +213,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             except Exception as error:  # noqa: BLE001
                 failure = self._failure(entry, error)
             finally:
-                self._finish(entry, started, tokens, failure)
+                self._finish(entry, meters, started, tokens, failure)
             if failure is not None:
                 context.abort_with_status(rpc_status.to_status(failure))
         return wrapped
