@@ -153,7 +153,7 @@ class Predictor:
                                  ids, customer_ids, probabilities, churn, values, model=ref, latency_ms=latency_ms,
                                  predicted_at=prediction_record.timestamp(self._clock()), request_id=request_id,
                                  shadow=mirrored)])
-        n_churn, traffic = int(churn.sum()), shadow.traffic()
+        n_churn, traffic = int(np.count_nonzero(churn)), shadow.traffic()
         if n_churn:
             metrics.predictions(model.version, model.alias, "churn", traffic).inc(n_churn)
         if len(predictions) - n_churn:
