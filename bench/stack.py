@@ -140,6 +140,7 @@ def start_stack(workdir: pathlib.Path, tracking_uri: str, canary_percent: int = 
                ENVOY_ADMIN_PORT=str(free_port()), GATEWAY_PORT="0", CANARY_PERCENT=str(canary_percent),
                MAX_BATCH_ROWS="10000", INFERENCE_WORKERS=str(inference_workers or os.cpu_count() or 1),
                SHUTDOWN_DRAIN_SECONDS="0")  # a stack is stopped after its last call: no traffic left to drain
+    env.pop("SESSION_CHECK_SECONDS")  # the tests' 1 s (they revoke sessions and wait): the product's default here
     if parallel:
         env["PORTS_DIR"] = str(workdir / "ports")
         (workdir / "ports").mkdir(exist_ok=True)
