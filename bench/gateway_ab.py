@@ -88,15 +88,11 @@ def rendered_by(checkout: pathlib.Path, env: dict[str, str], admin_port: int, ou
     return yaml.safe_load(out.read_text())
 
 
-class Gateway(EnvoyProcess):
-    """A real Envoy on a given config, plus a file access log of its own time per call."""
+class ConfigEnvoy(EnvoyProcess):
+    """A real Envoy on a given config (EnvoyProcess renders its own from Settings)."""
 
     def __init__(self, name: str, settings, workdir: pathlib.Path, config: dict):
         self.name, self.settings = name, settings
-        self.timing = workdir / f"{name}.timing"
-        _hcm(config).setdefault("access_log", []).append({"name": "envoy.access_loggers.file", "typed_config": typed(
-            "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog", path=str(self.timing),
-            log_format={"text_format_source": {"inline_string": TIMING}})})
         canary_runtime.ensure_persisted(settings.data_dir, settings.canary_percent)  # the layer configs watch
         self.config_path = render.write(config, workdir / f"{name}.yaml")
         self.admin_path = workdir / f"{name}.admin"
@@ -105,6 +101,17 @@ class Gateway(EnvoyProcess):
         self.process = subprocess.Popen(envoy_command(self.config_path, settings, admin_address_path=self.admin_path),
                                         stdout=self._log, stderr=subprocess.STDOUT)
         self.admin, self.port = "", 0
+
+
+class Gateway(ConfigEnvoy):
+    """A real Envoy on a given config, plus a file access log of its own time per call."""
+
+    def __init__(self, name: str, settings, workdir: pathlib.Path, config: dict):
+        self.timing = workdir / f"{name}.timing"
+        _hcm(config).setdefault("access_log", []).append({"name": "envoy.access_loggers.file", "typed_config": typed(
+            "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog", path=str(self.timing),
+            log_format={"text_format_source": {"inline_string": TIMING}})})
+        super().__init__(name, settings, workdir, config)
 
     def logged(self) -> int:
         return self.timing.stat().st_size if self.timing.exists() else 0

@@ -4,14 +4,17 @@ bench/results.json (machine, command line, every point).
     python -m bench.run [--short] [--seconds 10] [--registry-dir var/bench/registry | --tracking-uri URI]
                         [--out-dir DIR] [--workdir DIR (kept; default a fresh folder under var/bench, removed)]
 
-Full: anchors (`mlflow models serve`, BentoML, minimal gRPC with and without the model) and the suite (gRPC and
-REST through Envoy, gRPC direct) at concurrency 1, 8 and 32 under h2load/wrk; PredictBatch 1,000 and 10,000 rows,
+Full: anchors (`mlflow models serve`, BentoML, minimal gRPC with and without the model), the suite (gRPC and
+REST through Envoy, gRPC direct) and Envoy's floor (a second Envoy with only the router, one route to production:
+what any Envoy hop costs here) at concurrency 1, 8 and 32 under h2load/wrk; PredictBatch 1,000 and 10,000 rows,
 Explain 1,000 rows, a 10,000-row drift report, each against the bare library; start-to-SERVING and RSS.
---short (CI): 1 s points at c=1, the two gRPC anchors only, 1,000-row batch/Explain and a 500-row drift report timed
-once each with no warm-up, the suite's services started at once: it proves the harness, its numbers mean nothing."""
+--short (CI): 1 s points at c=1, the two gRPC anchors only (and the floor), 1,000-row batch/Explain and a 500-row
+drift report timed once each with no warm-up, the suite's services started at once: it proves the harness, its
+numbers mean nothing."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -28,13 +31,15 @@ from concurrent import futures
 from google.protobuf import json_format
 
 from bench import anchors as A
-from bench import load, report, workloads
+from bench import gateway_ab, load, report, workloads
 from bench.stack import cpu_model, cpu_seconds, ensure_registry, rss_bytes, start_stack
 from churn.v1 import inference_pb2
+from gateway import render
 from services.common import features as F
 from services.common import model_registry as R
 from services.common import telco_csv
 from services.common.settings import Settings
+from tests.e2e.envoy_process import free_port
 from tests.harness import base_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -56,8 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 class Runner:
     """Holds what every point needs: the targets, their request bytes and the processes to watch."""
 
-    def __init__(self, stack, anchors: dict[str, A.Anchor], customers, workdir: pathlib.Path):
-        self.stack, self.anchors, self.workdir = stack, anchors, workdir
+    def __init__(self, stack, anchors: dict[str, A.Anchor], customers, workdir: pathlib.Path,
+                 floor: gateway_ab.ConfigEnvoy):
+        self.stack, self.anchors, self.workdir, self.floor = stack, anchors, workdir, floor
         settings = stack.settings
         row = customers[0]
         self.frame = workdir / "predict.grpc"
@@ -71,11 +77,14 @@ class Runner:
         self.points: list[dict] = []
 
     def watched(self, target: str) -> dict[str, int]:
-        """Processes whose CPU a suite point accounts for."""
+        """Processes whose CPU a point accounts for (none for the anchors)."""
         pids = self.stack.pids()
-        names = ("envoy", "production", "staging", "auth", "monitoring") if "Envoy" in target else (
-            "production", "auth", "monitoring")
-        return {name: pids[name] for name in names}
+        behind = {name: pids[name] for name in ("production", "auth", "monitoring")}
+        if target == report.FLOOR:
+            return {"envoy": self.floor.process.pid, **behind}
+        if not target.startswith("suite"):
+            return {}
+        return {"envoy": pids["envoy"], "staging": pids["staging"], **behind} if "Envoy" in target else behind
 
     def targets(self) -> list[tuple[str, str, callable]]:
         stack, out = self.stack, []
@@ -100,6 +109,8 @@ class Runner:
         out.append(("suite gRPC direct", "h2load", lambda c, s, scratch: load.h2load(
             f"http://127.0.0.1:{prod.port}{GRPC_PATH}", self.frame, self.grpc_headers, c, s, [prod.http_port],
             scratch)))
+        out.append((report.FLOOR, "h2load", lambda c, s, scratch: load.h2load(
+            f"{self.floor.url}{GRPC_PATH}", self.frame, self.grpc_headers, c, s, [prod.http_port], scratch)))
         out.append(("suite gRPC via Envoy", "h2load", lambda c, s, scratch: load.h2load(
             f"{envoy}{GRPC_PATH}", self.frame, self.grpc_headers, c, s, inference_ports, scratch)))
         out.append(("suite REST via Envoy", "wrk", lambda c, s, scratch: load.wrk(
@@ -114,7 +125,7 @@ class Runner:
                 scratch = self.workdir / f"load-{len(self.points)}.txt"
                 if warm_up:
                     fn(c, warm_up, scratch)  # at the same concurrency, not counted
-                watched = self.watched(name) if name.startswith("suite") else {}
+                watched = self.watched(name)
                 began = time.monotonic()
                 cpu_before = cpu_seconds(watched)
                 loader_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -128,7 +139,7 @@ class Runner:
                          "p50_ms": measured.p50_ms, "p99_ms": measured.p99_ms,
                          "cpu_us_per_ok": {k: v * 1e6 / max(measured.ok, 1) for k, v in cpu.items()}}
                 self.points.append(found)
-                print(f"  {name:28s} c={c:<3d} {measured.ok_per_second:8,.0f} OK/s  p50 {measured.p50_ms:6.2f} ms"
+                print(f"  {name:34s} c={c:<3d} {measured.ok_per_second:8,.0f} OK/s  p50 {measured.p50_ms:6.2f} ms"
                       f"  p99 {measured.p99_ms:7.1f} ms  ({measured.ok}/{measured.requests} OK, "
                       f"{time.monotonic() - began:.1f} s)")
 
@@ -245,16 +256,32 @@ def measure(args, results: dict, stack, started: dict[str, A.Anchor], version: s
             f"http://127.0.0.1:{started['mlflow models serve'].port}/invocations", rows, repeats)
     channel.close()
     mon_channel.close()
-    say("single-row load")
-    runner = Runner(stack, started, customers, args.workdir_used)
-    seconds = results["seconds_per_point"]
-    runner.run_points((1,) if args.short else (1, 8, 32), seconds, warm_up=0 if args.short else 2)
+    say("single-row load (and Envoy's floor)")
+    floor = start_floor(stack, args.workdir_used)
+    try:
+        runner = Runner(stack, started, customers, args.workdir_used, floor)
+        runner.run_points((1,) if args.short else (1, 8, 32), results["seconds_per_point"],
+                          warm_up=0 if args.short else 2)
+    finally:
+        floor.stop()
     results["single_row"] = runner.points
     results["start_seconds"] = {**{f"suite {k}": v for k, v in stack.start_seconds.items()},
                                 **{name: a.start_seconds for name, a in started.items()}}
     pids = {**{f"suite {k}": v for k, v in stack.pids().items()},
             **{name: a.process.pid for name, a in started.items()}}
     results["rss_mb"] = {name: rss / 2**20 for name, rss in rss_bytes(pids).items()}
+
+
+def start_floor(stack, workdir: pathlib.Path) -> gateway_ab.ConfigEnvoy:
+    """A second Envoy in front of production with only the router (gateway_ab's `floor` config), with the suite
+    Envoy's worker threads: what any Envoy hop costs on this machine, measured beside the suite's own."""
+    settings = dataclasses.replace(stack.settings, envoy_admin_port=free_port(), gateway_port=0)
+    floor = gateway_ab.ConfigEnvoy("envoy_floor", settings, workdir, gateway_ab.floor(render.render(settings)))
+    try:
+        return floor.wait_ready()
+    except BaseException:
+        floor.stop()
+        raise
 
 
 def _mkdir(path: pathlib.Path) -> pathlib.Path:

@@ -17,7 +17,7 @@ from tests.harness import ROOT
 pytestmark = pytest.mark.integration
 
 TARGETS = {"minimal gRPC, no model", "minimal gRPC + model", "suite gRPC direct", "suite gRPC via Envoy",
-           "suite REST via Envoy"}
+           "suite REST via Envoy", "Envoy floor (router only) → direct"}
 
 
 @pytest.fixture()
@@ -49,6 +49,7 @@ def test_short_bench_writes_results_of_the_published_shape(load_generators, sett
         assert point["ok"] > 0 and abs(point["ok"] - point["requests"]) <= 1, (name, point)
         assert 0 < point["p50_ms"] <= point["p99_ms"], (name, point)
     assert points["suite gRPC via Envoy"]["cpu_us_per_ok"]["envoy"] > 0
+    assert points["Envoy floor (router only) → direct"]["cpu_us_per_ok"]["envoy"] > 0  # the floor's own Envoy
     assert results["skipped"] == {"mlflow models serve": "short mode", "BentoML": "short mode"}
     (batch,) = results["batch"]
     assert batch["rows"] == 1000 and batch["served_ms"] > 0 and batch["bare_ms"] > 0
