@@ -116,8 +116,7 @@ class OpenInference:
         ids = _customer_ids(inputs.get(ID_INPUT), len(raw))
         scored = self._predictor.predict_frame(raw, ids, request_id=request_id, method="ModelInfer",
                                                rows_field="inputs", where=where)
-        values = {"probability": np.array([p.probability for p in scored.predictions], dtype=np.float32),
-                  "churn": np.array([p.churn for p in scored.predictions], dtype=np.bool_)}
+        values = {"probability": scored.probabilities.astype(np.float32), "churn": scored.churn}
         return Inference(scored.model, [(output, OUTPUTS[output], values[output]) for output in wanted])
 
 

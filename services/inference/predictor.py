@@ -46,9 +46,43 @@ class Limits:
 
 @dataclasses.dataclass
 class Scored:
-    predictions: list[inference_pb2.Prediction]
+    """A request's answers as columns; they become Prediction messages only where a response holds them, built in
+    place there (`add_to`, `fill`): a message built apart and then passed to a response is copied again."""
     model: LoadedModel
+    ref: common_pb2.ModelRef
+    prediction_ids: list[str]
+    customer_ids: Sequence[str]
+    probabilities: np.ndarray  # float64 per row
     churn: np.ndarray  # bool per row
+    reasons: list[list[tuple[str, str, float]]] | None  # per row (field, value, contribution), when asked for
+
+    def __len__(self) -> int:
+        return len(self.prediction_ids)
+
+    def add_to(self, predictions) -> None:
+        """Append every row's Prediction to a response's repeated field."""
+        add = predictions.add
+        for i, (pid, cid, p, c) in enumerate(zip(self.prediction_ids, self.customer_ids,
+                                                 self.probabilities.tolist(), self.churn.tolist())):
+            prediction = add(prediction_id=pid, customer_id=cid, churn=c, probability=p)
+            prediction.model.CopyFrom(self.ref)
+            if self.reasons is not None:
+                self._add_reasons(prediction, i)
+
+    def fill(self, prediction: inference_pb2.Prediction, i: int = 0) -> None:
+        """Row `i`'s answer into a (response's) Prediction message."""
+        prediction.prediction_id = self.prediction_ids[i]
+        prediction.customer_id = self.customer_ids[i]
+        prediction.churn = bool(self.churn[i])
+        prediction.probability = float(self.probabilities[i])
+        prediction.model.CopyFrom(self.ref)
+        if self.reasons is not None:
+            self._add_reasons(prediction, i)
+
+    def _add_reasons(self, prediction: inference_pb2.Prediction, i: int) -> None:
+        add = prediction.reasons.add
+        for feature, value, contribution in self.reasons[i]:
+            add(feature=feature, value=value, contribution=contribution)
 
 
 def model_ref(model: LoadedModel) -> common_pb2.ModelRef:
@@ -140,12 +174,8 @@ class Predictor:
         mirrored = shadow.is_shadow()
         prefix = prediction_id_prefix(request_id) + (prediction_record.SHADOW_ID_INFIX if mirrored else "")
         ids = [f"{prefix}-{i}" for i in range(first_index, first_index + len(customer_ids))]
-        predictions = [inference_pb2.Prediction(prediction_id=pid, customer_id=cid, churn=c, probability=p, model=ref)
-                       for pid, cid, p, c in zip(ids, customer_ids, probabilities.tolist(), churn.tolist())]
-        if reasons is not None:
-            for prediction, row in zip(predictions, reasons):
-                prediction.reasons.extend(inference_pb2.Reason(feature=f, value=v, contribution=x) for f, v, x in row)
-        self._check_reply_size(predictions, explain_top_k)
+        scored = Scored(model, ref, ids, customer_ids, probabilities, churn, reasons)
+        self._check_reply_size(scored, explain_top_k)
         latency_ms = (time.perf_counter() - started) * 1000.0
         self._outbox.append([Entry(record.prediction_ids[0], record.SerializeToString(),
                                    predictions=len(record.prediction_ids))
@@ -156,18 +186,20 @@ class Predictor:
         n_churn, traffic = int(np.count_nonzero(churn)), shadow.traffic()
         if n_churn:
             metrics.predictions(model.version, model.alias, "churn", traffic).inc(n_churn)
-        if len(predictions) - n_churn:
-            metrics.predictions(model.version, model.alias, "no_churn", traffic).inc(len(predictions) - n_churn)
-        metrics.batch_rows(method, traffic).observe(len(predictions))
-        return Scored(predictions, model, churn)
+        if len(scored) - n_churn:
+            metrics.predictions(model.version, model.alias, "no_churn", traffic).inc(len(scored) - n_churn)
+        metrics.batch_rows(method, traffic).observe(len(scored))
+        return scored
 
-    def _check_reply_size(self, predictions: list[inference_pb2.Prediction], explain_top_k: int) -> None:
+    def _check_reply_size(self, scored: Scored, explain_top_k: int) -> None:
         """A reply over the message size would fail after the fact (the caller gets nothing, yet every row would be
-        logged): refuse it before anything is logged. Exact sizes are summed only when a generous bound per row
-        (ids of 128 characters, reasons of long values) does not already show it fits: not on the hot path."""
-        if len(predictions) * (600 + 300 * explain_top_k) <= self.limits.max_reply_bytes:
+        logged): refuse it before anything is logged. The exact size is measured only when a generous bound per
+        row (ids of 128 characters, reasons of long values) does not already show it fits: not on the hot path."""
+        if len(scored) * (600 + 300 * explain_top_k) <= self.limits.max_reply_bytes:
             return
-        size = sum(p.ByteSize() + 5 for p in predictions)  # + the repeated field's tag and length per row
+        reply = inference_pb2.PredictCsvResponse(model=scored.ref, accuracy=0.0)  # the largest reply of these rows
+        scored.add_to(reply.predictions)
+        size = reply.ByteSize()
         if size > self.limits.max_reply_bytes:
             raise ResourceExhausted(f"the reply would be {size} bytes, the limit is {self.limits.max_reply_bytes}: "
                                     f"send fewer rows{' or a smaller explain_top_k' if explain_top_k else ''}")

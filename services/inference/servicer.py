@@ -8,7 +8,7 @@ from services.common.errors import DomainError, InvalidInput
 from services.common.interceptor import status_for
 from services.common.logs import request_id_var
 from services.inference.levers import RetentionAdvisor, Suggestion
-from services.inference.predictor import Predictor, model_ref
+from services.inference.predictor import Predictor, Scored, model_ref
 
 
 def _suggestion(suggestion: Suggestion) -> inference_pb2.RetentionSuggestion:
@@ -23,27 +23,32 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self._predictor = predictor
         self._advisor = advisor
 
-    def _one(self, message, method: str, request_id: str, index: int = 0) -> inference_pb2.Prediction:
+    def _one(self, message, method: str, request_id: str, index: int = 0) -> Scored:
         """One customer's prediction (a Predict request or a stream message: both carry customer, explain_top_k)."""
         if not message.HasField("customer"):
             raise InvalidInput("customer", "is required")
         return self._predictor.predict([message.customer], request_id=request_id, method=method,
                                        explain_top_k=message.explain_top_k, label=lambda i: "customer",
-                                       first_index=index).predictions[0]
+                                       first_index=index)
 
     def Predict(self, request, context):
-        return inference_pb2.PredictResponse(prediction=self._one(request, "Predict", request_id_var.get()))
+        response = inference_pb2.PredictResponse()
+        self._one(request, "Predict", request_id_var.get()).fill(response.prediction)
+        return response
 
     def PredictBatch(self, request, context):
         scored = self._predictor.predict(request.customers, request_id=request_id_var.get(),
                                          explain_top_k=request.explain_top_k)
-        return inference_pb2.PredictBatchResponse(predictions=scored.predictions, model=model_ref(scored.model))
+        response = inference_pb2.PredictBatchResponse(model=scored.ref)
+        scored.add_to(response.predictions)
+        return response
 
     def PredictCsv(self, request, context):
         scored, accuracy = self._predictor.predict_csv(request.csv.data, request_id=request_id_var.get(),
                                                        explain_top_k=request.explain_top_k)
-        return inference_pb2.PredictCsvResponse(predictions=scored.predictions, model=model_ref(scored.model),
-                                                accuracy=accuracy)
+        response = inference_pb2.PredictCsvResponse(model=scored.ref, accuracy=accuracy)
+        scored.add_to(response.predictions)
+        return response
 
     def StreamPredict(self, request_iterator, context):
         """One answer per message, in order; a bad message (an unparsable one arrives as its InvalidInput) gets its
@@ -54,10 +59,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 yield inference_pb2.StreamPredictResponse(error=status_for(message))
                 continue
             try:
-                yield inference_pb2.StreamPredictResponse(
-                    message_id=message.message_id, prediction=self._one(message, "StreamPredict", request_id, index))
+                scored = self._one(message, "StreamPredict", request_id, index)
             except DomainError as error:
                 yield inference_pb2.StreamPredictResponse(message_id=message.message_id, error=status_for(error))
+                continue
+            response = inference_pb2.StreamPredictResponse(message_id=message.message_id)
+            scored.fill(response.prediction)
+            yield response
 
     def Explain(self, request, context):
         return self._predictor.explain(request.customers)
