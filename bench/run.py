@@ -245,7 +245,8 @@ def measure(args, results: dict, stack, started: dict[str, A.Anchor], version: s
         f"127.0.0.1:{started[A.ANCHOR_NAMES['grpc_model']].port}", stack.settings.grpc_options())
     suite_pids = {name: pid for name, pid in stack.pids().items() if name in ("production", "monitoring")}
     results["batch"] = [workloads.batch(inference, metadata, boosters, customers, n, repeats, anchor_stub,
-                                        cpu=lambda: cpu_seconds(suite_pids), warm=not args.short)
+                                        cpu=lambda: cpu_seconds(suite_pids),
+                                        production_http=stack.services["production"].http_port, warm=not args.short)
                         for n in ((1000,) if args.short else (1000, 10_000))]
     anchor_channel.close()
     admin = [("authorization", f"Bearer {stack.admin_token()}"), ("x-api-key", stack.settings.api_key)]

@@ -69,23 +69,43 @@ def rows_of(customers: list, n: int) -> list:
     return out
 
 
+def shipped(production_http: int) -> float:
+    """Predictions production's outbox has delivered to monitoring so far."""
+    return metric_sum([production_http], "churn_inference_shipped_total")
+
+
+def wait_shipped(production_http: int, total: float, timeout: float = 300) -> None:
+    """Until production's outbox has delivered `total` predictions in all."""
+    deadline = time.monotonic() + timeout
+    while shipped(production_http) < total:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the outbox did not deliver {total:,.0f} predictions to monitoring in {timeout} s")
+        time.sleep(0.05)
+
+
 def batch(stub, metadata, boosters: dict, customers: list, n: int, repeats: int, anchor_stub=None,
-          cpu=None, warm: bool = True) -> dict:
+          cpu=None, production_http: int | None = None, warm: bool = True) -> dict:
     """PredictBatch of `n` rows against the bare booster; with `anchor_stub` (the minimal gRPC server with the
     model) also what a minimal Python server takes for the same request: the bound of the batch path. `cpu()`
-    (CPU seconds per suite process) gives the suite's CPU per served call while the calls run."""
+    (CPU seconds per suite process) gives the suite's CPU per served call; with `production_http` (its metrics
+    port) that includes monitoring logging the calls' rows, which the outbox ships after them."""
     rows = rows_of(customers, n)
     request = inference_pb2.PredictBatchRequest(customers=rows)
     X = F.encode_customers(rows)
+    logged = shipped(production_http) if production_http else 0.0
+    reply = stub.PredictBatch(request, metadata=metadata, timeout=120)  # for the step bounds below
+    served_calls = repeats + (1 if warm else 0)  # side_by_side's warm-up call and the timed ones
+    if production_http:
+        wait_shipped(production_http, logged + n)  # this call's rows are not the timed calls' cost
     cpu_before = cpu() if cpu else {}
     served, bare, threads, minimal = side_by_side(
         lambda: stub.PredictBatch(request, metadata=metadata, timeout=120),
         {t: (lambda b=b: b.inplace_predict(X)) for t, b in boosters.items()}, repeats,
         also=anchor_stub and (lambda: anchor_stub.PredictBatch(request, timeout=120)), warm=warm)
-    served_calls = repeats + (1 if warm else 0)  # side_by_side's warm-up call and the timed ones
+    if production_http:
+        wait_shipped(production_http, logged + n * (1 + served_calls))
     cpu_ms = {k: (v - cpu_before[k]) * 1e3 / served_calls for k, v in cpu().items()} if cpu else {}
     wire = request.SerializeToString()
-    reply = stub.PredictBatch(request, metadata=metadata, timeout=120)
     bounds = {
         "parse_request": median_seconds(lambda: inference_pb2.PredictBatchRequest.FromString(wire), 5) * 1e3,
         "encode_rows": median_seconds(lambda: F.encode_customers(rows), 5) * 1e3,
@@ -137,13 +157,9 @@ def drift(stack, inference_stub, metadata, monitoring_stub, ops_metadata, versio
 
     rows = rows_of(customers, n)
     production_http = stack.services["production"].http_port
-    shipped_before = metric_sum([production_http], "churn_inference_shipped_total")
+    logged = shipped(production_http)
     inference_stub.PredictBatch(inference_pb2.PredictBatchRequest(customers=rows), metadata=metadata, timeout=300)
-    deadline = time.monotonic() + 300
-    while metric_sum([production_http], "churn_inference_shipped_total") < shipped_before + n:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the outbox did not ship {n} predictions to monitoring in 300 s")
-        time.sleep(0.2)
+    wait_shipped(production_http, logged + n)
     request = monitoring_pb2.GetDriftReportRequest(window=n, format="json", model_version=version)
     reply = monitoring_stub.GetDriftReport(request, metadata=ops_metadata, timeout=300)
 
