@@ -129,10 +129,13 @@ def explain(stub, metadata, boosters: dict, customers: list, n: int, repeats: in
         {t: (lambda b=b: b.predict(xgboost.DMatrix(X), pred_contribs=True)) for t, b in boosters.items()}, repeats,
         warm=warm)
     reply = stub.Explain(request, metadata=metadata, timeout=120)
+    one_thread = boosters.get(1)  # what each of the suite's workers has: the cores divided between them
     return {"rows": n, "served_ms": served * 1e3, "bare_ms": bare * 1e3, "ratio": served / bare,
             "bare_threads": threads,
             "bounds_ms": {"serialize_response": median_seconds(reply.SerializeToString, 5) * 1e3,
-                          "response_bytes": len(reply.SerializeToString())}}
+                          "response_bytes": len(reply.SerializeToString()),
+                          **({"bare_one_thread": median_seconds(lambda: one_thread.predict(
+                              xgboost.DMatrix(X), pred_contribs=True), 3, warm) * 1e3} if one_thread else {})}}
 
 
 def mlflow_rows(url: str, frame: pd.DataFrame, repeats: int) -> float:

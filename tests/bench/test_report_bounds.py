@@ -91,3 +91,14 @@ def test_the_floor_appears_in_the_single_row_table():
                    machine={"cores": 2, "cpu": "x", "python": "3", "loadavg_start": "0", "loadavg_end": "0"})
     results["targets"] = report.targets(results)
     assert f"| {FLOOR} | h2load | 1,000 | 1,600 | 1,600 | 1.00 | 25.0 |" in report.render(results)
+
+
+def test_a_missed_explain_target_names_the_one_thread_bare_call_each_worker_has():
+    results = _results()
+    results["explain"] = {"rows": 1000, "served_ms": 150.0, "bare_ms": 100.0, "ratio": 1.5, "bare_threads": 2,
+                          "bounds_ms": {"response_bytes": 669_704, "serialize_response": 0.6,
+                                        "bare_one_thread": 120.0}}
+    text = _bounds(results)["Explain 1,000 rows / bare pred_contribs"]
+    assert "needs ≤ 130.0 ms (1.3 × bare 100.0 ms on 2 thread(s)), served 150.0 ms" in text
+    assert "on one thread, what each of the suite's workers has, takes 120.0 ms (served = 1.25× that)" in text
+    assert "669,704 bytes" in text
