@@ -53,7 +53,9 @@ class EnvoyProcess:
             try:
                 listeners = json.loads(http_get(f"{self.admin}/listeners?format=json"))
                 self.port = listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
-                if self.port and not self.unhealthy_clusters():
+                # listed is not yet listening: the listener waits for the first JWKS fetch; /ready says LIVE once
+                # the server finished initializing and its listeners accept (a call before that is refused)
+                if self.port and not self.unhealthy_clusters() and http_get(f"{self.admin}/ready") == b"LIVE\n":
                     return self
             except (OSError, KeyError, IndexError, ValueError):
                 pass

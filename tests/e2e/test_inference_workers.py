@@ -23,13 +23,20 @@ CALLS = 200
 
 
 def children(pid: int) -> list[int]:
-    """The worker processes of `pid` (spawned ones; not multiprocessing's resource tracker)."""
+    """The worker processes of `pid` (spawned ones; not multiprocessing's resource tracker). A thread or a child may
+    end while this reads /proc (grpc's and the outbox's threads come and go): what vanished is not counted."""
     found = []
     for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            cmdline = pathlib.Path(f"/proc/{child}/cmdline")
-            if cmdline.exists() and b"spawn_main" in cmdline.read_bytes():
-                found.append(int(child))
+        try:
+            listed = (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue
+        for child in listed:
+            try:
+                if b"spawn_main" in pathlib.Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(int(child))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
     return found
 
 
