@@ -42,17 +42,46 @@ def _floor_added(results: dict, c: int) -> float | None:
 NO_FLOOR = "Envoy's floor was not measured in this run."
 
 
+def steps_text(results: dict) -> str:
+    """Where a single Predict's time goes in the server, timed in-process (bench/steps.py); "" if not measured."""
+    s = results.get("single_row_steps_us")
+    if not s:
+        return ""
+    return (f"in-process, a Predict's own work (production's model, no gRPC, no interceptor) is "
+            f"{s['servicer_call']:,.0f} µs: the outbox commit that makes its row durable before the answer "
+            f"{s['outbox_commit']:,.0f} µs (alone; under load callers share a commit), encoding the row "
+            f"{s['encode_row']:,.0f}, the model {s['model']:,.0f}, parsing {s['parse_request']:,.0f}")
+
+
+def _least_cpu(results: dict, c: int, available: float, loader: float) -> str:
+    """The least any Python gRPC server behind Envoy spends per call here (no-model server + Envoy's floor + the
+    model), against the goal's budget: what is left is the suite's own work."""
+    ceiling, floor, s = point(results, CEILING, c), point(results, FLOOR, c), results.get("single_row_steps_us")
+    server = ceiling and ceiling.get("cpu_us_per_ok", {}).get("server")
+    hop = floor and floor.get("cpu_us_per_ok", {}).get("envoy")
+    if not (server and hop and s):
+        return ""
+    least = server + hop + s["model"]
+    head = (f" The least a Python gRPC server behind Envoy spends here: the no-model server's {server:,.0f} µs + "
+            f"Envoy's floor's {hop:,.0f} + the model's {s['model']:,.0f} = {least:,.0f} µs per call")
+    if least + loader >= available:
+        return head + ": with the load generator's share, over the budget: out of reach here, measured."
+    return (head + f", {available - least - loader:,.0f} µs under the budget (with the load generator's share): "
+                   f"what must go is the suite's own work; {steps_text(results)}.")
+
+
 def cpu_bound(results: dict, c: int, goal_rate: float, basis: str) -> str:
     """At c=8/32 the 2 cores are the limit: the goal rate leaves cores/R of CPU per call, against what each OK
-    call through Envoy cost (servers and load generator share the cores)."""
+    call through Envoy cost (servers and load generator share the cores) and the least any server could."""
     cores, found = results["machine"]["cores"], point(results, ENVOY, c)
     available = cores * 1e6 / goal_rate
     spent, loader, parts = _cpu(found)
     head = (f"needs {goal_rate:,.0f} OK/s ({basis}) = {available:,.0f} µs of {cores} cores per call; each OK call "
             f"through Envoy cost {spent:,.0f} µs ({parts}) + {loader:,.0f} µs of the load generator")
     over = spent + loader - available
-    return head + (f": {over:,.0f} µs per call must go." if over > 0 else
-                   f", {-over:,.0f} µs under: the CPU is not what bounds it at c={c}.")
+    if over <= 0:
+        return head + f", {-over:,.0f} µs under: the CPU is not what bounds it at c={c}."
+    return head + f": {over:,.0f} µs per call must go." + _least_cpu(results, c, available, loader)
 
 
 def latency_bound(results: dict, goal_rate: float, basis: str) -> str:
@@ -71,8 +100,10 @@ def latency_bound(results: dict, goal_rate: float, basis: str) -> str:
     if nomodel + floor >= need:
         return (head + f". Even no-model + floor ({nomodel + floor:.2f} ms) exceeds it: out of reach of any Python "
                        "gRPC server behind Envoy here, measured.")
+    steps = steps_text(results)
     return (head + f". {envoy - need:.2f} ms must go: the suite's path costs {direct - nomodel:.2f} ms over the "
-                   f"no-model server, its Envoy {envoy - direct - floor:.2f} ms over the floor.")
+                   f"no-model server, its Envoy {envoy - direct - floor:.2f} ms over the floor"
+            + (f"; {steps}." if steps else "."))
 
 
 def p99_bound(results: dict) -> str:
@@ -229,6 +260,11 @@ def render(results: dict) -> str:
         lines.append(f"| {target} | {first['loader']} | " + " | ".join(_f(p and p["ok_per_s"]) for p in points)
                      + f" | {_f(points[0] and points[0]['p50_ms'], 2)} | {_f(points[2] and points[2]['p99_ms'], 1)}"
                      f" | {ok:,} / {answered:,} |")
+    steps = results.get("single_row_steps_us")
+    if steps:
+        lines += ["", f"Where a single Predict's time goes in the server: {steps_text(results)} (means over many "
+                  "calls, bench/steps.py; the rest of the servicer call builds the logged record and the answer, "
+                  "and counts the prediction)."]
     lines += ["", "## Ratios (suite req/s ÷ anchor req/s, same concurrency)", "",
               "| suite path | vs | c=1 | c=8 | c=32 |", "|---|---|---:|---:|---:|"]
     for target in SUITE:

@@ -31,7 +31,7 @@ from concurrent import futures
 from google.protobuf import json_format
 
 from bench import anchors as A
-from bench import gateway_ab, load, report, workloads
+from bench import gateway_ab, load, report, steps, workloads
 from bench.stack import cpu_model, cpu_seconds, ensure_registry, rss_bytes, start_stack
 from churn.v1 import inference_pb2
 from gateway import render
@@ -77,13 +77,13 @@ class Runner:
         self.points: list[dict] = []
 
     def watched(self, target: str) -> dict[str, int]:
-        """Processes whose CPU a point accounts for (none for the anchors)."""
+        """Processes whose CPU a point accounts for (an anchor's: its server, with its workers)."""
         pids = self.stack.pids()
         behind = {name: pids[name] for name in ("production", "auth", "monitoring")}
         if target == report.FLOOR:
             return {"envoy": self.floor.process.pid, **behind}
-        if not target.startswith("suite"):
-            return {}
+        if target in self.anchors:
+            return {"server": self.anchors[target].process.pid}
         return {"envoy": pids["envoy"], "staging": pids["staging"], **behind} if "Envoy" in target else behind
 
     def targets(self) -> list[tuple[str, str, callable]]:
@@ -257,6 +257,9 @@ def measure(args, results: dict, stack, started: dict[str, A.Anchor], version: s
             f"http://127.0.0.1:{started['mlflow models serve'].port}/invocations", rows, repeats)
     channel.close()
     mon_channel.close()
+    say("a single Predict's steps in-process, on production's model")
+    results["single_row_steps_us"] = steps.single_row(stack.settings, customers[0], args.workdir_used / "steps",
+                                                      200 if args.short else 3000)
     say("single-row load (and Envoy's floor)")
     floor = start_floor(stack, args.workdir_used)
     try:

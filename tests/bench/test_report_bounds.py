@@ -102,3 +102,44 @@ def test_a_missed_explain_target_names_the_one_thread_bare_call_each_worker_has(
     assert "needs ≤ 130.0 ms (1.3 × bare 100.0 ms on 2 thread(s)), served 150.0 ms" in text
     assert "on one thread, what each of the suite's workers has, takes 120.0 ms (served = 1.25× that)" in text
     assert "669,704 bytes" in text
+
+
+def _with_steps(server_us: float) -> dict:
+    """The run with the no-model server's CPU per call and a single Predict's in-process steps measured."""
+    results = copy.deepcopy(_results())
+    for found in results["single_row"]:
+        if found["target"] == "minimal gRPC, no model":
+            found["cpu_us_per_ok"] = {"server": server_us, "load generator": 30.0}
+    results["single_row_steps_us"] = {"parse_request": 1.0, "encode_row": 15.0, "model": 20.0,
+                                      "outbox_commit": 100.0, "servicer_call": 250.0}
+    return results
+
+
+def test_a_cpu_bound_target_names_the_least_any_server_behind_envoy_spends_and_the_suites_own_steps():
+    bounds = _bounds(_with_steps(300.0))
+    # 667 µs available; no-model 300 + floor's Envoy 150 + model 20 = 470, + loader 50 = 520: 147 µs to spare
+    text = bounds["gRPC via Envoy c=32 vs mlflow models serve"]
+    assert "183 µs per call must go" in text
+    assert "no-model server's 300 µs + Envoy's floor's 150 + the model's 20 = 470 µs per call" in text
+    assert "147 µs under the budget" in text and "the suite's own work" in text
+    assert "own work (production's model, no gRPC, no interceptor) is 250 µs" in text
+    assert "outbox commit that makes its row durable before the answer 100 µs" in text
+    # the c=1 bound carries the same steps
+    assert "is 250 µs" in bounds["gRPC via Envoy c=1 vs mlflow models serve"]
+    # a no-model server at 600 µs: 600 + 150 + 20 + 50 = 820 > 667
+    text = _bounds(_with_steps(600.0))["gRPC via Envoy c=32 vs mlflow models serve"]
+    assert "= 770 µs per call" in text and "out of reach here, measured" in text and "own work" not in text
+
+
+def test_without_the_steps_the_cpu_bound_stays_as_measured():
+    text = _bounds(_results())["gRPC via Envoy c=32 vs mlflow models serve"]
+    assert text.endswith("183 µs per call must go.")
+
+
+def test_the_steps_appear_under_the_single_row_table():
+    results = dict(_with_steps(300.0), mode="full", started_at="now", command="python -m bench.run",
+                   seconds_per_point=10, model={"name": "m", "version": "1", "flavor": "xgboost"}, start_seconds={},
+                   rss_mb={}, machine={"cores": 2, "cpu": "x", "python": "3", "loadavg_start": "0",
+                                       "loadavg_end": "0"})
+    results["targets"] = report.targets(results)
+    assert "Where a single Predict's time goes in the server: in-process" in report.render(results)
