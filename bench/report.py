@@ -47,10 +47,12 @@ def steps_text(results: dict) -> str:
     s = results.get("single_row_steps_us")
     if not s:
         return ""
-    return (f"in-process, a Predict's own work (production's model, no gRPC, no interceptor) is "
-            f"{s['servicer_call']:,.0f} µs: the outbox commit that makes its row durable before the answer "
-            f"{s['outbox_commit']:,.0f} µs (alone; under load callers share a commit), encoding the row "
-            f"{s['encode_row']:,.0f}, the model {s['model']:,.0f}, parsing {s['parse_request']:,.0f}")
+    through = (f", {s['intercepted_call']:,.0f} µs through the interceptor (API key, token, request id, metrics)"
+               if "intercepted_call" in s else "")
+    return (f"in-process, a Predict's own work (production's model, no gRPC) is {s['servicer_call']:,.0f} µs"
+            f"{through}: the outbox commit that makes its row durable before the answer {s['outbox_commit']:,.0f} µs "
+            f"(alone; under load callers share a commit), encoding the row {s['encode_row']:,.0f}, the model "
+            f"{s['model']:,.0f}, parsing {s['parse_request']:,.0f}")
 
 
 def _least_cpu(results: dict, c: int, available: float, loader: float) -> str:

@@ -258,8 +258,8 @@ def measure(args, results: dict, stack, started: dict[str, A.Anchor], version: s
     channel.close()
     mon_channel.close()
     say("a single Predict's steps in-process, on production's model")
-    results["single_row_steps_us"] = steps.single_row(stack.settings, customers[0], args.workdir_used / "steps",
-                                                      200 if args.short else 3000)
+    results["single_row_steps_us"] = steps.single_row(stack.settings, stack.service_token, customers[0],
+                                                      args.workdir_used / "steps", 200 if args.short else 3000)
     say("single-row load (and Envoy's floor)")
     floor = start_floor(stack, args.workdir_used)
     try:

@@ -53,6 +53,7 @@ def test_short_bench_writes_results_of_the_published_shape(load_generators, sett
     assert points["minimal gRPC, no model"]["cpu_us_per_ok"]["server"] > 0  # an anchor's server, for the bounds
     steps = results["single_row_steps_us"]  # a single Predict's steps in-process, on production's model
     assert 0 < steps["model"] < steps["servicer_call"] and 0 < steps["outbox_commit"] < steps["servicer_call"]
+    assert steps["intercepted_call"] > 0
     assert results["skipped"] == {"mlflow models serve": "short mode", "BentoML": "short mode"}
     (batch,) = results["batch"]
     assert batch["rows"] == 1000 and batch["served_ms"] > 0 and batch["bare_ms"] > 0

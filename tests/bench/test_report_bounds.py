@@ -111,7 +111,7 @@ def _with_steps(server_us: float) -> dict:
         if found["target"] == "minimal gRPC, no model":
             found["cpu_us_per_ok"] = {"server": server_us, "load generator": 30.0}
     results["single_row_steps_us"] = {"parse_request": 1.0, "encode_row": 15.0, "model": 20.0,
-                                      "outbox_commit": 100.0, "servicer_call": 250.0}
+                                      "outbox_commit": 100.0, "servicer_call": 250.0, "intercepted_call": 300.0}
     return results
 
 
@@ -122,7 +122,7 @@ def test_a_cpu_bound_target_names_the_least_any_server_behind_envoy_spends_and_t
     assert "183 µs per call must go" in text
     assert "no-model server's 300 µs + Envoy's floor's 150 + the model's 20 = 470 µs per call" in text
     assert "147 µs under the budget" in text and "the suite's own work" in text
-    assert "own work (production's model, no gRPC, no interceptor) is 250 µs" in text
+    assert "own work (production's model, no gRPC) is 250 µs, 300 µs through the interceptor" in text
     assert "outbox commit that makes its row durable before the answer 100 µs" in text
     # the c=1 bound carries the same steps
     assert "is 250 µs" in bounds["gRPC via Envoy c=1 vs mlflow models serve"]
