@@ -1,7 +1,12 @@
 """bench/RESULTS.md from one run's results.json: the single-row table, ratios against each anchor, the issue's
 targets side by side (met / not met, and the measured figure that bounds a missed one), batch, Explain, drift,
-start-to-SERVING and RSS."""
+start-to-SERVING and RSS. `python -m bench.report [bench/results.json]` writes it again from a run's measurements
+(after a change to the texts here)."""
 from __future__ import annotations
+
+import json
+import pathlib
+import sys
 
 SUITE = ("suite gRPC via Envoy", "suite REST via Envoy", "suite gRPC direct")
 ANCHORS = ("mlflow models serve", "BentoML", "minimal gRPC + model", "minimal gRPC, no model")
@@ -82,7 +87,10 @@ def cpu_bound(results: dict, c: int, goal_rate: float, basis: str) -> str:
             f"through Envoy cost {spent:,.0f} µs ({parts}) + {loader:,.0f} µs of the load generator")
     over = spent + loader - available
     if over <= 0:
-        return head + f", {-over:,.0f} µs under: the CPU is not what bounds it at c={c}."
+        busy = found["ok_per_s"] * (spent + loader) / 1e6
+        return head + (f", {-over:,.0f} µs under: the CPU is not what bounds it at c={c}; at the measured rate the "
+                       f"processes kept {busy:.2f} of {cores} cores busy, and the calls spent the rest of their time "
+                       "waiting between processes, not computing.")
     return head + f": {over:,.0f} µs per call must go." + _least_cpu(results, c, available, loader)
 
 
@@ -231,6 +239,17 @@ def targets(results: dict) -> list[dict]:
     return out
 
 
+def rerender(results_json: pathlib.Path) -> pathlib.Path:
+    """RESULTS.md beside a results.json, its targets and bounds computed again by this module (after a change to
+    the texts: the measurements stay those of the run)."""
+    results = json.loads(results_json.read_text())
+    results["targets"] = targets(results)
+    results_json.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    out = results_json.with_name("RESULTS.md")
+    out.write_text(render(results))
+    return out
+
+
 def _f(value, digits: int = 0) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
 
@@ -305,3 +324,7 @@ def render(results: dict) -> str:
     lines += ["", "Start → SERVING: process start until gRPC health says SERVING (Envoy: until every upstream is "
               "healthy; HTTP anchors: until their readiness URL answers 200). RSS includes child processes.", ""]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m bench.report [bench/results.json]
+    print(f"wrote {rerender(pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else 'bench/results.json'))}")

@@ -3,6 +3,7 @@ floors (CPU per call, p50s, Envoy's floor, the minimal server and the bare model
 from __future__ import annotations
 
 import copy
+import json
 
 from bench import report
 
@@ -42,7 +43,8 @@ def test_throughput_targets_say_the_cpu_per_call_the_goal_leaves_and_what_must_g
     assert "3,000 OK/s" in text and "667 µs of 2 cores" in text and "cost 800 µs" in text
     assert "production 500, envoy 200, monitoring 100" in text and "183 µs per call must go" in text
     # 0.5 × 4,000/s = 2,000/s → 1,000 µs available > 850 spent: not CPU-bound
-    assert "150 µs under" in bounds["gRPC via Envoy c=32 vs the no-model ceiling"]
+    text = bounds["gRPC via Envoy c=32 vs the no-model ceiling"]
+    assert "150 µs under" in text and "kept 1.19 of 2 cores busy" in text  # 1,400/s × 850 µs
 
 
 def test_c1_targets_compare_the_call_time_needed_with_the_measured_p50s():
@@ -143,3 +145,14 @@ def test_the_steps_appear_under_the_single_row_table():
                                        "loadavg_end": "0"})
     results["targets"] = report.targets(results)
     assert "Where a single Predict's time goes in the server: in-process" in report.render(results)
+
+
+def test_rerender_computes_the_targets_again_from_a_runs_measurements(tmp_path):
+    results = dict(_with_steps(300.0), mode="full", started_at="now", command="python -m bench.run",
+                   seconds_per_point=10, model={"name": "m", "version": "1", "flavor": "xgboost"}, start_seconds={},
+                   rss_mb={}, machine={"cores": 2, "cpu": "x", "python": "3", "loadavg_start": "0",
+                                       "loadavg_end": "0"}, targets=[])
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    written = report.rerender(tmp_path / "results.json")
+    assert written == tmp_path / "RESULTS.md" and "183 µs per call must go" in written.read_text()
+    assert json.loads((tmp_path / "results.json").read_text())["targets"] == report.targets(results)
