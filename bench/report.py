@@ -89,8 +89,8 @@ def cpu_bound(results: dict, c: int, goal_rate: float, basis: str) -> str:
     if over <= 0:
         busy = found["ok_per_s"] * (spent + loader) / 1e6
         return head + (f", {-over:,.0f} µs under: the CPU is not what bounds it at c={c}; at the measured rate the "
-                       f"processes kept {busy:.2f} of {cores} cores busy, and the calls spent the rest of their time "
-                       "waiting between processes, not computing.")
+                       f"processes kept {busy:.2f} of {cores} cores busy: what bounds it is the time calls wait between "
+                       "processes (the cores idle meanwhile), not CPU time.")
     return head + f": {over:,.0f} µs per call must go." + _least_cpu(results, c, available, loader)
 
 
