@@ -156,3 +156,12 @@ def test_rerender_computes_the_targets_again_from_a_runs_measurements(tmp_path):
     written = report.rerender(tmp_path / "results.json")
     assert written == tmp_path / "RESULTS.md" and "183 µs per call must go" in written.read_text()
     assert json.loads((tmp_path / "results.json").read_text())["targets"] == report.targets(results)
+
+
+def test_a_hop_target_the_floor_meets_names_what_the_suites_envoy_adds():
+    results = copy.deepcopy(_results())
+    for found in results["single_row"]:
+        if found["target"] == FLOOR and found["concurrency"] == 32:
+            found["ok_per_s"] = 1800.0  # 0.90 of direct's 2,000/s
+    text = _bounds(results)["through Envoy / direct, gRPC c=32"]
+    assert "1,800/s = 0.90 of direct" in text and "the floor meets it" in text and "50 µs more CPU per call" in text
