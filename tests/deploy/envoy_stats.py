@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import socket
 import subprocess
 import time
 import urllib.request
@@ -11,7 +10,7 @@ import urllib.request
 from gateway import render
 from gateway.__main__ import envoy_command
 from services.common.settings import Settings
-from tests.e2e.envoy_process import free_port
+from tests.e2e.envoy_process import free_port, is_live
 
 
 def gateway_env(tmp_path: pathlib.Path) -> dict[str, str]:
@@ -40,22 +39,12 @@ class StatsEnvoy:
                 with urllib.request.urlopen(f"{self.admin}/listeners?format=json", timeout=2) as answer:
                     listeners = json.loads(answer.read())["listener_statuses"]
                 ports = {item["name"]: item["local_address"]["socket_address"]["port_value"] for item in listeners}
-                if all(ports.values()) and self._accepts(ports):
+                if all(ports.values()) and is_live(self.admin):
                     return ports
             except (OSError, KeyError, ValueError):
                 pass
             time.sleep(0.1)
         raise TimeoutError("envoy listeners not bound")
-
-    @staticmethod
-    def _accepts(ports: dict[str, int]) -> bool:
-        """Bound is not yet serving: Envoy opens its listeners after the first JWKS fetch has been tried."""
-        try:
-            for port in ports.values():
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            return False
 
     def stop(self) -> None:
         self.process.terminate()

@@ -27,6 +27,15 @@ def http_get(url: str, timeout: float = 3) -> bytes:
         return response.read()
 
 
+def is_live(admin: str) -> bool:
+    """Envoy finished initializing and its listeners accept: /ready answers LIVE. Listed in /listeners is not enough:
+    a listener waits for its first JWKS fetch and refuses connections until then."""
+    try:
+        return http_get(f"{admin}/ready") == b"LIVE\n"
+    except OSError:
+        return False
+
+
 class EnvoyProcess:
     def __init__(self, name: str, settings: Settings, workdir: pathlib.Path):
         self.name = name
@@ -53,9 +62,7 @@ class EnvoyProcess:
             try:
                 listeners = json.loads(http_get(f"{self.admin}/listeners?format=json"))
                 self.port = listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
-                # listed is not yet listening: the listener waits for the first JWKS fetch; /ready says LIVE once
-                # the server finished initializing and its listeners accept (a call before that is refused)
-                if self.port and not self.unhealthy_clusters() and http_get(f"{self.admin}/ready") == b"LIVE\n":
+                if self.port and not self.unhealthy_clusters() and is_live(self.admin):
                     return self
             except (OSError, KeyError, IndexError, ValueError):
                 pass

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import pathlib
-import socket
 import subprocess
 import time
 import urllib.request
@@ -13,6 +12,7 @@ import urllib.request
 from gateway import render
 from gateway.__main__ import envoy_command
 from services.common.settings import Settings
+from tests.e2e.envoy_process import is_live
 from tests.harness import terminate
 
 
@@ -40,16 +40,9 @@ class LiveEnvoy:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-        while not self._accepts():  # listed is not yet listening: it waits for its first JWKS fetch
+        while not is_live(self.admin):
             assert time.monotonic() < deadline, f"envoy listener not accepting:\n{self.log_path.read_text()[-3000:]}"
             time.sleep(0.1)
-
-    def _accepts(self) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            return True
-        except OSError:
-            return False
 
     def get_admin(self, path: str) -> bytes:
         with urllib.request.urlopen(self.admin + path, timeout=5) as response:
