@@ -14,6 +14,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import urllib.request
 
 from gateway import render
 from services.common.settings import ENVOY_ADMIN_FILE, Settings
@@ -64,6 +65,16 @@ def envoy_command(config: pathlib.Path, settings: Settings, *, admin_address_pat
     if admin_address_path is not None:
         command += ["--admin-address-path", str(admin_address_path)]
     return command
+
+
+def is_live(admin: str) -> bool:
+    """Envoy finished initializing and its listeners accept: its admin `/ready` answers LIVE. Listed in /listeners
+    is not enough: a listener waits for its first JWKS fetch and refuses connections until then."""
+    try:
+        with urllib.request.urlopen(f"{admin}/ready", timeout=2) as response:
+            return response.read() == b"LIVE\n"
+    except OSError:  # not up yet, or 503 while initializing
+        return False
 
 
 def validate(config: pathlib.Path) -> subprocess.CompletedProcess:

@@ -32,7 +32,7 @@ import time
 import urllib.request
 
 from gateway import render
-from gateway.__main__ import BACKENDS, GATEWAY, default_config, validate
+from gateway.__main__ import BACKENDS, GATEWAY, default_config, is_live, validate
 from services.common.health import cluster_health
 from services.common.server import write_port_file
 from services.common.settings import ROOT, Settings
@@ -152,8 +152,8 @@ def envoy_ports(admin: str) -> tuple[int, int] | None:
 
 
 def wait_ready(settings: Settings, supervisord: subprocess.Popen, config: pathlib.Path) -> Settings:
-    """Waits until every service is SERVING and Envoy sees every upstream healthy; returns the Settings with the
-    ports everything really bound (and writes Envoy's to PORTS_DIR, where a restarted Envoy finds them)."""
+    """Waits until every service is SERVING and Envoy is LIVE and sees every upstream healthy; returns the Settings
+    with the ports everything really bound (and writes Envoy's to PORTS_DIR, where a restarted Envoy finds them)."""
     deadline = time.monotonic() + READY_TIMEOUT
     waiting: list[str] = []
     while time.monotonic() < deadline:
@@ -172,7 +172,7 @@ def wait_ready(settings: Settings, supervisord: subprocess.Popen, config: pathli
             admin = real.envoy_admin_url()
             unhealthy = envoy_unhealthy(admin)
             ports = envoy_ports(admin)
-            if unhealthy is None or ports is None:
+            if unhealthy is None or ports is None or not is_live(admin):
                 waiting.append("envoy")
             else:
                 waiting += [f"envoy→{name}" for name in unhealthy]

@@ -8,9 +8,9 @@ import time
 import urllib.request
 
 from gateway import render
-from gateway.__main__ import envoy_command
+from gateway.__main__ import envoy_command, is_live
 from services.common.settings import Settings
-from tests.e2e.envoy_process import free_port, is_live
+from tests.e2e.envoy_process import free_port
 
 
 def gateway_env(tmp_path: pathlib.Path) -> dict[str, str]:

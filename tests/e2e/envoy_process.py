@@ -10,7 +10,7 @@ import time
 import urllib.request
 
 from gateway import render
-from gateway.__main__ import envoy_command
+from gateway.__main__ import envoy_command, is_live
 from services.common.settings import Settings
 from tests.harness import terminate
 
@@ -25,15 +25,6 @@ def free_port(host: str = "127.0.0.1") -> int:
 def http_get(url: str, timeout: float = 3) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return response.read()
-
-
-def is_live(admin: str) -> bool:
-    """Envoy finished initializing and its listeners accept: /ready answers LIVE. Listed in /listeners is not enough:
-    a listener waits for its first JWKS fetch and refuses connections until then."""
-    try:
-        return http_get(f"{admin}/ready") == b"LIVE\n"
-    except OSError:
-        return False
 
 
 class EnvoyProcess:

@@ -10,9 +10,8 @@ import time
 import urllib.request
 
 from gateway import render
-from gateway.__main__ import envoy_command
+from gateway.__main__ import envoy_command, is_live
 from services.common.settings import Settings
-from tests.e2e.envoy_process import is_live
 from tests.harness import terminate
 
 
